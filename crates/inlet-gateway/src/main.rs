@@ -1,0 +1,18 @@
+//! `inlet-gateway`: loads configuration, starts the webhook gateway, serves
+//! until SIGINT/SIGTERM. Everything else lives in the `inlet` library.
+
+use anyhow::Context;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    inlet::telemetry::init_tracing("gateway");
+    let settings = inlet::config::Settings::load().context("loading configuration")?;
+    let shutdown = inlet::telemetry::shutdown_signal();
+    let gateway = inlet::service::start_gateway(settings, shutdown)
+        .await
+        .context("starting the gateway")?;
+    tracing::info!(addr = %gateway.addr, mode = gateway.mode(), "inlet-gateway listening");
+    gateway.wait().await.context("serving")?;
+    tracing::info!("inlet-gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! `inlet-worker`: loads configuration, consumes the raw stream into the
+//! store until SIGINT/SIGTERM, finishing the batch in progress. Everything
+//! else lives in the `inlet` library.
+
+use anyhow::Context;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    inlet::telemetry::init_tracing("worker");
+    let settings = inlet::config::Settings::load().context("loading configuration")?;
+    let shutdown = inlet::telemetry::shutdown_signal();
+    let worker = inlet::service::start_worker(settings, shutdown)
+        .await
+        .context("starting the worker")?;
+    tracing::info!(
+        consumer = %worker.consumer,
+        backend = worker.store.backend(),
+        metrics = ?worker.metrics_addr,
+        "inlet-worker running"
+    );
+    worker.wait().await;
+    tracing::info!("inlet-worker stopped");
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! JSONL audit log: one line per processing step, shared by every service.
+//!
+//! Files are `{data_dir}/audit/{service}-{YYYY-MM-DD}.jsonl` (UTC), appended
+//! with one `write` per line (`O_APPEND`, so lines never interleave) and
+//! rotated by date. A line holds identifiers and outcomes, never a body, a
+//! secret or a full phone number: contacts are masked with [`mask_id`] and
+//! provider message ids are stored only as [`id_ref`] hashes. [`query`]
+//! reads the files back (`inlet audit trace|tail`).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::envelope::format_ts;
+
+pub mod query;
+
+/// One audit line.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Time of the step (RFC 3339, µs).
+    pub ts: String,
+    /// Trace id of the delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<Uuid>,
+    /// Service that wrote the line (`gateway`, `worker`, `cli`).
+    pub service: String,
+    /// Step: received, rejected, enqueued, direct, dead_lettered, dequeued,
+    /// normalized, stored, retried, cached, mode, replayed, …
+    pub stage: String,
+    /// Webhook source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// `ok`, `error`, `duplicate`, …
+    pub outcome: String,
+    /// Why (rejections, failures): a short code or error text, never data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Duration of the step in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+    /// Extra identifiers (counts, masked ids, id refs, mode).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl AuditRecord {
+    /// A line for `stage` with outcome `ok`, stamped now.
+    pub fn new(stage: &str) -> Self {
+        Self {
+            ts: format_ts(Utc::now()),
+            stage: stage.to_string(),
+            outcome: "ok".into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the trace id.
+    pub fn trace(mut self, trace_id: Uuid) -> Self {
+        self.trace_id = Some(trace_id);
+        self
+    }
+
+    /// Sets source and tenant.
+    pub fn origin(mut self, source: &str, tenant: &str) -> Self {
+        self.source = Some(source.to_string());
+        self.tenant = Some(tenant.to_string());
+        self
+    }
+
+    /// Sets the outcome.
+    pub fn outcome(mut self, outcome: &str) -> Self {
+        self.outcome = outcome.to_string();
+        self
+    }
+
+    /// Sets the reason.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// Sets the duration.
+    pub fn duration(mut self, d: std::time::Duration) -> Self {
+        self.duration_us = Some(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Adds an extra field.
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extra.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// Parsed timestamp of the line.
+    pub fn timestamp(&self) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(&self.ts)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+}
+
+struct OpenFile {
+    date: NaiveDate,
+    file: File,
+}
+
+struct Inner {
+    service: String,
+    dir: PathBuf,
+    current: Mutex<Option<OpenFile>>,
+}
+
+/// Handle to a service's audit log; cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("service", &self.inner.service)
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+impl Audit {
+    /// Audit log of `service` in `dir` (created if needed).
+    pub fn new(dir: impl Into<PathBuf>, service: &str) -> std::io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                service: service.to_string(),
+                dir,
+                current: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The directory holding the files.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Name of the service writing.
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// Appends one line. An audit write failure is reported through tracing
+    /// and a metric but never fails the step being audited.
+    pub fn write(&self, mut record: AuditRecord) {
+        record.service.clone_from(&self.inner.service);
+        if let Err(e) = self.append(&record) {
+            metrics::counter!("inlet_audit_write_errors_total").increment(1);
+            tracing::error!(error = %e, stage = %record.stage, "audit write failed");
+        }
+    }
+
+    fn append(&self, record: &AuditRecord) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(record)?;
+        line.push(b'\n');
+        let today = Utc::now().date_naive();
+        let mut guard = self
+            .inner
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if guard.as_ref().map(|f| f.date) != Some(today) {
+            let path = self.inner.dir.join(file_name(&self.inner.service, today));
+            let file = OpenOptions::new().create(true).append(true).open(path)?;
+            *guard = Some(OpenFile { date: today, file });
+        }
+        match guard.as_mut() {
+            Some(open) => open.file.write_all(&line),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `{service}-{YYYY-MM-DD}.jsonl`.
+pub fn file_name(service: &str, date: NaiveDate) -> String {
+    format!("{service}-{}.jsonl", date.format("%Y-%m-%d"))
+}
+
+/// Masks an identifier that may be a phone number: keeps the first 4 and last
+/// 2 characters (`1555*****11`). Short ids are fully masked.
+pub fn mask_id(id: &str) -> String {
+    let chars: Vec<char> = id.chars().collect();
+    if chars.len() <= 6 {
+        return "*".repeat(chars.len());
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 2..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat(chars.len() - 6))
+}
+
+/// Short stable reference to a provider id (first 16 hex chars of its
+/// SHA-256). WhatsApp message ids embed the customer's number, so audit lines
+/// carry this instead; `inlet audit trace` hashes a given id the same way.
+pub fn id_ref(id: &str) -> String {
+    let digest = Sha256::digest(id.as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// Reads every audit line from every file in `dir` (all services, all days),
+/// skipping lines that do not parse. Sorted by timestamp.
+pub fn read_all(dir: &Path) -> std::io::Result<Vec<AuditRecord>> {
+    let mut out = Vec::new();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path)?;
+        out.extend(
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<AuditRecord>(l).ok()),
+        );
+    }
+    out.sort_by(|a, b| a.ts.cmp(&b.ts));
+    Ok(out)
+}
+
+/// Deletes audit files whose date is older than `days` days. Returns how many
+/// were removed.
+pub fn prune(dir: &Path, days: u32) -> std::io::Result<usize> {
+    if days == 0 {
+        return Ok(0);
+    }
+    let cutoff = Utc::now().date_naive() - chrono::Days::new(u64::from(days));
+    let mut removed = 0;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".jsonl") else {
+            continue;
+        };
+        let Some(date) = stem
+            .rsplit_once('-')
+            .and_then(|_| stem.get(stem.len().saturating_sub(10)..))
+            .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        else {
+            continue;
+        };
+        if date < cutoff {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_one_json_line_per_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::new(dir.path(), "gateway").unwrap();
+        let trace = Uuid::now_v7();
+        audit.write(
+            AuditRecord::new("received")
+                .trace(trace)
+                .origin("whatsapp", "t"),
+        );
+        audit.write(
+            AuditRecord::new("rejected")
+                .outcome("error")
+                .reason("signature_missing"),
+        );
+        let lines = read_all(dir.path()).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].service, "gateway");
+        assert_eq!(lines[0].trace_id, Some(trace));
+        assert_eq!(lines[1].reason.as_deref(), Some("signature_missing"));
+        let name = file_name("gateway", Utc::now().date_naive());
+        assert!(dir.path().join(name).exists());
+    }
+
+    #[test]
+    fn masking_hides_phone_numbers() {
+        assert_eq!(mask_id("15550001111"), "1555*****11");
+        assert_eq!(mask_id("123"), "***");
+        assert_eq!(id_ref("wamid.X").len(), 16);
+        assert_eq!(id_ref("wamid.X"), id_ref("wamid.X"));
+    }
+
+    #[test]
+    fn prune_removes_old_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Utc::now().date_naive() - chrono::Days::new(40);
+        std::fs::write(dir.path().join(file_name("worker", old)), "{}\n").unwrap();
+        let today = file_name("worker", Utc::now().date_naive());
+        std::fs::write(dir.path().join(&today), "{}\n").unwrap();
+        assert_eq!(prune(dir.path(), 30).unwrap(), 1);
+        assert!(dir.path().join(today).exists());
+    }
+}

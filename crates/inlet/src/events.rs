@@ -1,0 +1,538 @@
+//! Write events: `{entity}.{phase}.{operation}` records of every store write.
+//!
+//! Phases are `before` (about to write; delivered in-process only), `after`
+//! (committed; appended to the immutable `event_log` in the same transaction
+//! as the data and relayed to `{prefix}events`) and `failed` (the write was
+//! rolled back; logged in a transaction of its own). This module is pure: it
+//! derives the events of a write plan and its results. The one place that
+//! emits them is the store's write path ([`crate::store::sql`]).
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::store::plan::{event_id as item_event_id, WritePlan, EVENT_NAMESPACE};
+
+/// Version of the event payload layout.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Phases of a write.
+pub const PHASES: [&str; 3] = ["before", "after", "failed"];
+/// Operations of a write.
+pub const OPERATIONS: [&str; 6] = [
+    "create",
+    "update",
+    "delete",
+    "upsert",
+    "activate",
+    "deactivate",
+];
+
+/// One write event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Deterministic where the write is (the same write always yields the
+    /// same id, so redeliveries do not fire twice).
+    pub id: Uuid,
+    /// `{entity}.{phase}.{operation}`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Entity written: contact, conversation, message, message_status,
+    /// page_change, subscription, draft.
+    pub entity: String,
+    /// before / after / failed.
+    pub phase: String,
+    /// create / update / delete / upsert / activate / deactivate.
+    pub operation: String,
+    /// What was written (input).
+    pub data: Value,
+    /// What the write returned (ids), for `after`.
+    pub result: Option<Value>,
+    /// Why it failed, for `failed`.
+    pub error: Option<String>,
+    /// Who caused the write: `meta:{source}` for webhooks, `cli`, `api`.
+    pub actor: String,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Trace id of the delivery behind the write.
+    pub trace_id: Option<String>,
+    /// Groups events of one cause (the trace id, or a replay id).
+    pub correlation_id: Option<String>,
+    /// When the event was produced.
+    pub timestamp: DateTime<Utc>,
+    /// Payload layout version.
+    pub schema_version: i32,
+    /// Set when an operator re-delivers logged events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<String>,
+}
+
+impl Event {
+    /// A new event; the id is derived from `key` (deterministic).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        entity: &str,
+        phase: &str,
+        operation: &str,
+        key: &str,
+        tenant: &str,
+        trace_id: Option<String>,
+        actor: &str,
+        data: Value,
+    ) -> Self {
+        let event_type = format!("{entity}.{phase}.{operation}");
+        Self {
+            id: Uuid::new_v5(
+                &EVENT_NAMESPACE,
+                format!("{event_type}/{tenant}/{key}").as_bytes(),
+            ),
+            event_type,
+            entity: entity.into(),
+            phase: phase.into(),
+            operation: operation.into(),
+            data,
+            result: None,
+            error: None,
+            actor: actor.into(),
+            tenant_id: tenant.into(),
+            correlation_id: trace_id.clone(),
+            trace_id,
+            timestamp: crate::envelope::now(),
+            schema_version: SCHEMA_VERSION,
+            replay: None,
+        }
+    }
+
+    /// Whether the event type matches a pattern: `*` matches one segment,
+    /// a trailing `*` or `**` matches the rest (`message.after.*`,
+    /// `*.failed.*`, `message.**`).
+    pub fn matches(&self, pattern: &str) -> bool {
+        type_matches(&self.event_type, pattern)
+    }
+}
+
+/// Pattern match of an event type (see [`Event::matches`]).
+pub fn type_matches(event_type: &str, pattern: &str) -> bool {
+    let pattern = pattern.trim();
+    if pattern == "*" || pattern == "**" {
+        return true;
+    }
+    let mut parts = event_type.split('.');
+    for p in pattern.split('.') {
+        if p == "**" {
+            return true;
+        }
+        match parts.next() {
+            Some(part) if p == "*" || p == part => {}
+            _ => return false,
+        }
+    }
+    parts.next().is_none()
+}
+
+/// Receives events in process, fire and forget (the in-memory bus).
+pub trait EventSink: Send + Sync + 'static {
+    /// Hands events over; never blocks the caller.
+    fn emit(&self, events: Vec<Event>);
+}
+
+/// Which events are produced, from `[events]` in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Master switch.
+    pub enabled: bool,
+    /// Entities whose events are switched off.
+    pub disabled_entities: HashSet<String>,
+}
+
+impl Default for EventFilter {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            disabled_entities: HashSet::new(),
+        }
+    }
+}
+
+impl EventFilter {
+    /// Whether events of `entity` are produced.
+    pub fn allows(&self, entity: &str) -> bool {
+        self.enabled && !self.disabled_entities.contains(entity)
+    }
+}
+
+/// What the SQL write reported back, per kind of row.
+#[derive(Debug, Clone, Default)]
+pub struct WriteResults {
+    /// Contact key → row id.
+    pub contacts: BTreeMap<(String, String, String), i64>,
+    /// Conversation (tenant, channel, business id, contact id) → row id.
+    pub conversations: BTreeMap<(String, String, String, i64), i64>,
+    /// Provider ids of messages newly inserted (tenant, channel, id).
+    pub new_messages: HashSet<(String, String, String)>,
+    /// Status keys newly inserted (tenant, key).
+    pub new_statuses: HashSet<(String, String)>,
+    /// Current statuses that changed: (tenant, channel, provider id) → status.
+    pub current_changed: BTreeMap<(String, String, String), String>,
+    /// Change keys newly inserted (tenant, key).
+    pub new_changes: HashSet<(String, String)>,
+}
+
+fn actor_of(plan: &WritePlan, trace: Uuid) -> String {
+    plan.raw
+        .iter()
+        .find(|r| r.trace_id == trace)
+        .map(|r| format!("meta:{}", r.source.as_str()))
+        .unwrap_or_else(|| "pipeline".into())
+}
+
+/// The `before` events of a plan (one per row about to be written).
+pub fn before_events(plan: &WritePlan, filter: &EventFilter) -> Vec<Event> {
+    planned(plan, filter, "before", None)
+}
+
+/// The `failed` events of a plan whose transaction was rolled back.
+pub fn failed_events(plan: &WritePlan, filter: &EventFilter, error: &str) -> Vec<Event> {
+    planned(plan, filter, "failed", Some(error))
+}
+
+fn planned(plan: &WritePlan, filter: &EventFilter, phase: &str, error: Option<&str>) -> Vec<Event> {
+    let mut out = Vec::new();
+    let first_trace = plan.raw.first().map(|r| r.trace_id);
+    let mut push =
+        |entity: &str, op: &str, key: String, tenant: &str, trace: Option<Uuid>, data: Value| {
+            if !filter.allows(entity) {
+                return;
+            }
+            let actor = trace
+                .map(|t| actor_of(plan, t))
+                .unwrap_or_else(|| "pipeline".into());
+            // Failed events of each attempt are distinct facts.
+            let key = match (phase, trace) {
+                ("failed", Some(t)) => format!("{key}/{t}"),
+                _ => key,
+            };
+            let mut e = Event::new(
+                entity,
+                phase,
+                op,
+                &key,
+                tenant,
+                trace.map(|t| t.to_string()),
+                &actor,
+                data,
+            );
+            e.error = error.map(String::from);
+            out.push(e);
+        };
+    for c in &plan.contacts {
+        push(
+            "contact",
+            "upsert",
+            format!(
+                "{}/{}/{}",
+                c.key.1.as_str(),
+                c.key.2,
+                c.last_seen.timestamp_millis()
+            ),
+            &c.key.0,
+            first_trace,
+            json!({"channel": c.key.1, "external_id": c.key.2, "name": c.name}),
+        );
+    }
+    for m in &plan.messages {
+        push(
+            "message",
+            "create",
+            format!(
+                "{}/{}",
+                m.message.channel.as_str(),
+                m.message.provider_message_id
+            ),
+            &m.tenant,
+            Some(m.trace_id),
+            message_data(&m.message),
+        );
+    }
+    for s in plan.statuses.iter().chain(&plan.watermarks) {
+        push(
+            "message_status",
+            "create",
+            s.key.clone(),
+            &s.tenant,
+            Some(s.trace_id),
+            status_data(&s.status),
+        );
+    }
+    for c in &plan.changes {
+        push(
+            "page_change",
+            "create",
+            c.key.clone(),
+            &c.tenant,
+            Some(c.trace_id),
+            change_data(&c.change),
+        );
+    }
+    out
+}
+
+fn message_data(m: &crate::model::NormalizedMessage) -> Value {
+    json!({
+        "channel": m.channel,
+        "provider_message_id": m.provider_message_id,
+        "direction": m.direction,
+        "contact": m.contact.external_id,
+        "kind": m.kind,
+        "message_type": m.message_type,
+        "text": m.text,
+        "media": m.media,
+        "reply_to": m.reply_to,
+        "sent_at": m.sent_at,
+    })
+}
+
+fn status_data(s: &crate::model::StatusUpdate) -> Value {
+    json!({
+        "channel": s.channel,
+        "provider_message_id": s.provider_message_id,
+        "contact": s.contact.external_id,
+        "status": s.status,
+        "at": s.at,
+        "watermark": s.watermark,
+        "errors": s.errors,
+    })
+}
+
+fn change_data(c: &crate::model::PageChange) -> Value {
+    json!({
+        "channel": c.channel,
+        "field": c.field,
+        "kind": c.kind,
+        "verb": c.verb,
+        "external_id": c.external_id,
+        "text": c.text,
+        "occurred_at": c.occurred_at,
+    })
+}
+
+/// The `after` events of a committed write: only rows that were really
+/// created or changed fire (a redelivered message does not fire again).
+pub fn after_events(plan: &WritePlan, results: &WriteResults, filter: &EventFilter) -> Vec<Event> {
+    let mut out = Vec::new();
+    let first_trace = plan.raw.first().map(|r| r.trace_id);
+    let actor = |trace: Uuid| actor_of(plan, trace);
+    if filter.allows("contact") {
+        for c in &plan.contacts {
+            let key = (
+                c.key.0.clone(),
+                c.key.1.as_str().to_string(),
+                c.key.2.clone(),
+            );
+            let Some(id) = results.contacts.get(&key) else {
+                continue;
+            };
+            let mut e = Event::new(
+                "contact",
+                "after",
+                "upsert",
+                &format!("{}/{}/{}", key.1, key.2, c.last_seen.timestamp_millis()),
+                &c.key.0,
+                first_trace.map(|t| t.to_string()),
+                &first_trace.map(actor).unwrap_or_default(),
+                json!({"channel": key.1, "external_id": key.2, "name": c.name}),
+            );
+            e.result = Some(json!({"id": id}));
+            out.push(e);
+        }
+    }
+    if filter.allows("conversation") {
+        for c in &plan.conversations {
+            let contact_key = (
+                c.key.3 .0.clone(),
+                c.key.3 .1.as_str().to_string(),
+                c.key.3 .2.clone(),
+            );
+            let Some(contact_id) = results.contacts.get(&contact_key) else {
+                continue;
+            };
+            let key = (
+                c.key.0.clone(),
+                c.key.1.as_str().to_string(),
+                c.key.2.clone(),
+                *contact_id,
+            );
+            let Some(id) = results.conversations.get(&key) else {
+                continue;
+            };
+            let mut e = Event::new(
+                "conversation",
+                "after",
+                "upsert",
+                &format!("{id}/{}", c.last.timestamp_millis()),
+                &c.key.0,
+                first_trace.map(|t| t.to_string()),
+                &first_trace.map(actor).unwrap_or_default(),
+                json!({"channel": key.1, "business_id": key.2, "contact_id": contact_id, "last_message_at": c.last}),
+            );
+            e.result = Some(json!({"id": id}));
+            out.push(e);
+        }
+    }
+    if filter.allows("message") {
+        for m in &plan.messages {
+            let key = (
+                m.tenant.clone(),
+                m.message.channel.as_str().to_string(),
+                m.message.provider_message_id.clone(),
+            );
+            if !results.new_messages.contains(&key) {
+                continue;
+            }
+            let item = crate::model::NormalizedItem::Message(m.message.clone());
+            let mut e = Event::new(
+                "message",
+                "after",
+                "create",
+                "",
+                &m.tenant,
+                Some(m.trace_id.to_string()),
+                &actor(m.trace_id),
+                message_data(&m.message),
+            );
+            // Same id as the normalized-stream entry of this message.
+            e.id = item_event_id(&m.tenant, &item);
+            e.result = Some(json!({"provider_message_id": key.2}));
+            out.push(e);
+        }
+    }
+    if filter.allows("message_status") {
+        for s in plan.statuses.iter().chain(&plan.watermarks) {
+            if !results
+                .new_statuses
+                .contains(&(s.tenant.clone(), s.key.clone()))
+            {
+                continue;
+            }
+            out.push(Event::new(
+                "message_status",
+                "after",
+                "create",
+                &s.key,
+                &s.tenant,
+                Some(s.trace_id.to_string()),
+                &actor(s.trace_id),
+                status_data(&s.status),
+            ));
+        }
+        for ((tenant, channel, pmid), status) in &results.current_changed {
+            let trace = plan
+                .statuses
+                .iter()
+                .find(|s| s.status.provider_message_id.as_deref() == Some(pmid.as_str()))
+                .map(|s| s.trace_id)
+                .or(first_trace);
+            let mut e = Event::new(
+                "message_status",
+                "after",
+                "update",
+                &format!("{channel}/{pmid}/{status}"),
+                tenant,
+                trace.map(|t| t.to_string()),
+                &trace.map(actor).unwrap_or_default(),
+                json!({"channel": channel, "provider_message_id": pmid, "status": status}),
+            );
+            e.result = Some(json!({"current_status": status}));
+            out.push(e);
+        }
+    }
+    if filter.allows("page_change") {
+        for c in &plan.changes {
+            if !results
+                .new_changes
+                .contains(&(c.tenant.clone(), c.key.clone()))
+            {
+                continue;
+            }
+            out.push(Event::new(
+                "page_change",
+                "after",
+                "create",
+                &c.key,
+                &c.tenant,
+                Some(c.trace_id.to_string()),
+                &actor(c.trace_id),
+                change_data(&c.change),
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_segments() {
+        assert!(type_matches("message.after.create", "message.after.*"));
+        assert!(type_matches("message.after.create", "*.after.create"));
+        assert!(type_matches("message.after.create", "message.**"));
+        assert!(type_matches("message.after.create", "*"));
+        assert!(!type_matches("message.after.create", "message.failed.*"));
+        assert!(!type_matches("message.after.create", "message.after"));
+        assert!(!type_matches(
+            "message_status.after.create",
+            "message.after.*"
+        ));
+    }
+
+    #[test]
+    fn ids_are_deterministic() {
+        let a = Event::new(
+            "contact",
+            "after",
+            "upsert",
+            "k",
+            "t",
+            None,
+            "cli",
+            Value::Null,
+        );
+        let b = Event::new(
+            "contact",
+            "after",
+            "upsert",
+            "k",
+            "t",
+            None,
+            "cli",
+            Value::Null,
+        );
+        assert_eq!(a.id, b.id);
+        let c = Event::new(
+            "contact",
+            "after",
+            "upsert",
+            "k",
+            "u",
+            None,
+            "cli",
+            Value::Null,
+        );
+        assert_ne!(a.id, c.id);
+    }
+
+    #[test]
+    fn filter_switches_entities_off() {
+        let mut f = EventFilter::default();
+        assert!(f.allows("message"));
+        f.disabled_entities.insert("contact".into());
+        assert!(!f.allows("contact"));
+        f.enabled = false;
+        assert!(!f.allows("message"));
+    }
+}

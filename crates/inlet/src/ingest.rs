@@ -1,0 +1,287 @@
+//! Durable acceptance of verified deliveries, in queue or direct mode.
+//!
+//! [`Ingest::accept`] returns only once the event is durable: acknowledged by
+//! Redis (`XADD` to `incoming.raw`, queue mode) or committed by the store
+//! after running the pipeline in-process (direct mode). When Redis is not
+//! configured or a Redis call fails, it falls back to direct mode; a
+//! background probe switches back to queue mode when Redis answers again.
+//! Mode changes are logged, counted, exposed as a gauge and audited. If
+//! neither path can keep the event the caller answers 503, so Meta retries.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::RwLock;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{Audit, AuditRecord};
+use crate::envelope::RawEvent;
+use crate::queue::{DeadLetter, QueueError, RedisQueue};
+
+/// Which path accepts events right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Gateway → Redis stream → worker.
+    Queue,
+    /// Gateway runs the pipeline in-process.
+    Direct,
+}
+
+impl Mode {
+    /// `queue` or `direct`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Queue => "queue",
+            Mode::Direct => "direct",
+        }
+    }
+}
+
+/// Where an accepted event went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// Appended to the raw stream under this id.
+    Queued(String),
+    /// Processed and committed in-process.
+    Direct,
+}
+
+/// The event could not be made durable: answer 503.
+#[derive(Debug, thiserror::Error)]
+#[error("event not kept: {0}")]
+pub struct Unavailable(pub String);
+
+/// In-process handling used in direct mode: runs the whole pipeline and
+/// resolves once the store transaction has committed (or dead-lettered the
+/// event durably). An error means nothing was kept.
+pub trait DirectHandler: Send + Sync + 'static {
+    /// Processes one event to durability.
+    fn handle(&self, event: RawEvent) -> BoxFuture<'_, Result<(), String>>;
+    /// Keeps a dead letter (the store's DLQ table).
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), String>>;
+    /// Whether the store answers.
+    fn ready(&self) -> BoxFuture<'_, bool>;
+}
+
+struct RedisTarget {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    maxlen: usize,
+}
+
+/// Accepts events durably; cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    redis: Option<RedisTarget>,
+    queue: RwLock<Option<RedisQueue>>,
+    redis_up: AtomicBool,
+    direct: Option<Arc<dyn DirectHandler>>,
+    audit: Audit,
+}
+
+impl Ingest {
+    /// Builds the acceptor. `redis_url = None` means direct mode only.
+    /// Connects to Redis right away when configured (a failure is not fatal:
+    /// the probe keeps trying).
+    pub async fn new(
+        settings: &crate::config::Settings,
+        direct: Option<Arc<dyn DirectHandler>>,
+        audit: Audit,
+    ) -> Self {
+        let redis = settings.redis_url.as_ref().map(|url| RedisTarget {
+            url: url.clone(),
+            prefix: settings.stream_prefix.clone(),
+            timeout: settings.redis.timeout,
+            maxlen: settings.redis.derived_stream_maxlen,
+        });
+        let ingest = Self {
+            inner: Arc::new(Inner {
+                redis,
+                queue: RwLock::new(None),
+                redis_up: AtomicBool::new(false),
+                direct,
+                audit,
+            }),
+        };
+        if ingest.inner.redis.is_some() {
+            ingest.probe().await;
+        }
+        let mode = ingest.mode();
+        metrics::gauge!("inlet_gateway_queue_mode").set(if mode == Mode::Queue {
+            1.0
+        } else {
+            0.0
+        });
+        ingest.inner.audit.write(
+            AuditRecord::new("mode")
+                .with("mode", mode.as_str())
+                .reason("startup"),
+        );
+        ingest
+    }
+
+    /// Current mode.
+    pub fn mode(&self) -> Mode {
+        if self.inner.redis_up.load(Ordering::Acquire) {
+            Mode::Queue
+        } else {
+            Mode::Direct
+        }
+    }
+
+    /// Whether Redis is configured at all.
+    pub fn redis_configured(&self) -> bool {
+        self.inner.redis.is_some()
+    }
+
+    /// Whether direct mode can run (a store is attached).
+    pub fn direct_available(&self) -> bool {
+        self.inner.direct.is_some()
+    }
+
+    /// Whether the direct-mode store answers.
+    pub async fn store_ready(&self) -> Option<bool> {
+        match &self.inner.direct {
+            Some(d) => Some(d.ready().await),
+            None => None,
+        }
+    }
+
+    fn set_mode(&self, up: bool, reason: &str) {
+        let was = self.inner.redis_up.swap(up, Ordering::AcqRel);
+        if was == up {
+            return;
+        }
+        let mode = if up { Mode::Queue } else { Mode::Direct };
+        metrics::gauge!("inlet_gateway_queue_mode").set(if up { 1.0 } else { 0.0 });
+        metrics::counter!("inlet_gateway_mode_switches_total", "to" => mode.as_str()).increment(1);
+        if up {
+            tracing::info!(reason, "redis reachable: queue mode");
+        } else {
+            tracing::warn!(reason, "redis unavailable: direct mode");
+        }
+        self.inner.audit.write(
+            AuditRecord::new("mode")
+                .with("mode", mode.as_str())
+                .reason(reason.to_string()),
+        );
+    }
+
+    /// Tries to (re)connect and ping Redis; updates the mode. Returns whether
+    /// Redis is up.
+    pub async fn probe(&self) -> bool {
+        let Some(target) = &self.inner.redis else {
+            return false;
+        };
+        let existing = self.inner.queue.read().await.clone();
+        let ok = match existing {
+            Some(q) => q.ping().await.is_ok(),
+            None => {
+                match RedisQueue::connect(
+                    &target.url,
+                    &target.prefix,
+                    target.timeout,
+                    target.maxlen,
+                )
+                .await
+                {
+                    Ok(q) => {
+                        let ok = q.ping().await.is_ok();
+                        *self.inner.queue.write().await = Some(q);
+                        ok
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "redis probe failed");
+                        false
+                    }
+                }
+            }
+        };
+        self.set_mode(
+            ok,
+            if ok {
+                "redis_probe_ok"
+            } else {
+                "redis_probe_failed"
+            },
+        );
+        ok
+    }
+
+    /// Runs the probe every `interval` while Redis is down, until `shutdown`.
+    pub fn spawn_probe(&self, interval: Duration, shutdown: CancellationToken) {
+        if self.inner.redis.is_none() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+                if this.mode() == Mode::Direct {
+                    this.probe().await;
+                }
+            }
+        });
+    }
+
+    /// The Redis queue, when connected.
+    pub async fn queue(&self) -> Option<RedisQueue> {
+        self.inner.queue.read().await.clone()
+    }
+
+    /// Makes `event` durable: XADD in queue mode, else the in-process
+    /// pipeline. Falls back from queue to direct on a Redis error.
+    pub async fn accept(&self, event: RawEvent) -> Result<Accepted, Unavailable> {
+        if self.mode() == Mode::Queue {
+            if let Some(queue) = self.queue().await {
+                match queue.enqueue_raw(&event).await {
+                    Ok(id) => return Ok(Accepted::Queued(id)),
+                    Err(e) => self.redis_failed(&e),
+                }
+            }
+        }
+        match &self.inner.direct {
+            Some(direct) => direct
+                .handle(event)
+                .await
+                .map(|()| Accepted::Direct)
+                .map_err(Unavailable),
+            None => Err(Unavailable(
+                "redis unavailable and no direct-mode store".into(),
+            )),
+        }
+    }
+
+    /// Keeps a dead letter: the DLQ stream in queue mode, else the store.
+    pub async fn dead_letter(&self, letter: DeadLetter) -> Result<(), Unavailable> {
+        if self.mode() == Mode::Queue {
+            if let Some(queue) = self.queue().await {
+                match queue.dead_letter(&letter).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => self.redis_failed(&e),
+                }
+            }
+        }
+        match &self.inner.direct {
+            Some(direct) => direct.dead_letter(letter).await.map_err(Unavailable),
+            None => Err(Unavailable(
+                "redis unavailable and no direct-mode store".into(),
+            )),
+        }
+    }
+
+    fn redis_failed(&self, e: &QueueError) {
+        tracing::warn!(error = %e, "redis call failed");
+        self.set_mode(false, "redis_error");
+    }
+}

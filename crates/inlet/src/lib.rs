@@ -1,0 +1,52 @@
+//! Inlet: fast, lossless ingest of Meta webhooks (WhatsApp Cloud API,
+//! Messenger, Instagram).
+//!
+//! # Layout
+//! - [`config`]: layered settings (`config/default.toml`, `INLET_CONFIG`,
+//!   `INLET_*`), validated at startup.
+//! - [`signature`]: `X-Hub-Signature-256` verification over the raw bytes.
+//! - [`envelope`]: the raw delivery as it travels and is kept.
+//! - [`model`]: the normalized domain types every other module speaks.
+//! - [`normalize`]: pure functions turning a webhook body into model items.
+//! - [`queue`]: Redis Streams (raw stream, DLQ, derived streams, groups).
+//! - [`ingest`]: durable acceptance in queue or direct mode.
+//! - [`pipeline`]: normalize + store + dead-letter, shared by both modes.
+//! - [`worker`]: the queue-mode consumer of the raw stream.
+//! - [`direct`]: the in-process, group-committing pipeline of direct mode.
+//! - [`dlq`]: dead-letter inspection and replay (stream and store).
+//! - [`events`]: write events (`{entity}.{phase}.{operation}`), derived purely.
+//! - [`bus`]: the event bus (in-memory and Redis Streams) and built-in handlers.
+//! - [`webhooks`]: outgoing signed webhooks and the Slack formatter.
+//! - [`relay`]: the outbox relay to the derived Redis streams.
+//! - [`cache`]: JSON cache files, cache-sync consumer, precomputed analytics.
+//! - [`audit`]: JSONL audit lines, daily files per service.
+//! - [`http`]: the gateway's router, handlers and server.
+//! - [`service`]: wiring of the gateway and worker services.
+//! - [`store`]: the storage trait and its Postgres/SQLite implementation.
+//! - [`telemetry`]: tracing, Prometheus recorder, shutdown signal.
+//! - [`status`]: deployment health (`inlet status`) and the gauges sampler.
+
+pub mod audit;
+pub mod bus;
+pub mod cache;
+pub mod config;
+pub mod direct;
+pub mod dlq;
+pub mod envelope;
+pub mod events;
+pub mod http;
+pub mod ingest;
+pub mod model;
+pub mod normalize;
+pub mod pipeline;
+pub mod queue;
+pub mod relay;
+pub mod service;
+pub mod signature;
+pub mod status;
+pub mod store;
+pub mod telemetry;
+pub mod webhooks;
+pub mod worker;
+
+pub use secrecy::{ExposeSecret, SecretString};

@@ -1,0 +1,373 @@
+//! The normalized domain model: what every Meta webhook is turned into.
+//!
+//! These types are the contract between the pure normalizer
+//! ([`crate::normalize`]) and everything that stores or publishes events. They
+//! carry no I/O and no tenant: the tenant comes from the delivery envelope.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The messaging product an event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// WhatsApp Cloud API (`object = whatsapp_business_account`).
+    Whatsapp,
+    /// Facebook Messenger and Page events (`object = page`).
+    Messenger,
+    /// Instagram messaging (`object = instagram`).
+    Instagram,
+}
+
+impl Channel {
+    /// Stable lowercase name, as stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Whatsapp => "whatsapp",
+            Channel::Messenger => "messenger",
+            Channel::Instagram => "instagram",
+        }
+    }
+
+    /// Parses the stored name back.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "whatsapp" => Some(Channel::Whatsapp),
+            "messenger" => Some(Channel::Messenger),
+            "instagram" => Some(Channel::Instagram),
+            _ => None,
+        }
+    }
+}
+
+/// Who sent a message, seen from the business.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Customer → business.
+    Inbound,
+    /// Business → customer (echoes, and the messages statuses refer to).
+    Outbound,
+}
+
+impl Direction {
+    /// Stable lowercase name, as stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Delivery state of an outbound message.
+///
+/// Ordering is the forward order `sent < delivered < read`; `failed` is
+/// handled by [`DeliveryStatus::supersedes`], not by rank alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Accepted by Meta.
+    Sent,
+    /// Reached the customer's device.
+    Delivered,
+    /// Seen by the customer.
+    Read,
+    /// Could not be delivered (errors attached).
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// Stable lowercase name, as stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Read => "read",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored (or Meta) name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sent" => Some(DeliveryStatus::Sent),
+            "delivered" => Some(DeliveryStatus::Delivered),
+            "read" => Some(DeliveryStatus::Read),
+            "failed" => Some(DeliveryStatus::Failed),
+            _ => None,
+        }
+    }
+
+    /// Forward rank on the happy path: sent 1, delivered 2, read 3
+    /// (failed 0: it is not on that path and is decided by [`Self::supersedes`]).
+    pub fn rank(self) -> i32 {
+        match self {
+            DeliveryStatus::Failed => 0,
+            DeliveryStatus::Sent => 1,
+            DeliveryStatus::Delivered => 2,
+            DeliveryStatus::Read => 3,
+        }
+    }
+
+    /// Whether `self` (happening at `at`) may replace `current` (which
+    /// happened at `current_at`) as a message's current status.
+    ///
+    /// Statuses only move forward on sent < delivered < read, whatever order
+    /// Meta delivers them in. `failed` never undoes `read`; it replaces `sent`,
+    /// and replaces `delivered` unless the delivery happened later. Nothing
+    /// undoes `failed` except a `read`, or a `delivered` that happened after
+    /// the failure. The stores implement this same table in SQL.
+    pub fn supersedes(
+        self,
+        at: DateTime<Utc>,
+        current: Option<(DeliveryStatus, DateTime<Utc>)>,
+    ) -> bool {
+        use DeliveryStatus::*;
+        let Some((current, current_at)) = current else {
+            return true;
+        };
+        match (self, current) {
+            (Read, Read) => false,
+            (Read, _) => true,
+            (Sent, _) => false,
+            (_, Read) => false,
+            (Failed, Sent) => true,
+            (Failed, Delivered) => at >= current_at,
+            (Failed, Failed) => false,
+            (Delivered, Failed) => at > current_at,
+            (new, cur) => new.rank() > cur.rank(),
+        }
+    }
+}
+
+/// The customer side of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactRef {
+    /// Channel-scoped id: WhatsApp `wa_id`, Messenger PSID, Instagram IGSID,
+    /// or a page commenter's user id.
+    pub external_id: String,
+    /// Display name when the payload carries one (WhatsApp profile name,
+    /// commenter name).
+    pub name: Option<String>,
+}
+
+/// A media object attached to a message (downloaded later by id or URL).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MediaRef {
+    /// `image`, `audio`, `video`, `document`, `sticker`, `file`, …
+    pub kind: String,
+    /// WhatsApp media id (Messenger/Instagram give a URL instead).
+    pub media_id: Option<String>,
+    /// Download URL (Messenger/Instagram attachments).
+    pub url: Option<String>,
+    /// MIME type as sent by Meta.
+    pub mime_type: Option<String>,
+    /// Base64 SHA-256 as sent by WhatsApp, checked after download.
+    pub sha256: Option<String>,
+    /// Original file name (documents).
+    pub filename: Option<String>,
+}
+
+/// One message (or message-like event: reaction, postback, referral, system
+/// notice) in a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NormalizedMessage {
+    /// Product the message came through.
+    pub channel: Channel,
+    /// `entry[].id`: WABA id, Page id or Instagram account id.
+    pub account_id: String,
+    /// The business endpoint the conversation is with: WhatsApp
+    /// `phone_number_id`, otherwise the Page / Instagram account id.
+    pub business_id: String,
+    /// Provider message id (`wamid…`, `mid`). Synthesized deterministically
+    /// for events without one (postbacks, referrals) so redelivery dedups.
+    pub provider_message_id: String,
+    /// Inbound or outbound (echo).
+    pub direction: Direction,
+    /// The customer.
+    pub contact: ContactRef,
+    /// Coarse kind: `message`, `reaction`, `system`, `postback`, `referral`.
+    pub kind: String,
+    /// Fine type: `text`, `image`, `interactive.button_reply`,
+    /// `system.user_changed_number`, `attachments`, `unsupported`, …
+    pub message_type: String,
+    /// Text body, caption, button title, reaction emoji, system notice body.
+    pub text: Option<String>,
+    /// Attached media.
+    pub media: Vec<MediaRef>,
+    /// Message this one replies or reacts to (`context.id`, `reply_to.mid`,
+    /// reaction target).
+    pub reply_to: Option<String>,
+    /// WhatsApp `context.forwarded` / `frequently_forwarded`.
+    pub forwarded: bool,
+    /// Ad / link referral, verbatim.
+    pub referral: Option<Value>,
+    /// Type-specific details (location, contacts, order items, interactive
+    /// ids, button payload, reaction action, per-message errors, story
+    /// reference) and, for unsupported types, the raw message JSON.
+    pub details: Value,
+    /// When the provider says the message was sent.
+    pub sent_at: DateTime<Utc>,
+}
+
+/// A provider error attached to a failed status or unsupported message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderError {
+    /// Numeric Meta error code (e.g. 131047).
+    pub code: i64,
+    /// Short title.
+    pub title: Option<String>,
+    /// Longer message / `error_data.details`.
+    pub detail: Option<String>,
+}
+
+/// A delivery/read receipt for an outbound message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    /// Product the receipt came through.
+    pub channel: Channel,
+    /// `entry[].id`.
+    pub account_id: String,
+    /// Business endpoint (see [`NormalizedMessage::business_id`]).
+    pub business_id: String,
+    /// The message the receipt is for. `None` for Messenger/Instagram read
+    /// receipts that carry only a watermark.
+    pub provider_message_id: Option<String>,
+    /// The customer (WhatsApp `recipient_id`, Messenger sender PSID).
+    pub contact: ContactRef,
+    /// New status.
+    pub status: DeliveryStatus,
+    /// When the status happened.
+    pub at: DateTime<Utc>,
+    /// Messenger watermark: every message sent before it has this status.
+    pub watermark: Option<DateTime<Utc>>,
+    /// Errors (failed statuses).
+    pub errors: Vec<ProviderError>,
+    /// WhatsApp `conversation` object, verbatim.
+    pub conversation: Option<Value>,
+    /// WhatsApp `pricing` object, verbatim.
+    pub pricing: Option<Value>,
+}
+
+/// A non-message event on an account: Page `changes` (leadgen, feed), and
+/// anything the normalizer does not model (kept verbatim as `unsupported`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PageChange {
+    /// Product the change came through.
+    pub channel: Channel,
+    /// `entry[].id`.
+    pub account_id: String,
+    /// `changes[].field` (`leadgen`, `feed`, …) or, for unmodelled messaging
+    /// events, `messaging.<key>`.
+    pub field: String,
+    /// `lead`, `comment`, `post`, `reaction`, … or `unsupported`.
+    pub kind: String,
+    /// `add`, `edited`, `remove`, … when present.
+    pub verb: Option<String>,
+    /// Stable id of the thing changed (leadgen id, comment id, post id), or a
+    /// deterministic hash of the raw value when there is none.
+    pub external_id: String,
+    /// Who caused it (commenter), when known.
+    pub from: Option<ContactRef>,
+    /// Comment / post text.
+    pub text: Option<String>,
+    /// When it happened.
+    pub occurred_at: DateTime<Utc>,
+    /// The `value` object (or messaging event) verbatim.
+    pub value: Value,
+}
+
+/// One normalized item; a single webhook body yields any number of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "item", rename_all = "snake_case")]
+pub enum NormalizedItem {
+    /// A message (or reaction/postback/referral/system notice).
+    Message(NormalizedMessage),
+    /// A delivery/read/failed receipt.
+    Status(StatusUpdate),
+    /// A page change or unmodelled event.
+    PageChange(PageChange),
+}
+
+impl NormalizedItem {
+    /// Deterministic identity of the item, independent of delivery: the same
+    /// provider message / status / change always yields the same key. Used for
+    /// downstream event ids and dedup.
+    pub fn identity(&self) -> String {
+        match self {
+            NormalizedItem::Message(m) => format!(
+                "message/{}/{}/{}",
+                m.channel.as_str(),
+                m.business_id,
+                m.provider_message_id
+            ),
+            NormalizedItem::Status(s) => format!(
+                "status/{}/{}/{}/{}/{}",
+                s.channel.as_str(),
+                s.business_id,
+                s.provider_message_id.as_deref().unwrap_or("-"),
+                s.status.as_str(),
+                s.watermark
+                    .or(Some(s.at))
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or_default()
+            ),
+            NormalizedItem::PageChange(c) => format!(
+                "change/{}/{}/{}/{}/{}",
+                c.channel.as_str(),
+                c.account_id,
+                c.field,
+                c.external_id,
+                c.verb.as_deref().unwrap_or("-")
+            ),
+        }
+    }
+
+    /// Short name of the item kind: `message`, `status` or `page_change`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            NormalizedItem::Message(_) => "message",
+            NormalizedItem::Status(_) => "status",
+            NormalizedItem::PageChange(_) => "page_change",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_moves_forward_only() {
+        use DeliveryStatus::*;
+        let t = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
+        assert!(Delivered.supersedes(t(2), Some((Sent, t(1)))));
+        assert!(Read.supersedes(t(3), Some((Delivered, t(2)))));
+        assert!(!Sent.supersedes(t(1), Some((Delivered, t(2)))));
+        assert!(!Delivered.supersedes(t(2), Some((Read, t(3)))));
+        assert!(
+            !Sent.supersedes(t(9), Some((Read, t(3)))),
+            "by order, not arrival"
+        );
+        assert!(
+            !Failed.supersedes(t(9), Some((Read, t(3)))),
+            "failed never undoes read"
+        );
+        assert!(
+            Read.supersedes(t(1), Some((Failed, t(5)))),
+            "read clears failed"
+        );
+        assert!(Failed.supersedes(t(2), Some((Sent, t(1)))));
+        assert!(Failed.supersedes(t(5), Some((Delivered, t(2)))));
+        assert!(!Failed.supersedes(t(1), Some((Delivered, t(2)))));
+        assert!(
+            Delivered.supersedes(t(6), Some((Failed, t(5)))),
+            "later delivery clears failed"
+        );
+        assert!(!Delivered.supersedes(t(4), Some((Failed, t(5)))));
+        assert!(!Sent.supersedes(t(6), Some((Failed, t(5)))));
+        assert!(Sent.supersedes(t(1), None));
+    }
+}

@@ -1,0 +1,307 @@
+//! Property tests: the normalizer never panics, on arbitrary JSON, on
+//! Meta-shaped envelopes with arbitrary entries, on mutated fixtures and on
+//! arbitrary bytes; and [`check_shape`] always agrees with [`normalize`].
+
+use proptest::prelude::*;
+use proptest::sample::{select, Index};
+use serde_json::{json, Value};
+
+use super::tests::{same_verdict, FIXTURES};
+use super::{check_shape, normalize};
+
+/// Keys (and string values) that steer arbitrary JSON into the code paths.
+const VOCAB: &[&str] = &[
+    "object",
+    "entry",
+    "id",
+    "time",
+    "changes",
+    "field",
+    "value",
+    "messages",
+    "statuses",
+    "metadata",
+    "phone_number_id",
+    "contacts",
+    "wa_id",
+    "profile",
+    "name",
+    "from",
+    "timestamp",
+    "type",
+    "text",
+    "body",
+    "image",
+    "video",
+    "audio",
+    "document",
+    "sticker",
+    "caption",
+    "mime_type",
+    "sha256",
+    "filename",
+    "voice",
+    "animated",
+    "location",
+    "interactive",
+    "button_reply",
+    "list_reply",
+    "nfm_reply",
+    "title",
+    "description",
+    "button",
+    "payload",
+    "order",
+    "reaction",
+    "emoji",
+    "message_id",
+    "system",
+    "context",
+    "forwarded",
+    "frequently_forwarded",
+    "referral",
+    "errors",
+    "code",
+    "error_data",
+    "details",
+    "status",
+    "sent",
+    "delivered",
+    "read",
+    "failed",
+    "recipient_id",
+    "conversation",
+    "pricing",
+    "messaging",
+    "standby",
+    "sender",
+    "recipient",
+    "message",
+    "mid",
+    "is_echo",
+    "app_id",
+    "attachments",
+    "url",
+    "quick_reply",
+    "reply_to",
+    "story",
+    "is_deleted",
+    "is_unsupported",
+    "postback",
+    "delivery",
+    "mids",
+    "watermark",
+    "action",
+    "leadgen",
+    "leadgen_id",
+    "created_time",
+    "feed",
+    "item",
+    "verb",
+    "comment_id",
+    "post_id",
+    "comment",
+    "unsupported",
+];
+
+const OBJECTS: &[&str] = &["whatsapp_business_account", "page", "instagram"];
+
+fn arb_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => select(VOCAB).prop_map(str::to_owned),
+        1 => "[a-z_]{0,8}",
+    ]
+}
+
+fn arb_leaf() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        (-2_000_000_000_000_i64..2_000_000_000_000).prop_map(Value::from),
+        select(VOCAB).prop_map(|s| Value::String(s.to_owned())),
+        "-?[0-9]{1,20}(\\.[0-9]{1,3})?".prop_map(Value::String),
+        any::<String>().prop_map(Value::String),
+    ]
+}
+
+/// Arbitrary JSON of bounded depth, biased towards Meta's vocabulary.
+fn arb_json(depth: u32) -> BoxedStrategy<Value> {
+    arb_leaf()
+        .prop_recursive(depth, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((arb_key(), inner), 0..6)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+        .boxed()
+}
+
+/// A valid envelope (`object` string, `entry` array) with arbitrary entries.
+fn arb_envelope() -> impl Strategy<Value = Value> {
+    (
+        prop_oneof![
+            4 => select(OBJECTS).prop_map(str::to_owned),
+            1 => "[a-z_]{0,10}",
+        ],
+        prop::collection::vec(arb_json(7), 0..4),
+    )
+        .prop_map(|(object, entries)| json!({ "object": object, "entry": entries }))
+}
+
+/// One step of a path into a JSON value.
+#[derive(Debug, Clone, PartialEq)]
+enum Seg {
+    Key(String),
+    Idx(usize),
+}
+
+/// Every node's path, except the root and the envelope's `object` / `entry`
+/// themselves (their elements and contents are fair game).
+fn paths(root: &Value) -> Vec<Vec<Seg>> {
+    fn walk(v: &Value, prefix: &mut Vec<Seg>, out: &mut Vec<Vec<Seg>>) {
+        let children: Vec<(Seg, &Value)> = match v {
+            Value::Object(map) => map.iter().map(|(k, c)| (Seg::Key(k.clone()), c)).collect(),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (Seg::Idx(i), c))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (seg, child) in children {
+            prefix.push(seg);
+            out.push(prefix.clone());
+            walk(child, prefix, out);
+            prefix.pop();
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, &mut Vec::new(), &mut out);
+    out.retain(|p| {
+        !(p.len() == 1 && matches!(&p[0], Seg::Key(k) if k == "object" || k == "entry"))
+    });
+    out
+}
+
+fn node_mut<'a>(v: &'a mut Value, path: &[Seg]) -> Option<&'a mut Value> {
+    path.iter().try_fold(v, |v, seg| match seg {
+        Seg::Key(k) => v.get_mut(k.as_str()),
+        Seg::Idx(i) => v.get_mut(*i),
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Replace(Index, Value),
+    Delete(Index),
+}
+
+fn arb_mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<Index>(), arb_json(3)).prop_map(|(i, v)| Mutation::Replace(i, v)),
+        any::<Index>().prop_map(Mutation::Delete),
+    ]
+}
+
+fn apply(root: &mut Value, mutation: &Mutation) {
+    let all = paths(root);
+    if all.is_empty() {
+        return;
+    }
+    match mutation {
+        Mutation::Replace(i, value) => {
+            let path: &Vec<Seg> = i.get(&all);
+            if let Some(node) = node_mut(root, path) {
+                *node = value.clone();
+            }
+        }
+        Mutation::Delete(i) => {
+            let path: &Vec<Seg> = i.get(&all);
+            let Some((last, parent)) = path.split_last() else {
+                return;
+            };
+            match (node_mut(root, parent), last) {
+                (Some(Value::Object(map)), Seg::Key(k)) => {
+                    map.remove(k);
+                }
+                (Some(Value::Array(items)), Seg::Idx(i)) if *i < items.len() => {
+                    items.remove(*i);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 256,
+        // Never write regression files into the source tree.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn arbitrary_json_never_panics(value in arb_json(5)) {
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        prop_assert!(same_verdict(&bytes));
+    }
+
+    #[test]
+    fn arbitrary_envelopes_normalize(value in arb_envelope()) {
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        prop_assert!(check_shape(&bytes).is_ok());
+        let items = normalize(&bytes);
+        prop_assert!(items.is_ok(), "{:?}", items);
+        let again = normalize(&bytes);
+        prop_assert_eq!(items.ok(), again.ok());
+    }
+
+    #[test]
+    fn mutated_fixtures_normalize(
+        fixture in select(FIXTURES),
+        mutations in prop::collection::vec(arb_mutation(), 1..6),
+    ) {
+        let (name, bytes) = fixture;
+        let mut value: Value = serde_json::from_slice(bytes).unwrap_or_default();
+        for mutation in &mutations {
+            apply(&mut value, mutation);
+        }
+        let mutated = serde_json::to_vec(&value).unwrap_or_default();
+        prop_assert!(check_shape(&mutated).is_ok(), "{}", name);
+        let items = normalize(&mutated);
+        prop_assert!(items.is_ok(), "{}: {:?}", name, items);
+        let items = items.unwrap_or_default();
+        // Items always serialize (no non-finite numbers or the like).
+        prop_assert!(serde_json::to_vec(&items).is_ok());
+        prop_assert_eq!(Some(items), normalize(&mutated).ok());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        prop_assert!(same_verdict(&bytes));
+    }
+
+    #[test]
+    fn byte_edited_fixtures_never_panic(
+        fixture in select(FIXTURES),
+        edits in prop::collection::vec((any::<Index>(), any::<u8>()), 1..4),
+    ) {
+        let mut bytes = fixture.1.to_vec();
+        for (i, b) in &edits {
+            let at = i.index(bytes.len());
+            if let Some(slot) = bytes.get_mut(at) {
+                *slot = *b;
+            }
+        }
+        prop_assert!(same_verdict(&bytes));
+    }
+}

@@ -1,0 +1,164 @@
+//! The outbox relay: publishes entries the store wrote in the same
+//! transaction as the data (normalized events, cache jobs, bus events) to
+//! their Redis streams, then deletes them.
+//!
+//! Delivery is at least once; entries carry deterministic ids so consumers
+//! deduplicate. While Redis is down (direct mode), entries of streams that
+//! have a [`LocalSink`] (cache jobs, bus events) are handed to it in-process;
+//! the others wait in the store and are published when Redis returns, so
+//! nothing downstream is lost when the mode flips back.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::ingest::{Ingest, Mode};
+use crate::queue::RedisQueue;
+use crate::store::{OutboxEntry, Store};
+
+/// Where the relay gets its Redis connection.
+#[derive(Clone)]
+pub enum RelayTarget {
+    /// A fixed queue (the worker).
+    Queue(RedisQueue),
+    /// Whatever the gateway's acceptor has, only in queue mode.
+    Ingest(Ingest),
+}
+
+impl RelayTarget {
+    async fn queue(&self) -> Option<RedisQueue> {
+        match self {
+            RelayTarget::Queue(q) => Some(q.clone()),
+            RelayTarget::Ingest(i) if i.mode() == Mode::Queue => i.queue().await,
+            RelayTarget::Ingest(_) => None,
+        }
+    }
+}
+
+/// An in-process consumer of one outbox stream, used when Redis is not
+/// available.
+pub trait LocalSink: Send + Sync + 'static {
+    /// The stream it consumes (without prefix).
+    fn stream(&self) -> &'static str;
+    /// Handles entries; an error leaves them in the outbox for a retry.
+    fn deliver(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), String>>;
+}
+
+const BATCH: i64 = 500;
+
+/// Stream entries as field lists, ready for `XADD`.
+type Fields<'a> = Vec<(&'a str, Vec<u8>)>;
+
+/// Publishes pending outbox entries once; returns how many were published.
+pub async fn relay_once(store: &Store, queue: &RedisQueue) -> Result<usize, String> {
+    let claim = store
+        .outbox_claim(None, BATCH)
+        .await
+        .map_err(|e| e.to_string())?;
+    let pending = claim.entries();
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    let mut by_stream: BTreeMap<&str, Vec<Fields<'_>>> = BTreeMap::new();
+    for entry in pending {
+        by_stream.entry(entry.stream.as_str()).or_default().push(
+            entry
+                .fields
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone().into_bytes()))
+                .collect(),
+        );
+    }
+    for (stream, entries) in &by_stream {
+        queue
+            .publish_many(stream, entries)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let n = pending.len();
+    claim.complete().await.map_err(|e| e.to_string())?;
+    metrics::counter!("inlet_outbox_published_total").increment(n as u64);
+    Ok(n)
+}
+
+/// Hands pending entries of each local sink's stream to it once; returns
+/// how many were delivered.
+pub async fn deliver_local_once(
+    store: &Store,
+    sinks: &[Arc<dyn LocalSink>],
+) -> Result<usize, String> {
+    let mut n = 0;
+    for sink in sinks {
+        let claim = store
+            .outbox_claim(Some(sink.stream()), BATCH)
+            .await
+            .map_err(|e| e.to_string())?;
+        if claim.entries().is_empty() {
+            continue;
+        }
+        let count = claim.entries().len();
+        sink.deliver(claim.entries().to_vec()).await?;
+        claim.complete().await.map_err(|e| e.to_string())?;
+        n += count;
+    }
+    Ok(n)
+}
+
+/// Runs the relay until shutdown: wakes on `notify` (after each commit) or
+/// every second, drains the outbox to Redis (or to the local sinks while
+/// Redis is unavailable), backs off while Redis or the store fail.
+pub fn spawn_relay(
+    store: Store,
+    target: RelayTarget,
+    local: Vec<Arc<dyn LocalSink>>,
+    notify: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let result = drain(&store, &target, &local).await;
+            let failed = result.is_err();
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "outbox relay failed; will retry");
+            }
+            let wait = if failed {
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff
+            } else {
+                backoff = Duration::from_millis(100);
+                Duration::from_secs(1)
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = notify.notified(), if !failed => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Final drain so a clean shutdown leaves nothing behind.
+        let _ = drain(&store, &target, &local).await;
+    })
+}
+
+async fn drain(
+    store: &Store,
+    target: &RelayTarget,
+    local: &[Arc<dyn LocalSink>],
+) -> Result<(), String> {
+    match target.queue().await {
+        Some(queue) => loop {
+            if relay_once(store, &queue).await? < BATCH as usize {
+                return Ok(());
+            }
+        },
+        None => loop {
+            if deliver_local_once(store, local).await? == 0 {
+                return Ok(());
+            }
+        },
+    }
+}

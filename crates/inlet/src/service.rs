@@ -1,0 +1,437 @@
+//! Wiring of the long-running services: each `start_*` function takes
+//! validated settings and a shutdown token, builds every component and
+//! spawns it, and returns a handle that knows its address and can be awaited.
+//! Binaries and tests use the same functions, so tests run the real thing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::Audit;
+use crate::bus::{
+    AuditHandler, Dispatcher, EventBus, Handler, MemoryBus, MemoryBusSink, MetricsHandler, RedisBus,
+};
+use crate::config::Settings;
+use crate::direct::DirectPipeline;
+use crate::http::{AppState, Gateway};
+use crate::ingest::{DirectHandler, Ingest};
+use crate::pipeline::Pipeline;
+use crate::queue::RedisQueue;
+use crate::relay::LocalSink;
+use crate::relay::{spawn_relay, RelayTarget};
+use crate::store::{Store, StoreError};
+use crate::webhooks::WebhookHandler;
+use crate::worker::Worker;
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Filesystem or socket problem.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The store could not be opened or migrated.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// Something required is not configured.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> StartError {
+    move |source| StartError::Io { what, source }
+}
+
+/// Opens the configured store and applies migrations when configured to. A
+/// database that is down is not fatal: migrations are retried in the
+/// background until they succeed or `shutdown` fires.
+pub async fn open_store(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Result<Store, StartError> {
+    let store = crate::store::open_with(
+        &settings.database_url,
+        settings.database_max_connections,
+        settings.events.filter.clone(),
+    )
+    .await?;
+    if settings.worker.migrate_on_start {
+        match store.migrate().await {
+            Ok(()) => {}
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "database unavailable; migrations will be retried");
+                let store = store.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let mut delay = Duration::from_millis(500);
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        match store.migrate().await {
+                            Ok(()) => {
+                                tracing::info!("database reachable; migrations applied");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "migrations still failing");
+                                delay = (delay * 2).min(Duration::from_secs(10));
+                            }
+                        }
+                    }
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(store)
+}
+
+/// The built-in subscribers: audit, metrics, outgoing webhooks. (Cache sync
+/// is driven by the `cache.sync` jobs the store writes with the data.)
+pub fn builtin_handlers(
+    settings: &Settings,
+    store: &Store,
+    audit: &Audit,
+) -> Vec<Arc<dyn Handler>> {
+    vec![
+        Arc::new(AuditHandler(audit.clone())),
+        Arc::new(MetricsHandler),
+        WebhookHandler::new(
+            store.clone(),
+            settings.events.webhook_retry_schedule.clone(),
+            settings.events.webhook_disable_after,
+        ),
+    ]
+}
+
+/// An in-memory bus with the built-in handlers, attached to the store for
+/// `before` events (and `failed` ones the database could not log).
+fn memory_bus(settings: &Settings, store: &Store, handlers: &[Arc<dyn Handler>]) -> Arc<MemoryBus> {
+    let bus = MemoryBus::new(Dispatcher::new(
+        Some(store.clone()),
+        settings.events.clone(),
+    ));
+    for h in handlers {
+        bus.subscribe(h.clone());
+    }
+    store.attach_events(bus.clone());
+    bus
+}
+
+/// A running gateway.
+pub struct RunningGateway {
+    /// Address it listens on.
+    pub addr: SocketAddr,
+    /// The acceptor (mode, queue handle).
+    pub ingest: Ingest,
+    /// The store used in direct mode.
+    pub store: Store,
+    /// The JSON cache the read API serves (written in-process in direct mode).
+    pub cache: crate::cache::Cache,
+    task: JoinHandle<std::io::Result<()>>,
+    relay: JoinHandle<()>,
+}
+
+impl RunningGateway {
+    /// Current mode name.
+    pub fn mode(&self) -> &'static str {
+        self.ingest.mode().as_str()
+    }
+
+    /// Waits until the server has shut down (and the relay drained).
+    pub async fn wait(self) -> std::io::Result<()> {
+        let res = match self.task.await {
+            Ok(res) => res,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        let _ = self.relay.await;
+        res
+    }
+}
+
+/// Starts the gateway: audit log, store and direct-mode pipeline, acceptor
+/// (Redis when configured), outbox relay, router, listener.
+pub async fn start_gateway(
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<RunningGateway, StartError> {
+    let settings = Arc::new(settings);
+    // Install the recorder before the first metric (the mode gauge is set
+    // while the acceptor starts, long before the router exists).
+    crate::telemetry::metrics_handle();
+    if let Some(path) = &settings.generated_secret {
+        tracing::warn!(
+            path = %path.display(),
+            "no app secret configured: generated a local development secret (sign test payloads with `inlet sign`)"
+        );
+    }
+    let audit =
+        Audit::new(settings.audit_dir(), "gateway").map_err(io("opening the audit directory"))?;
+    let store = open_store(&settings, &shutdown).await?;
+    let handlers = builtin_handlers(&settings, &store, &audit);
+    let bus = memory_bus(&settings, &store, &handlers);
+    let committed = Arc::new(Notify::new());
+    let direct: Arc<dyn DirectHandler> = DirectPipeline::start(
+        Pipeline::new(store.clone(), audit.clone(), "direct"),
+        settings.worker.batch_size,
+        committed.clone(),
+    );
+    let ingest = Ingest::new(&settings, Some(direct), audit.clone()).await;
+    ingest.spawn_probe(settings.redis.probe_interval, shutdown.clone());
+    // Queue gauges while Redis is up, store gauges always; ends on shutdown.
+    crate::status::spawn_sampler(
+        crate::status::SampleSource::Ingest(ingest.clone()),
+        Some(store.clone()),
+        crate::status::stall_threshold(&settings),
+        shutdown.clone(),
+    );
+    // Cache jobs: the worker's consumer in queue mode, this sink in direct
+    // mode; without Redis at all the gateway also runs the full rebuild.
+    let cache = crate::cache::Cache::new(settings.cache_dir(), store.clone(), &settings.cache);
+    let cache_sink = crate::cache::sync::LocalCacheSink::start(
+        cache.clone(),
+        settings.cache.coalesce_window,
+        shutdown.clone(),
+    );
+    if settings.redis_url.is_none() {
+        crate::cache::sync::spawn_rebuild(
+            cache.clone(),
+            settings.cache.rebuild_interval,
+            shutdown.clone(),
+        );
+    }
+    let relay = spawn_relay(
+        store.clone(),
+        RelayTarget::Ingest(ingest.clone()),
+        vec![
+            Arc::new(MemoryBusSink(bus)) as Arc<dyn LocalSink>,
+            cache_sink as Arc<dyn LocalSink>,
+        ],
+        committed,
+        shutdown.clone(),
+    );
+    // Without Redis there is no worker: the gateway runs retention itself.
+    if settings.redis_url.is_none() {
+        spawn_retention(&settings, Some(store.clone()), shutdown.clone());
+    }
+    let state = AppState::new(settings.clone(), ingest.clone(), audit).with_cache(cache.clone());
+    let gateway = Gateway::bind(state, shutdown)
+        .await
+        .map_err(io("binding the listen address"))?;
+    let addr = gateway
+        .local_addr()
+        .map_err(io("reading the bound address"))?;
+    let task = tokio::spawn(gateway.run());
+    Ok(RunningGateway {
+        addr,
+        ingest,
+        store,
+        cache,
+        task,
+        relay,
+    })
+}
+
+/// A running worker.
+pub struct RunningWorker {
+    /// Consumer name in the group.
+    pub consumer: String,
+    /// The store it writes to.
+    pub store: Store,
+    /// Address of its `/metrics` + `/healthz` listener, when configured.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The JSON cache its cache-sync consumer writes.
+    pub cache: crate::cache::Cache,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningWorker {
+    /// Waits until the worker finished its last batch and the relay drained.
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Connects to Redis, retrying with backoff until it answers or `shutdown`.
+pub async fn connect_queue(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Result<RedisQueue, StartError> {
+    let url = settings.redis_url.as_deref().ok_or_else(|| {
+        StartError::Config(
+            "redis_url: the worker needs INLET_REDIS_URL (without Redis the gateway processes events itself, in direct mode)".into(),
+        )
+    })?;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match RedisQueue::connect(
+            url,
+            &settings.stream_prefix,
+            settings.redis.timeout,
+            settings.redis.derived_stream_maxlen,
+        )
+        .await
+        {
+            Ok(q) => return Ok(q),
+            Err(e) => {
+                tracing::warn!(error = %e, ?delay, "redis unavailable; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(StartError::Config("shut down before redis was reachable".into())),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Starts a worker: store (migrated), Redis, metrics listener and gauges
+/// sampler (when `worker.metrics_listen` is set), outbox relay, audit
+/// retention, and the consumer loop.
+pub async fn start_worker(
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<RunningWorker, StartError> {
+    let audit =
+        Audit::new(settings.audit_dir(), "worker").map_err(io("opening the audit directory"))?;
+    let store = open_store(&settings, &shutdown).await?;
+    let queue = connect_queue(&settings, &shutdown).await?;
+    // The worker has no other HTTP server: a small listener serves the
+    // gauges of the stream sampler (and every worker counter).
+    let mut metrics_tasks = Vec::new();
+    let metrics_addr = match settings.worker.metrics_listen {
+        Some(addr) => {
+            let (bound, server) = crate::telemetry::serve_metrics(addr, shutdown.clone())
+                .await
+                .map_err(io(
+                    "binding worker.metrics_listen (INLET_WORKER__METRICS_LISTEN; empty = off)",
+                ))?;
+            metrics_tasks.push(server);
+            metrics_tasks.push(crate::status::spawn_sampler(
+                crate::status::SampleSource::Queue(queue.clone()),
+                Some(store.clone()),
+                crate::status::stall_threshold(&settings),
+                shutdown.clone(),
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
+    let committed = Arc::new(Notify::new());
+    let relay = spawn_relay(
+        store.clone(),
+        RelayTarget::Queue(queue.clone()),
+        Vec::new(),
+        committed.clone(),
+        shutdown.clone(),
+    );
+    let retention = spawn_retention(&settings, Some(store.clone()), shutdown.clone());
+    let consumer_name = settings
+        .worker
+        .consumer_name
+        .clone()
+        .unwrap_or_else(crate::worker::default_consumer_name);
+    let cache = crate::cache::Cache::new(settings.cache_dir(), store.clone(), &settings.cache);
+    let cache_tasks = [
+        crate::cache::sync::spawn_consumer(
+            &settings,
+            cache.clone(),
+            queue.clone(),
+            &consumer_name,
+            shutdown.clone(),
+        ),
+        crate::cache::sync::spawn_rebuild(
+            cache.clone(),
+            settings.cache.rebuild_interval,
+            shutdown.clone(),
+        ),
+    ];
+    let handlers = builtin_handlers(&settings, &store, &audit);
+    memory_bus(&settings, &store, &handlers);
+    let redis_bus = RedisBus::new(
+        queue.clone(),
+        Dispatcher::new(Some(store.clone()), settings.events.clone()),
+        &consumer_name,
+        shutdown.clone(),
+    );
+    for h in &handlers {
+        redis_bus.subscribe(h.clone());
+    }
+    let worker = Worker::new(
+        &settings,
+        queue,
+        Pipeline::new(store.clone(), audit, "worker"),
+        committed,
+    );
+    let consumer = worker.consumer().to_string();
+    let loop_shutdown = shutdown.clone();
+    let run = tokio::spawn(async move { worker.run(loop_shutdown).await });
+    let mut tasks = vec![run, relay, retention];
+    tasks.extend(redis_bus.take_tasks());
+    tasks.extend(metrics_tasks);
+    tasks.extend(cache_tasks);
+    Ok(RunningWorker {
+        consumer,
+        store,
+        metrics_addr,
+        cache,
+        tasks,
+    })
+}
+
+/// Retention, at start and then daily: audit files past
+/// `audit.retention_days`, and (with a store) raw events and idempotency
+/// records past their `database.*_retention_days`.
+fn spawn_retention(
+    settings: &Settings,
+    store: Option<Store>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let dir = settings.audit_dir();
+    let days = settings.audit.retention_days;
+    let cutoff = |days: u32| {
+        (days > 0).then(|| chrono::Utc::now() - chrono::Duration::days(i64::from(days)))
+    };
+    let (raw_days, processed_days) = (
+        settings.raw_events_retention_days,
+        settings.processed_events_retention_days,
+    );
+    tokio::spawn(async move {
+        loop {
+            match crate::audit::prune(&dir, days) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "old audit files removed"),
+                Err(e) => tracing::warn!(error = %e, "audit retention failed"),
+            }
+            if let Some(store) = &store {
+                match store.prune(cutoff(raw_days), cutoff(processed_days)).await {
+                    Ok((0, 0)) => {}
+                    Ok((raw, processed)) => {
+                        tracing::info!(
+                            raw,
+                            processed,
+                            "old raw events and idempotency records removed"
+                        )
+                    }
+                    Err(e) => tracing::warn!(error = %e, "database retention failed"),
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+            }
+        }
+    })
+}

@@ -1,0 +1,474 @@
+//! Store side of the event bus: handler idempotency, handler failures,
+//! outgoing-webhook subscriptions, and reads of the immutable `event_log`
+//! (stats, failed events, replay). Same one-body-two-databases pattern as
+//! [`super::sql`].
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
+
+use super::sql::{classify, SqlStore};
+use super::StoreError;
+use crate::events::Event;
+
+/// An outgoing-webhook subscription.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Subscription {
+    /// Row id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Endpoint URL.
+    pub url: String,
+    /// Comma-separated event type patterns (`message.after.*`).
+    pub event_types: String,
+    /// Signing secret (`whsec_…`); never printed by the CLI.
+    #[serde(skip)]
+    pub secret: String,
+    /// `standard` (Standard Webhooks JSON) or `slack`.
+    pub format: String,
+    /// Receives events.
+    pub active: bool,
+    /// Events in a row that could not be delivered.
+    pub consecutive_failures: i32,
+    /// Why it was disabled.
+    pub disabled_reason: Option<String>,
+}
+
+impl Subscription {
+    /// Whether the subscription wants this event.
+    pub fn wants(&self, event: &Event) -> bool {
+        self.event_types
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .any(|p| event.matches(p))
+    }
+}
+
+/// A handler that gave up on an event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HandlerFailure {
+    /// Event id.
+    pub event_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Handler name.
+    pub handler: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// Last error.
+    pub error: String,
+    /// When it gave up.
+    pub failed_at: DateTime<Utc>,
+}
+
+/// Count of one event type on one day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventStat {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// Event type.
+    pub event_type: String,
+    /// How many.
+    pub count: i64,
+}
+
+/// The event-bus side of the store.
+pub trait EventLogStore: Send + Sync {
+    /// Whether `handler` already processed `key`.
+    fn is_processed<'a>(
+        &'a self,
+        key: &'a str,
+        handler: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Records a handler's final failure on an event.
+    fn record_failure<'a>(
+        &'a self,
+        event: &'a Event,
+        handler: &'a str,
+        attempts: i32,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Latest handler failures.
+    fn handler_failures(
+        &self,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<HandlerFailure>, StoreError>>;
+    /// Counts per type per day since `since`.
+    fn event_stats(
+        &self,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'_, Result<Vec<EventStat>, StoreError>>;
+    /// Logged events in order, after sequence `after_seq`, within
+    /// [from, to), optionally of one type pattern. Returns (seq, event).
+    fn logged_events<'a>(
+        &'a self,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+        phase: Option<&'a str>,
+        after_seq: i64,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<(i64, Event)>, StoreError>>;
+    /// Queues events for delivery without logging them again (replays).
+    fn enqueue_events<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Adds a subscription (and logs `subscription.after.create`).
+    fn add_subscription<'a>(
+        &'a self,
+        name: &'a str,
+        url: &'a str,
+        event_types: &'a str,
+        secret: &'a str,
+        format: &'a str,
+    ) -> BoxFuture<'a, Result<Subscription, StoreError>>;
+    /// Every subscription.
+    fn subscriptions(&self) -> BoxFuture<'_, Result<Vec<Subscription>, StoreError>>;
+    /// Activates or deactivates (logs `subscription.after.activate|deactivate`).
+    fn set_subscription_active<'a>(
+        &'a self,
+        name: &'a str,
+        active: bool,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Records a delivery outcome; after `disable_after` consecutive failed
+    /// events the subscription is deactivated. Returns true when it was.
+    fn record_delivery<'a>(
+        &'a self,
+        id: i64,
+        ok: bool,
+        disable_after: i32,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+}
+
+fn event_from_row<R: Row>(row: &R) -> Result<(i64, Event), sqlx::Error>
+where
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Json<serde_json::Value>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<Json<serde_json::Value>>:
+        sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    let id: String = row.try_get("event_id")?;
+    Ok((
+        row.try_get("seq")?,
+        Event {
+            id: uuid::Uuid::parse_str(&id).unwrap_or_default(),
+            event_type: row.try_get("event_type")?,
+            entity: row.try_get("entity")?,
+            phase: row.try_get("phase")?,
+            operation: row.try_get("operation")?,
+            data: row.try_get::<Json<serde_json::Value>, _>("data")?.0,
+            result: row
+                .try_get::<Option<Json<serde_json::Value>>, _>("result")?
+                .map(|j| j.0),
+            error: row.try_get("error")?,
+            actor: row.try_get("actor")?,
+            tenant_id: row.try_get("tenant")?,
+            trace_id: row.try_get("trace_id")?,
+            correlation_id: row.try_get("correlation_id")?,
+            timestamp: row.try_get("occurred_at")?,
+            schema_version: row.try_get("schema_version")?,
+            replay: None,
+        },
+    ))
+}
+
+fn subscription_from_row<R: Row>(row: &R) -> Result<Subscription, sqlx::Error>
+where
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    Ok(Subscription {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        url: row.try_get("url")?,
+        event_types: row.try_get("event_types")?,
+        secret: row.try_get("secret")?,
+        format: row.try_get("format")?,
+        active: row.try_get("active")?,
+        consecutive_failures: row.try_get("consecutive_failures")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+    })
+}
+
+fn subscription_event(sub: &Subscription, op: &str, actor: &str) -> Event {
+    Event::new(
+        "subscription",
+        "after",
+        op,
+        &format!(
+            "{}/{}/{}",
+            sub.id,
+            op,
+            crate::envelope::now().timestamp_micros()
+        ),
+        "system",
+        None,
+        actor,
+        serde_json::json!({
+            "id": sub.id,
+            "name": sub.name,
+            "url": sub.url,
+            "event_types": sub.event_types,
+            "format": sub.format,
+            "active": sub.active,
+            "disabled_reason": sub.disabled_reason,
+        }),
+    )
+}
+
+macro_rules! impl_event_log {
+    ($db:ty, $day:literal) => {
+        impl EventLogStore for SqlStore<$db> {
+            fn is_processed<'a>(&'a self, key: &'a str, handler: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+                Box::pin(async move {
+                    let mut qb = QueryBuilder::<$db>::new("SELECT 1 AS one FROM processed_events WHERE event_id = ");
+                    qb.push_bind(key).push(" AND handler = ").push_bind(handler);
+                    Ok(qb.build().fetch_optional(&self.pool).await.map_err(classify)?.is_some())
+                })
+            }
+
+            fn record_failure<'a>(
+                &'a self,
+                event: &'a Event,
+                handler: &'a str,
+                attempts: i32,
+                error: &'a str,
+            ) -> BoxFuture<'a, Result<(), StoreError>> {
+                Box::pin(async move {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO event_failures (event_id, event_type, handler, attempts, error, failed_at) ",
+                    );
+                    qb.push_values([event], |mut b, e| {
+                        b.push_bind(e.id.to_string())
+                            .push_bind(&e.event_type)
+                            .push_bind(handler)
+                            .push_bind(attempts)
+                            .push_bind(error)
+                            .push_bind(Utc::now());
+                    });
+                    qb.build().execute(&self.pool).await.map_err(classify)?;
+                    Ok(())
+                })
+            }
+
+            fn handler_failures(&self, limit: i64) -> BoxFuture<'_, Result<Vec<HandlerFailure>, StoreError>> {
+                Box::pin(async move {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT event_id, event_type, handler, attempts, error, failed_at FROM event_failures \
+                         ORDER BY id DESC LIMIT ",
+                    );
+                    qb.push_bind(limit);
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    rows.iter()
+                        .map(|r| {
+                            Ok(HandlerFailure {
+                                event_id: r.try_get("event_id")?,
+                                event_type: r.try_get("event_type")?,
+                                handler: r.try_get("handler")?,
+                                attempts: r.try_get("attempts")?,
+                                error: r.try_get("error")?,
+                                failed_at: r.try_get("failed_at")?,
+                            })
+                        })
+                        .collect::<Result<_, sqlx::Error>>()
+                        .map_err(classify)
+                })
+            }
+
+            fn event_stats(&self, since: DateTime<Utc>) -> BoxFuture<'_, Result<Vec<EventStat>, StoreError>> {
+                Box::pin(async move {
+                    let mut qb = QueryBuilder::<$db>::new(concat!(
+                        "SELECT ", $day, " AS day, event_type, count(*) AS n FROM event_log WHERE occurred_at >= "
+                    ));
+                    qb.push_bind(since)
+                        .push(" GROUP BY day, event_type ORDER BY day DESC, event_type");
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    rows.iter()
+                        .map(|r| {
+                            Ok(EventStat {
+                                day: r.try_get("day")?,
+                                event_type: r.try_get("event_type")?,
+                                count: r.try_get("n")?,
+                            })
+                        })
+                        .collect::<Result<_, sqlx::Error>>()
+                        .map_err(classify)
+                })
+            }
+
+            fn logged_events<'a>(
+                &'a self,
+                from: Option<DateTime<Utc>>,
+                to: Option<DateTime<Utc>>,
+                phase: Option<&'a str>,
+                after_seq: i64,
+                limit: i64,
+            ) -> BoxFuture<'a, Result<Vec<(i64, Event)>, StoreError>> {
+                Box::pin(async move {
+                    let mut qb = QueryBuilder::<$db>::new("SELECT * FROM event_log WHERE seq > ");
+                    qb.push_bind(after_seq);
+                    if let Some(from) = from {
+                        qb.push(" AND occurred_at >= ").push_bind(from);
+                    }
+                    if let Some(to) = to {
+                        qb.push(" AND occurred_at < ").push_bind(to);
+                    }
+                    if let Some(phase) = phase {
+                        qb.push(" AND phase = ").push_bind(phase);
+                    }
+                    qb.push(" ORDER BY seq LIMIT ").push_bind(limit);
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    rows.iter()
+                        .map(event_from_row)
+                        .collect::<Result<_, _>>()
+                        .map_err(classify)
+                })
+            }
+
+            fn enqueue_events<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), StoreError>> {
+                Box::pin(async move {
+                    for chunk in events.chunks(400) {
+                        let mut qb = QueryBuilder::<$db>::new("INSERT INTO outbox (stream, fields, created_at) ");
+                        qb.push_values(chunk, |mut b, e| {
+                            let row = crate::bus::outbox_row(e);
+                            b.push_bind(row.stream)
+                                .push_bind(super::sql::fields_text(&row.fields))
+                                .push_bind(Utc::now());
+                        });
+                        qb.build().execute(&self.pool).await.map_err(classify)?;
+                    }
+                    Ok(())
+                })
+            }
+
+            fn add_subscription<'a>(
+                &'a self,
+                name: &'a str,
+                url: &'a str,
+                event_types: &'a str,
+                secret: &'a str,
+                format: &'a str,
+            ) -> BoxFuture<'a, Result<Subscription, StoreError>> {
+                Box::pin(async move {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO event_subscriptions (name, url, event_types, secret, format, active, \
+                         consecutive_failures, created_at, updated_at) ",
+                    );
+                    let now = Utc::now();
+                    qb.push_values([()], |mut b, ()| {
+                        b.push_bind(name)
+                            .push_bind(url)
+                            .push_bind(event_types)
+                            .push_bind(secret)
+                            .push_bind(format)
+                            .push_bind(true)
+                            .push_bind(0i32)
+                            .push_bind(now)
+                            .push_bind(now);
+                    });
+                    qb.push(" RETURNING *");
+                    let row = qb.build().fetch_one(&self.pool).await.map_err(classify)?;
+                    let sub = subscription_from_row(&row).map_err(classify)?;
+                    self.append_events(&[subscription_event(&sub, "create", "cli")]).await?;
+                    Ok(sub)
+                })
+            }
+
+            fn subscriptions(&self) -> BoxFuture<'_, Result<Vec<Subscription>, StoreError>> {
+                Box::pin(async move {
+                    let rows = sqlx::query("SELECT * FROM event_subscriptions ORDER BY id")
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(classify)?;
+                    rows.iter()
+                        .map(subscription_from_row)
+                        .collect::<Result<_, _>>()
+                        .map_err(classify)
+                })
+            }
+
+            fn set_subscription_active<'a>(
+                &'a self,
+                name: &'a str,
+                active: bool,
+                reason: Option<&'a str>,
+            ) -> BoxFuture<'a, Result<bool, StoreError>> {
+                Box::pin(async move {
+                    let mut qb = QueryBuilder::<$db>::new("UPDATE event_subscriptions SET active = ");
+                    qb.push_bind(active)
+                        .push(", disabled_reason = ")
+                        .push_bind(if active { None } else { reason })
+                        .push(", consecutive_failures = 0, updated_at = ")
+                        .push_bind(Utc::now())
+                        .push(" WHERE name = ")
+                        .push_bind(name)
+                        .push(" RETURNING *");
+                    let Some(row) = qb.build().fetch_optional(&self.pool).await.map_err(classify)? else {
+                        return Ok(false);
+                    };
+                    let sub = subscription_from_row(&row).map_err(classify)?;
+                    let op = if active { "activate" } else { "deactivate" };
+                    self.append_events(&[subscription_event(&sub, op, "cli")]).await?;
+                    Ok(true)
+                })
+            }
+
+            fn record_delivery<'a>(
+                &'a self,
+                id: i64,
+                ok: bool,
+                disable_after: i32,
+            ) -> BoxFuture<'a, Result<bool, StoreError>> {
+                Box::pin(async move {
+                    let mut qb = QueryBuilder::<$db>::new("UPDATE event_subscriptions SET consecutive_failures = ");
+                    if ok {
+                        qb.push("0");
+                    } else {
+                        qb.push("consecutive_failures + 1");
+                    }
+                    qb.push(", updated_at = ")
+                        .push_bind(Utc::now())
+                        .push(" WHERE id = ")
+                        .push_bind(id)
+                        .push(" RETURNING *");
+                    let Some(row) = qb.build().fetch_optional(&self.pool).await.map_err(classify)? else {
+                        return Ok(false);
+                    };
+                    let sub = subscription_from_row(&row).map_err(classify)?;
+                    if !ok && sub.active && sub.consecutive_failures >= disable_after {
+                        let reason = format!("{} consecutive events failed", sub.consecutive_failures);
+                        let mut qb = QueryBuilder::<$db>::new("UPDATE event_subscriptions SET active = ");
+                        qb.push_bind(false)
+                            .push(", disabled_reason = ")
+                            .push_bind(&reason)
+                            .push(" WHERE id = ")
+                            .push_bind(id);
+                        qb.build().execute(&self.pool).await.map_err(classify)?;
+                        let mut sub = sub;
+                        sub.active = false;
+                        sub.disabled_reason = Some(reason);
+                        self.append_events(&[subscription_event(&sub, "deactivate", "webhooks")]).await?;
+                        return Ok(true);
+                    }
+                    Ok(false)
+                })
+            }
+        }
+    };
+}
+
+impl_event_log!(
+    Postgres,
+    "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+);
+impl_event_log!(Sqlite, "substr(occurred_at, 1, 10)");

@@ -1,0 +1,360 @@
+//! The write plan: what one batch of deliveries turns into, row by row, before
+//! any SQL runs. Pure and deterministic, so the dedup and status-folding rules
+//! are unit-tested here and both SQL backends execute the same plan.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::envelope::RawEvent;
+use crate::model::{
+    Channel, DeliveryStatus, NormalizedItem, NormalizedMessage, PageChange, ProviderError,
+    StatusUpdate,
+};
+
+/// Namespace of deterministic event ids (UUIDv5 of tenant + item identity).
+pub const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x6a1e_7c2d_4b0f_4e8a_9c35_2f0d_8e1b_a7c4);
+
+/// The deterministic id of a normalized item of a tenant: the same provider
+/// message/status/change always gets the same id, whichever delivery carried
+/// it.
+pub fn event_id(tenant: &str, item: &NormalizedItem) -> Uuid {
+    Uuid::new_v5(
+        &EVENT_NAMESPACE,
+        format!("{tenant}/{}", item.identity()).as_bytes(),
+    )
+}
+
+/// One delivery and what it normalized to.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The raw event (kept in `raw_events`).
+    pub event: RawEvent,
+    /// Its normalized items.
+    pub items: Vec<NormalizedItem>,
+}
+
+/// Key of a contact row.
+pub type ContactKey = (String, Channel, String);
+/// Key of a conversation row: tenant, channel, business id, contact key.
+pub type ConversationKey = (String, Channel, String, ContactKey);
+
+/// A contact upsert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContactRow {
+    /// (tenant, channel, external id).
+    pub key: ContactKey,
+    /// Latest known name.
+    pub name: Option<String>,
+    /// Earliest activity in the batch.
+    pub first_seen: DateTime<Utc>,
+    /// Latest activity in the batch.
+    pub last_seen: DateTime<Utc>,
+}
+
+/// A conversation upsert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationRow {
+    /// Its key.
+    pub key: ConversationKey,
+    /// Earliest message in the batch.
+    pub started: DateTime<Utc>,
+    /// Latest message in the batch.
+    pub last: DateTime<Utc>,
+}
+
+/// A message insert.
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    /// Tenant.
+    pub tenant: String,
+    /// The message.
+    pub message: NormalizedMessage,
+    /// Conversation it belongs to.
+    pub conversation: ConversationKey,
+    /// Trace id of the delivery that carried it first in this batch.
+    pub trace_id: Uuid,
+}
+
+/// A status history insert.
+#[derive(Debug, Clone)]
+pub struct StatusRow {
+    /// Tenant.
+    pub tenant: String,
+    /// Identity of the receipt (dedup key).
+    pub key: String,
+    /// The receipt.
+    pub status: StatusUpdate,
+    /// Trace id.
+    pub trace_id: Uuid,
+}
+
+/// The folded current status of one provider message id within the batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurrentStatusRow {
+    /// Tenant.
+    pub tenant: String,
+    /// Channel.
+    pub channel: Channel,
+    /// Provider message id.
+    pub provider_message_id: String,
+    /// Winning status.
+    pub status: DeliveryStatus,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Its errors.
+    pub errors: Vec<ProviderError>,
+}
+
+/// A page change insert.
+#[derive(Debug, Clone)]
+pub struct ChangeRow {
+    /// Tenant.
+    pub tenant: String,
+    /// Identity (dedup key).
+    pub key: String,
+    /// The change.
+    pub change: PageChange,
+    /// Trace id.
+    pub trace_id: Uuid,
+}
+
+/// An outbox entry: published to `stream` after commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    /// Stream name (without prefix).
+    pub stream: String,
+    /// Field map.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// Everything one batch writes, deduplicated and ordered by key (a stable
+/// lock order, so concurrent workers do not deadlock each other).
+#[derive(Debug, Clone, Default)]
+pub struct WritePlan {
+    /// Tenants seen.
+    pub tenants: Vec<String>,
+    /// Raw deliveries.
+    pub raw: Vec<RawEvent>,
+    /// Contact upserts.
+    pub contacts: Vec<ContactRow>,
+    /// Conversation upserts.
+    pub conversations: Vec<ConversationRow>,
+    /// Message inserts.
+    pub messages: Vec<MessageRow>,
+    /// Status history inserts.
+    pub statuses: Vec<StatusRow>,
+    /// Current-status upserts (receipts naming a message id).
+    pub current: Vec<CurrentStatusRow>,
+    /// Watermark receipts (no message id): applied to the conversation's
+    /// outbound messages sent up to the watermark.
+    pub watermarks: Vec<StatusRow>,
+    /// Page change inserts.
+    pub changes: Vec<ChangeRow>,
+    /// Outbox entries (normalized stream).
+    pub outbox: Vec<OutboxRow>,
+}
+
+impl WritePlan {
+    /// Builds the plan of a batch.
+    pub fn build(deliveries: &[Delivery]) -> WritePlan {
+        let mut plan = WritePlan::default();
+        let mut tenants = std::collections::BTreeSet::new();
+        let mut contacts: BTreeMap<ContactKey, ContactRow> = BTreeMap::new();
+        let mut conversations: BTreeMap<ConversationKey, ConversationRow> = BTreeMap::new();
+        let mut messages: BTreeMap<(String, Channel, String), MessageRow> = BTreeMap::new();
+        let mut statuses: BTreeMap<(String, String), StatusRow> = BTreeMap::new();
+        let mut current: BTreeMap<(String, Channel, String), CurrentStatusRow> = BTreeMap::new();
+        let mut watermarks: BTreeMap<(String, String), StatusRow> = BTreeMap::new();
+        let mut changes: BTreeMap<(String, String), ChangeRow> = BTreeMap::new();
+        let mut seen_raw = std::collections::HashSet::new();
+
+        for delivery in deliveries {
+            let ev = &delivery.event;
+            let tenant = ev.tenant.clone();
+            tenants.insert(tenant.clone());
+            if seen_raw.insert(ev.trace_id) {
+                plan.raw.push(ev.clone());
+            }
+            for item in &delivery.items {
+                plan.outbox.push(OutboxRow {
+                    stream: crate::queue::INCOMING_NORMALIZED.to_string(),
+                    fields: BTreeMap::from([
+                        ("event_id".into(), event_id(&tenant, item).to_string()),
+                        ("trace_id".into(), ev.trace_id.to_string()),
+                        ("tenant".into(), tenant.clone()),
+                        ("type".into(), item.kind_name().to_string()),
+                        (
+                            "data".into(),
+                            serde_json::to_string(item).unwrap_or_else(|_| "null".into()),
+                        ),
+                    ]),
+                });
+                match item {
+                    NormalizedItem::Message(m) => {
+                        let ckey: ContactKey =
+                            (tenant.clone(), m.channel, m.contact.external_id.clone());
+                        let contact = contacts.entry(ckey.clone()).or_insert_with(|| ContactRow {
+                            key: ckey.clone(),
+                            name: None,
+                            first_seen: m.sent_at,
+                            last_seen: m.sent_at,
+                        });
+                        if m.contact.name.is_some() {
+                            contact.name.clone_from(&m.contact.name);
+                        }
+                        contact.first_seen = contact.first_seen.min(m.sent_at);
+                        contact.last_seen = contact.last_seen.max(m.sent_at);
+
+                        let conv_key: ConversationKey =
+                            (tenant.clone(), m.channel, m.business_id.clone(), ckey);
+                        let conv = conversations.entry(conv_key.clone()).or_insert_with(|| {
+                            ConversationRow {
+                                key: conv_key.clone(),
+                                started: m.sent_at,
+                                last: m.sent_at,
+                            }
+                        });
+                        conv.started = conv.started.min(m.sent_at);
+                        conv.last = conv.last.max(m.sent_at);
+
+                        messages
+                            .entry((tenant.clone(), m.channel, m.provider_message_id.clone()))
+                            .or_insert_with(|| MessageRow {
+                                tenant: tenant.clone(),
+                                message: m.clone(),
+                                conversation: conv_key,
+                                trace_id: ev.trace_id,
+                            });
+                    }
+                    NormalizedItem::Status(s) => {
+                        let row = StatusRow {
+                            tenant: tenant.clone(),
+                            key: item.identity(),
+                            status: s.clone(),
+                            trace_id: ev.trace_id,
+                        };
+                        match &s.provider_message_id {
+                            Some(pmid) => {
+                                let k = (tenant.clone(), s.channel, pmid.clone());
+                                let candidate = CurrentStatusRow {
+                                    tenant: tenant.clone(),
+                                    channel: s.channel,
+                                    provider_message_id: pmid.clone(),
+                                    status: s.status,
+                                    at: s.at,
+                                    errors: s.errors.clone(),
+                                };
+                                match current.get(&k) {
+                                    Some(cur)
+                                        if !s
+                                            .status
+                                            .supersedes(s.at, Some((cur.status, cur.at))) => {}
+                                    _ => {
+                                        current.insert(k, candidate);
+                                    }
+                                }
+                                statuses
+                                    .entry((tenant.clone(), row.key.clone()))
+                                    .or_insert(row);
+                            }
+                            None => {
+                                watermarks
+                                    .entry((tenant.clone(), row.key.clone()))
+                                    .or_insert(row);
+                            }
+                        }
+                    }
+                    NormalizedItem::PageChange(c) => {
+                        let key = item.identity();
+                        changes
+                            .entry((tenant.clone(), key.clone()))
+                            .or_insert(ChangeRow {
+                                tenant: tenant.clone(),
+                                key,
+                                change: c.clone(),
+                                trace_id: ev.trace_id,
+                            });
+                    }
+                }
+            }
+        }
+        plan.tenants = tenants.into_iter().collect();
+        plan.contacts = contacts.into_values().collect();
+        plan.conversations = conversations.into_values().collect();
+        plan.messages = messages.into_values().collect();
+        plan.statuses = statuses.into_values().collect();
+        plan.current = current.into_values().collect();
+        plan.watermarks = watermarks.into_values().collect();
+        plan.changes = changes.into_values().collect();
+        plan
+    }
+}
+
+/// JSON of provider errors, as stored.
+pub fn errors_json(errors: &[ProviderError]) -> Value {
+    serde_json::to_value(errors).unwrap_or(Value::Array(Vec::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn delivery(name: &str) -> Delivery {
+        let path = format!(
+            "{}/../../tests/fixtures/meta/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let body = std::fs::read(path).unwrap();
+        let items = crate::normalize::normalize(&body).unwrap();
+        Delivery {
+            event: RawEvent::new(crate::envelope::Source::Whatsapp, "t", Bytes::from(body)),
+            items,
+        }
+    }
+
+    #[test]
+    fn redelivered_items_are_planned_once() {
+        let a = delivery("wa_text.json");
+        let b = delivery("wa_text.json");
+        let plan = WritePlan::build(&[a, b]);
+        assert_eq!(plan.raw.len(), 2, "each delivery is kept");
+        assert_eq!(plan.messages.len(), 1);
+        assert_eq!(plan.contacts.len(), 1);
+        assert_eq!(plan.conversations.len(), 1);
+        assert_eq!(plan.contacts[0].name.as_deref(), Some("Ana Testerman"));
+    }
+
+    #[test]
+    fn statuses_fold_forward_within_a_batch() {
+        let plan = WritePlan::build(&[
+            delivery("wa_status_read.json"),
+            delivery("wa_status_sent.json"),
+            delivery("wa_status_delivered.json"),
+        ]);
+        assert_eq!(plan.statuses.len(), 3, "history keeps every receipt");
+        assert_eq!(plan.current.len(), 1);
+        assert_eq!(plan.current[0].status, DeliveryStatus::Read);
+    }
+
+    #[test]
+    fn batch_multi_plans_two_conversations_for_ana_and_bruno() {
+        let plan = WritePlan::build(&[delivery("wa_batch_multi.json")]);
+        assert_eq!(plan.messages.len(), 3);
+        assert_eq!(plan.contacts.len(), 2);
+        assert_eq!(plan.conversations.len(), 2);
+        assert_eq!(plan.statuses.len(), 3);
+        assert_eq!(plan.outbox.len(), 6);
+    }
+
+    #[test]
+    fn event_ids_are_deterministic_per_tenant() {
+        let d = delivery("wa_text.json");
+        let item = &d.items[0];
+        assert_eq!(event_id("t", item), event_id("t", item));
+        assert_ne!(event_id("t", item), event_id("u", item));
+    }
+}

@@ -1,0 +1,702 @@
+//! The read model: the queries behind the JSON cache and the read API.
+//!
+//! [`ReadModel`] is implemented for [`SqlStore`] on Postgres and SQLite from
+//! one body of SQL in [`impl_read_model!`], like the write side in
+//! [`super::sql`]. The one spelling that differs is how a timestamp becomes a
+//! UTC day (`YYYY-MM-DD`): Postgres formats the `timestamptz`, SQLite takes
+//! the first ten characters of the RFC 3339 text it stores. Everything the
+//! analytics need is fetched as small aggregates; the KPIs themselves are
+//! computed by pure code in [`crate::cache::analytics`].
+
+use chrono::{DateTime, Duration, Utc};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
+
+use super::sql::{classify, SqlStore};
+use super::StoreError;
+
+/// The customer of a conversation, as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactBrief {
+    /// Contact row id.
+    pub id: i64,
+    /// Channel-scoped id (wa_id, PSID, IGSID).
+    pub external_id: String,
+    /// Display name, when known.
+    pub name: Option<String>,
+}
+
+/// The latest message of a conversation, as a preview.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessagePreview {
+    /// Message row id.
+    pub id: i64,
+    /// Provider id.
+    pub provider_message_id: String,
+    /// `inbound` / `outbound`.
+    pub direction: String,
+    /// Coarse kind.
+    pub kind: String,
+    /// Fine type.
+    pub message_type: String,
+    /// The text shortened to [`PREVIEW_CHARS`] characters, or `[type]` for a
+    /// message without text.
+    pub preview: String,
+    /// When it was sent.
+    pub sent_at: DateTime<Utc>,
+}
+
+/// The latest outbound message of a conversation and its current status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboundState {
+    /// Message row id.
+    pub id: i64,
+    /// Provider id.
+    pub provider_message_id: String,
+    /// When it was sent.
+    pub sent_at: DateTime<Utc>,
+    /// Current status (`sent`, `delivered`, `read`, `failed`), when any
+    /// receipt arrived.
+    pub status: Option<String>,
+    /// When that status happened.
+    pub status_at: Option<DateTime<Utc>>,
+}
+
+/// One conversation as listed in `conversations.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    /// Conversation row id.
+    pub id: i64,
+    /// Tenant.
+    pub tenant: String,
+    /// `whatsapp`, `messenger`, `instagram`.
+    pub channel: String,
+    /// The business endpoint (WhatsApp phone number id, Page or IG account).
+    pub business_id: String,
+    /// The customer.
+    pub contact: ContactBrief,
+    /// First message.
+    pub started_at: DateTime<Utc>,
+    /// Latest message (last activity).
+    pub last_activity_at: DateTime<Utc>,
+    /// Latest message.
+    pub last_message: Option<MessagePreview>,
+    /// Inbound messages after the latest outbound one.
+    pub unread_count: i64,
+    /// Latest outbound message and its current status.
+    pub last_outbound: Option<OutboundState>,
+}
+
+/// One message of a conversation file, with its current status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationMessage {
+    /// Message row id.
+    pub id: i64,
+    /// Provider id.
+    pub provider_message_id: String,
+    /// `inbound` / `outbound`.
+    pub direction: String,
+    /// Coarse kind.
+    pub kind: String,
+    /// Fine type.
+    pub message_type: String,
+    /// Text, caption, title, emoji.
+    pub text: Option<String>,
+    /// Media references.
+    pub media: serde_json::Value,
+    /// Replied-to provider id.
+    pub reply_to: Option<String>,
+    /// Forwarded flag.
+    pub forwarded: bool,
+    /// Ad / link referral.
+    pub referral: Option<serde_json::Value>,
+    /// Type-specific details.
+    pub details: serde_json::Value,
+    /// When it was sent.
+    pub sent_at: DateTime<Utc>,
+    /// Current delivery status, when receipts exist.
+    pub status: Option<String>,
+    /// When that status happened.
+    pub status_at: Option<DateTime<Utc>>,
+    /// Provider errors of a `failed` status.
+    pub status_errors: Option<serde_json::Value>,
+}
+
+/// One contact as listed in `contacts.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactSummary {
+    /// Contact row id.
+    pub id: i64,
+    /// Tenant.
+    pub tenant: String,
+    /// Channel.
+    pub channel: String,
+    /// Channel-scoped id.
+    pub external_id: String,
+    /// Display name, when known.
+    pub name: Option<String>,
+    /// First activity.
+    pub first_seen_at: DateTime<Utc>,
+    /// Latest activity.
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// Messages of one UTC day, channel and direction.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DayChannelCount {
+    /// `YYYY-MM-DD` (UTC).
+    pub date: String,
+    /// Channel.
+    pub channel: String,
+    /// Direction.
+    pub direction: String,
+    /// Messages.
+    pub count: i64,
+}
+
+/// A conversation's first inbound message and the first outbound after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirstResponse {
+    /// Conversation row id.
+    pub conversation_id: i64,
+    /// First inbound message.
+    pub first_inbound_at: DateTime<Utc>,
+    /// First outbound message after it, if any.
+    pub first_outbound_at: Option<DateTime<Utc>>,
+}
+
+/// The aggregates the analytics summary is computed from, for the window
+/// `[from, now]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SummaryRows {
+    /// Messages sent in the window, by day, channel and direction.
+    pub messages_per_day: Vec<DayChannelCount>,
+    /// Current statuses whose time falls in the window: (status, count).
+    pub outbound_statuses: Vec<(String, i64)>,
+    /// Errors of `failed` current statuses in the window: (errors JSON, how
+    /// many rows carry exactly these errors).
+    pub failure_errors: Vec<(serde_json::Value, i64)>,
+    /// Conversations whose first inbound message falls in the window.
+    pub first_responses: Vec<FirstResponse>,
+    /// Conversations with a message in `[now - 24 h, now]`.
+    pub active_24h: i64,
+    /// Conversations with a message in `[now - 7 d, now]`.
+    pub active_7d: i64,
+    /// Contacts first seen in the window, by day.
+    pub new_contacts_per_day: Vec<(String, i64)>,
+    /// Page changes of kind `lead` in the window, by day.
+    pub leads_per_day: Vec<(String, i64)>,
+}
+
+/// Receipts stored after a cursor, mapped to the conversation they concern.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatusChanges {
+    /// `(status row id, conversation id)`; the conversation is `None` for a
+    /// receipt of a contact without a conversation.
+    pub rows: Vec<(i64, Option<i64>)>,
+}
+
+/// Characters kept in a [`MessagePreview`].
+pub const PREVIEW_CHARS: usize = 120;
+
+/// The preview text of a message.
+pub fn preview(text: Option<&str>, message_type: &str) -> String {
+    match text.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) if t.chars().count() > PREVIEW_CHARS => {
+            let mut s: String = t.chars().take(PREVIEW_CHARS - 1).collect();
+            s.push('…');
+            s
+        }
+        Some(t) => t.to_string(),
+        None => format!("[{message_type}]"),
+    }
+}
+
+/// Queries of the read side. Every method is one or a few round trips.
+pub trait ReadModel: Send + Sync {
+    /// The most recently active conversations, newest first.
+    fn conversations(
+        &self,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<ConversationSummary>, StoreError>>;
+    /// One conversation.
+    fn conversation(
+        &self,
+        id: i64,
+    ) -> BoxFuture<'_, Result<Option<ConversationSummary>, StoreError>>;
+    /// The latest `limit` messages of a conversation, oldest first.
+    fn conversation_messages(
+        &self,
+        id: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<ConversationMessage>, StoreError>>;
+    /// The most recently seen contacts, newest first.
+    fn contacts(&self, limit: i64) -> BoxFuture<'_, Result<Vec<ContactSummary>, StoreError>>;
+    /// The aggregates of the analytics summary over `[from, now]`.
+    fn summary_rows(
+        &self,
+        from: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'_, Result<SummaryRows, StoreError>>;
+    /// Highest receipt row id (0 when there is none).
+    fn max_status_id(&self) -> BoxFuture<'_, Result<i64, StoreError>>;
+    /// Receipts with an id above `after`, oldest first, at most `limit`.
+    fn status_changes(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<StatusChanges, StoreError>>;
+}
+
+const CONVERSATION_SELECT: &str = "SELECT v.id, v.tenant, v.channel, v.business_id, v.started_at, \
+ v.last_message_at, c.id AS contact_id, c.external_id AS contact_external_id, c.name AS contact_name, \
+ (SELECT count(*) FROM messages i WHERE i.conversation_id = v.id AND i.direction = 'inbound' \
+   AND NOT EXISTS (SELECT 1 FROM messages o WHERE o.conversation_id = v.id \
+     AND o.direction = 'outbound' AND o.sent_at >= i.sent_at)) AS unread_count, \
+ (SELECT m.id FROM messages m WHERE m.conversation_id = v.id \
+   ORDER BY m.sent_at DESC, m.id DESC LIMIT 1) AS last_message_id, \
+ (SELECT m.id FROM messages m WHERE m.conversation_id = v.id AND m.direction = 'outbound' \
+   ORDER BY m.sent_at DESC, m.id DESC LIMIT 1) AS last_outbound_id \
+ FROM conversations v JOIN contacts c ON c.id = v.contact_id";
+
+const STATUS_JOIN: &str = " LEFT JOIN message_status_current s ON s.tenant = m.tenant \
+ AND s.channel = m.channel AND s.provider_message_id = m.provider_message_id";
+
+/// A conversation row before its last messages are attached.
+struct ConversationHead {
+    summary: ConversationSummary,
+    last_message_id: Option<i64>,
+    last_outbound_id: Option<i64>,
+}
+
+/// A message row with its status, as fetched for previews.
+struct PreviewRow {
+    id: i64,
+    provider_message_id: String,
+    direction: String,
+    kind: String,
+    message_type: String,
+    text: Option<String>,
+    sent_at: DateTime<Utc>,
+    status: Option<String>,
+    status_at: Option<DateTime<Utc>>,
+}
+
+fn attach(heads: Vec<ConversationHead>, rows: Vec<PreviewRow>) -> Vec<ConversationSummary> {
+    let by_id: std::collections::HashMap<i64, PreviewRow> =
+        rows.into_iter().map(|r| (r.id, r)).collect();
+    heads
+        .into_iter()
+        .map(|h| {
+            let mut s = h.summary;
+            s.last_message =
+                h.last_message_id
+                    .and_then(|id| by_id.get(&id))
+                    .map(|r| MessagePreview {
+                        id: r.id,
+                        provider_message_id: r.provider_message_id.clone(),
+                        direction: r.direction.clone(),
+                        kind: r.kind.clone(),
+                        message_type: r.message_type.clone(),
+                        preview: preview(r.text.as_deref(), &r.message_type),
+                        sent_at: r.sent_at,
+                    });
+            s.last_outbound =
+                h.last_outbound_id
+                    .and_then(|id| by_id.get(&id))
+                    .map(|r| OutboundState {
+                        id: r.id,
+                        provider_message_id: r.provider_message_id.clone(),
+                        sent_at: r.sent_at,
+                        status: r.status.clone(),
+                        status_at: r.status_at,
+                    });
+            s
+        })
+        .collect()
+}
+
+macro_rules! impl_read_model {
+    ($db:ty, $day_open:literal, $day_close:literal) => {
+        impl SqlStore<$db> {
+            async fn conversation_heads(
+                &self,
+                id: Option<i64>,
+                limit: i64,
+            ) -> Result<Vec<ConversationSummary>, StoreError> {
+                let mut qb = QueryBuilder::<$db>::new(CONVERSATION_SELECT);
+                if let Some(id) = id {
+                    qb.push(" WHERE v.id = ").push_bind(id);
+                }
+                qb.push(" ORDER BY v.last_message_at DESC, v.id DESC LIMIT ")
+                    .push_bind(limit);
+                let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                let heads = rows
+                    .iter()
+                    .map(|r| {
+                        Ok(ConversationHead {
+                            summary: ConversationSummary {
+                                id: r.try_get("id")?,
+                                tenant: r.try_get("tenant")?,
+                                channel: r.try_get("channel")?,
+                                business_id: r.try_get("business_id")?,
+                                contact: ContactBrief {
+                                    id: r.try_get("contact_id")?,
+                                    external_id: r.try_get("contact_external_id")?,
+                                    name: r.try_get("contact_name")?,
+                                },
+                                started_at: r.try_get("started_at")?,
+                                last_activity_at: r.try_get("last_message_at")?,
+                                last_message: None,
+                                unread_count: r.try_get("unread_count")?,
+                                last_outbound: None,
+                            },
+                            last_message_id: r.try_get("last_message_id")?,
+                            last_outbound_id: r.try_get("last_outbound_id")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err(classify)?;
+                let ids: Vec<i64> = heads
+                    .iter()
+                    .flat_map(|h| [h.last_message_id, h.last_outbound_id])
+                    .flatten()
+                    .collect();
+                let mut previews = Vec::new();
+                for chunk in ids.chunks(400) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT m.id, m.provider_message_id, m.direction, m.kind, m.message_type, m.text, \
+                         m.sent_at, s.status AS status, s.at AS status_at FROM messages m",
+                    );
+                    qb.push(STATUS_JOIN).push(" WHERE m.id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(*id);
+                    }
+                    qb.push(")");
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    let chunk_rows = rows
+                        .iter()
+                        .map(|r| {
+                            Ok(PreviewRow {
+                                id: r.try_get("id")?,
+                                provider_message_id: r.try_get("provider_message_id")?,
+                                direction: r.try_get("direction")?,
+                                kind: r.try_get("kind")?,
+                                message_type: r.try_get("message_type")?,
+                                text: r.try_get("text")?,
+                                sent_at: r.try_get("sent_at")?,
+                                status: r.try_get("status")?,
+                                status_at: r.try_get("status_at")?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, sqlx::Error>>()
+                        .map_err(classify)?;
+                    previews.extend(chunk_rows);
+                }
+                Ok(attach(heads, previews))
+            }
+
+            async fn day_counts(
+                &self,
+                table_expr: &str,
+                day_column: &str,
+                filter: &str,
+                from: DateTime<Utc>,
+                now: DateTime<Utc>,
+            ) -> Result<Vec<(String, i64)>, StoreError> {
+                let mut qb = QueryBuilder::<$db>::new("SELECT ");
+                qb.push($day_open)
+                    .push(day_column)
+                    .push($day_close)
+                    .push(" AS day, count(*) AS n FROM ")
+                    .push(table_expr)
+                    .push(" WHERE ")
+                    .push(filter)
+                    .push(day_column)
+                    .push(" >= ")
+                    .push_bind(from)
+                    .push(" AND ")
+                    .push(day_column)
+                    .push(" <= ")
+                    .push_bind(now)
+                    .push(" GROUP BY 1 ORDER BY 1");
+                let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("day")?, r.try_get("n")?)))
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(classify)
+            }
+
+            async fn active_since(
+                &self,
+                since: DateTime<Utc>,
+                now: DateTime<Utc>,
+            ) -> Result<i64, StoreError> {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT count(DISTINCT conversation_id) AS n FROM messages WHERE sent_at >= ",
+                );
+                qb.push_bind(since).push(" AND sent_at <= ").push_bind(now);
+                let row = qb.build().fetch_one(&self.pool).await.map_err(classify)?;
+                row.try_get("n").map_err(classify)
+            }
+        }
+
+        impl ReadModel for SqlStore<$db> {
+            fn conversations(
+                &self,
+                limit: i64,
+            ) -> BoxFuture<'_, Result<Vec<ConversationSummary>, StoreError>> {
+                Box::pin(async move { self.conversation_heads(None, limit).await })
+            }
+
+            fn conversation(
+                &self,
+                id: i64,
+            ) -> BoxFuture<'_, Result<Option<ConversationSummary>, StoreError>> {
+                Box::pin(async move {
+                    Ok(self.conversation_heads(Some(id), 1).await?.into_iter().next())
+                })
+            }
+
+            fn conversation_messages(
+                &self,
+                id: i64,
+                limit: i64,
+            ) -> BoxFuture<'_, Result<Vec<ConversationMessage>, StoreError>> {
+                Box::pin(async move {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT m.id, m.provider_message_id, m.direction, m.kind, m.message_type, m.text, \
+                         m.media, m.reply_to, m.forwarded, m.referral, m.details, m.sent_at, \
+                         s.status AS status, s.at AS status_at, s.errors AS status_errors FROM messages m",
+                    );
+                    qb.push(STATUS_JOIN)
+                        .push(" WHERE m.conversation_id = ")
+                        .push_bind(id)
+                        .push(" ORDER BY m.sent_at DESC, m.id DESC LIMIT ")
+                        .push_bind(limit);
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    let mut out = rows
+                        .iter()
+                        .map(|r| {
+                            let status: Option<String> = r.try_get("status")?;
+                            let errors: Option<Json<serde_json::Value>> = r.try_get("status_errors")?;
+                            Ok(ConversationMessage {
+                                id: r.try_get("id")?,
+                                provider_message_id: r.try_get("provider_message_id")?,
+                                direction: r.try_get("direction")?,
+                                kind: r.try_get("kind")?,
+                                message_type: r.try_get("message_type")?,
+                                text: r.try_get("text")?,
+                                media: r.try_get::<Json<serde_json::Value>, _>("media")?.0,
+                                reply_to: r.try_get("reply_to")?,
+                                forwarded: r.try_get("forwarded")?,
+                                referral: r
+                                    .try_get::<Option<Json<serde_json::Value>>, _>("referral")?
+                                    .map(|j| j.0),
+                                details: r.try_get::<Json<serde_json::Value>, _>("details")?.0,
+                                sent_at: r.try_get("sent_at")?,
+                                status_at: r.try_get("status_at")?,
+                                status_errors: errors
+                                    .map(|j| j.0)
+                                    .filter(|_| status.as_deref() == Some("failed")),
+                                status,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, sqlx::Error>>()
+                        .map_err(classify)?;
+                    out.reverse();
+                    Ok(out)
+                })
+            }
+
+            fn contacts(&self, limit: i64) -> BoxFuture<'_, Result<Vec<ContactSummary>, StoreError>> {
+                Box::pin(async move {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT id, tenant, channel, external_id, name, first_seen_at, last_seen_at \
+                         FROM contacts ORDER BY last_seen_at DESC, id DESC LIMIT ",
+                    );
+                    qb.push_bind(limit);
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    rows.iter()
+                        .map(|r| {
+                            Ok(ContactSummary {
+                                id: r.try_get("id")?,
+                                tenant: r.try_get("tenant")?,
+                                channel: r.try_get("channel")?,
+                                external_id: r.try_get("external_id")?,
+                                name: r.try_get("name")?,
+                                first_seen_at: r.try_get("first_seen_at")?,
+                                last_seen_at: r.try_get("last_seen_at")?,
+                            })
+                        })
+                        .collect::<Result<_, sqlx::Error>>()
+                        .map_err(classify)
+                })
+            }
+
+            fn summary_rows(
+                &self,
+                from: DateTime<Utc>,
+                now: DateTime<Utc>,
+            ) -> BoxFuture<'_, Result<SummaryRows, StoreError>> {
+                Box::pin(async move {
+                    let mut out = SummaryRows::default();
+
+                    let mut qb = QueryBuilder::<$db>::new("SELECT ");
+                    qb.push($day_open)
+                        .push("sent_at")
+                        .push($day_close)
+                        .push(" AS day, channel, direction, count(*) AS n FROM messages WHERE sent_at >= ")
+                        .push_bind(from)
+                        .push(" AND sent_at <= ")
+                        .push_bind(now)
+                        .push(" GROUP BY 1, 2, 3 ORDER BY 1, 2, 3");
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    out.messages_per_day = rows
+                        .iter()
+                        .map(|r| {
+                            Ok(DayChannelCount {
+                                date: r.try_get("day")?,
+                                channel: r.try_get("channel")?,
+                                direction: r.try_get("direction")?,
+                                count: r.try_get("n")?,
+                            })
+                        })
+                        .collect::<Result<_, sqlx::Error>>()
+                        .map_err(classify)?;
+
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT status, count(*) AS n FROM message_status_current WHERE at >= ",
+                    );
+                    qb.push_bind(from)
+                        .push(" AND at <= ")
+                        .push_bind(now)
+                        .push(" GROUP BY status ORDER BY status");
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    out.outbound_statuses = rows
+                        .iter()
+                        .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+                        .collect::<Result<_, sqlx::Error>>()
+                        .map_err(classify)?;
+
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT errors, count(*) AS n FROM message_status_current \
+                         WHERE status = 'failed' AND at >= ",
+                    );
+                    qb.push_bind(from)
+                        .push(" AND at <= ")
+                        .push_bind(now)
+                        .push(" GROUP BY errors");
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    out.failure_errors = rows
+                        .iter()
+                        .map(|r| {
+                            Ok((
+                                r.try_get::<Json<serde_json::Value>, _>("errors")?.0,
+                                r.try_get("n")?,
+                            ))
+                        })
+                        .collect::<Result<_, sqlx::Error>>()
+                        .map_err(classify)?;
+
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT f.conversation_id, f.first_in, \
+                         (SELECT min(o.sent_at) FROM messages o WHERE o.conversation_id = f.conversation_id \
+                           AND o.direction = 'outbound' AND o.sent_at > f.first_in) AS first_out \
+                         FROM (SELECT conversation_id, min(sent_at) AS first_in FROM messages \
+                           WHERE direction = 'inbound' GROUP BY conversation_id) f \
+                         WHERE f.first_in >= ",
+                    );
+                    qb.push_bind(from)
+                        .push(" AND f.first_in <= ")
+                        .push_bind(now)
+                        .push(" ORDER BY f.conversation_id");
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    out.first_responses = rows
+                        .iter()
+                        .map(|r| {
+                            Ok(FirstResponse {
+                                conversation_id: r.try_get("conversation_id")?,
+                                first_inbound_at: r.try_get("first_in")?,
+                                first_outbound_at: r.try_get("first_out")?,
+                            })
+                        })
+                        .collect::<Result<_, sqlx::Error>>()
+                        .map_err(classify)?;
+
+                    out.active_24h = self.active_since(now - Duration::hours(24), now).await?;
+                    out.active_7d = self.active_since(now - Duration::days(7), now).await?;
+                    out.new_contacts_per_day = self
+                        .day_counts("contacts", "first_seen_at", "", from, now)
+                        .await?;
+                    out.leads_per_day = self
+                        .day_counts("page_changes", "occurred_at", "kind = 'lead' AND ", from, now)
+                        .await?;
+                    Ok(out)
+                })
+            }
+
+            fn max_status_id(&self) -> BoxFuture<'_, Result<i64, StoreError>> {
+                Box::pin(async move {
+                    let row = sqlx::query("SELECT COALESCE(max(id), 0) AS n FROM message_statuses")
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(classify)?;
+                    row.try_get("n").map_err(classify)
+                })
+            }
+
+            fn status_changes(
+                &self,
+                after: i64,
+                limit: i64,
+            ) -> BoxFuture<'_, Result<StatusChanges, StoreError>> {
+                Box::pin(async move {
+                    // A receipt names the contact and the business endpoint,
+                    // which is exactly a conversation's key (watermark
+                    // receipts carry no message id, so this is the one join
+                    // that covers both kinds).
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT s.id AS id, v.id AS conversation_id FROM message_statuses s \
+                         LEFT JOIN contacts c ON c.tenant = s.tenant AND c.channel = s.channel \
+                           AND c.external_id = s.contact_external_id \
+                         LEFT JOIN conversations v ON v.tenant = s.tenant AND v.channel = s.channel \
+                           AND v.business_id = s.business_id AND v.contact_id = c.id \
+                         WHERE s.id > ",
+                    );
+                    qb.push_bind(after).push(" ORDER BY s.id LIMIT ").push_bind(limit);
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    Ok(StatusChanges {
+                        rows: rows
+                            .iter()
+                            .map(|r| Ok((r.try_get("id")?, r.try_get("conversation_id")?)))
+                            .collect::<Result<_, sqlx::Error>>()
+                            .map_err(classify)?,
+                    })
+                })
+            }
+        }
+    };
+}
+
+impl_read_model!(Postgres, "to_char(", " AT TIME ZONE 'UTC', 'YYYY-MM-DD')");
+impl_read_model!(Sqlite, "substr(", ", 1, 10)");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_shorten_long_text_and_name_typeless_messages() {
+        assert_eq!(preview(Some("  hi  "), "text"), "hi");
+        assert_eq!(preview(None, "image"), "[image]");
+        assert_eq!(preview(Some(""), "sticker"), "[sticker]");
+        let long = "x".repeat(500);
+        let p = preview(Some(&long), "text");
+        assert_eq!(p.chars().count(), PREVIEW_CHARS);
+        assert!(p.ends_with('…'));
+    }
+}

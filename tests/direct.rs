@@ -1,0 +1,345 @@
+//! Direct mode and the embedded default: no Redis (or Redis dying), nothing
+//! lost.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use inlet_suite::*;
+
+/// Settings without Redis.
+fn no_redis() -> TestConfig {
+    let mut cfg = TestConfig::new();
+    cfg.env.remove("INLET_REDIS_URL");
+    cfg
+}
+
+#[tokio::test]
+async fn sqlite_without_redis_stores_every_fixture_like_postgres() {
+    let gw = TestGateway::start(no_redis()).await;
+    let ready: serde_json::Value = gw.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["mode"], "direct");
+    assert_eq!(ready["redis"], "not_configured");
+    assert_eq!(ready["store"], "up");
+    gw.post_all_fixtures().await;
+    // 200 was sent after the commit, so the rows are already there.
+    let store = gw.store();
+    assert_eq!(store.backend(), "sqlite");
+    assert_fixture_rows(&store).await;
+    let audit = gw.audit();
+    assert_eq!(
+        audit.iter().filter(|r| r.stage == "direct").count(),
+        fixtures().len()
+    );
+    // Outbox entries wait for Redis; nothing is lost meanwhile.
+    assert!(store.counts().await.unwrap().outbox > 0);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn postgres_without_redis_stores_every_fixture() {
+    let db = TestDb::create().await;
+    let gw = TestGateway::start(no_redis().set("INLET_DATABASE_URL", db.url.clone())).await;
+    gw.post_all_fixtures().await;
+    let store = gw.store();
+    assert_eq!(store.backend(), "postgres");
+    assert_fixture_rows(&store).await;
+    gw.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn malformed_bodies_in_direct_mode_are_kept_in_the_store_dlq() {
+    let gw = TestGateway::start(no_redis()).await;
+    let res = gw.post_signed("whatsapp", b"not json at all", SECRET).await;
+    assert_eq!(res.status(), 200);
+    let letters = gw.store().dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].letter.reason, "not_json");
+    assert_eq!(letters[0].letter.event.body.as_ref(), b"not json at all");
+    let (ok, out) = cli(gw.config.settings(), &["dlq", "list"]).await;
+    assert!(ok && out.contains("db-"), "{out}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn readme_flow_embedded_default_serves_and_shows_the_message() {
+    // The README's first command: no Redis, no database URL, no secret.
+    let mut cfg = no_redis();
+    cfg.env.remove("INLET_APP_SECRET");
+    cfg.env.remove("INLET_VERIFY_TOKEN");
+    let gw = TestGateway::start(cfg).await;
+    let settings = gw.config.settings();
+    assert!(settings.generated_secret.is_some());
+    // `inlet sign` with no --secret uses the generated development secret.
+    let file = fixtures_dir().join("wa_text.json");
+    let (ok, sig) = cli(settings.clone(), &["sign", file.to_str().unwrap()]).await;
+    assert!(ok, "{sig}");
+    let res = gw
+        .post("whatsapp", &fixture("wa_text.json"), Some(sig.trim()))
+        .await;
+    assert_eq!(res.status(), 200);
+    let (ok, out) = cli(settings, &["messages"]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("Hi, is the blue kettle still in stock?"),
+        "{out}"
+    );
+    assert!(out.contains("Ana Testerman"), "{out}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn outbox_is_flushed_to_redis_when_it_comes_back() {
+    require_redis().await;
+    let flaky = Flaky::start(&host_port(&redis_url())).await;
+    let cfg = TestConfig::new().set("INLET_REDIS_URL", flaky.route(&redis_url()));
+    let prefix = cfg.prefix.clone();
+    flaky.down().await;
+    let gw = TestGateway::start(cfg).await;
+    assert_eq!(
+        gw.get("/readyz")
+            .await
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()["mode"],
+        "direct"
+    );
+    assert_eq!(
+        gw.post_signed("whatsapp", &fixture("wa_text.json"), SECRET)
+            .await
+            .status(),
+        200
+    );
+    flaky.up().await;
+    let entries = eventually(
+        Duration::from_secs(15),
+        "normalized entry published",
+        || async {
+            let e = read_stream(&prefix, "incoming.normalized").await;
+            (!e.is_empty()).then_some(e)
+        },
+    )
+    .await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].text("type").unwrap(), "message");
+    eventually(Duration::from_secs(5), "outbox drained", || async {
+        (gw.store().counts().await.ok()?.outbox == 0).then_some(())
+    })
+    .await;
+    gw.stop().await;
+    flaky.down().await;
+    cleanup_prefix(&prefix).await;
+}
+
+/// A redis-server of the test's own, persisting to AOF in a temp directory,
+/// that can be killed and restarted on the same port.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnRedis {
+    async fn start() -> OwnRedis {
+        let mut r = OwnRedis {
+            port: closed_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.spawn().await;
+        r
+    }
+
+    async fn spawn(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)");
+        self.child = Some(child);
+        let url = self.url();
+        eventually(
+            Duration::from_secs(10),
+            "own redis-server answers",
+            || async {
+                let client = redis::Client::open(url.as_str()).ok()?;
+                let mut c = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+            },
+        )
+        .await;
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+            let _ = c.wait().await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+#[tokio::test]
+async fn chaos_redis_dies_and_returns_nothing_is_lost() {
+    const N: usize = 240;
+    let mut redis = OwnRedis::start().await;
+    let db = TestDb::create().await;
+    let cfg = TestConfig::new()
+        .set("INLET_REDIS_URL", redis.url())
+        .set("INLET_DATABASE_URL", db.url.clone())
+        .set("INLET_REDIS__PROBE_INTERVAL_MS", "100");
+    let worker = TestWorker::start(&cfg).await;
+    let gw = TestGateway::start(cfg).await;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let retried = Arc::new(AtomicUsize::new(0));
+    let template = String::from_utf8(fixture("wa_text.json")).unwrap();
+
+    let mut senders = tokio::task::JoinSet::new();
+    for s in 0..4 {
+        let client = gw.client.clone();
+        let url = format!("{}/webhooks/whatsapp", gw.base);
+        let template = template.clone();
+        let sent = sent.clone();
+        let retried = retried.clone();
+        senders.spawn(async move {
+            for i in (s..N).step_by(4) {
+                let body = template.replace("MQA=", &format!("C{i:04}A="));
+                let sig = inlet::signature::sign(body.as_bytes(), SECRET.as_bytes());
+                // Like Meta: anything but 200 is retried (bounded).
+                let mut ok = false;
+                for _ in 0..200 {
+                    let res = client
+                        .post(&url)
+                        .header("x-hub-signature-256", &sig)
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    if matches!(&res, Ok(r) if r.status() == 200) {
+                        ok = true;
+                        break;
+                    }
+                    retried.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                assert!(ok, "event {i} never acknowledged");
+                sent.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+
+    let progress = |n: usize| {
+        let sent = sent.clone();
+        async move {
+            eventually(Duration::from_secs(60), &format!("{n} events sent"), || {
+                let sent = sent.clone();
+                async move { (sent.load(Ordering::Relaxed) >= n).then_some(()) }
+            })
+            .await
+        }
+    };
+    progress(N / 3).await;
+    redis.kill().await;
+    progress(2 * N / 3).await;
+    redis.spawn().await;
+    while let Some(r) = senders.join_next().await {
+        r.unwrap();
+    }
+    assert_eq!(sent.load(Ordering::Relaxed), N);
+
+    let store = worker.store();
+    eventually(Duration::from_secs(60), "every event stored", || async {
+        (store.counts().await.ok()?.messages >= N as i64).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.messages, N as i64, "each event stored exactly once");
+    assert_eq!(counts.dead_letters, 0);
+
+    let audit = gw.audit();
+    let modes: Vec<String> = audit
+        .iter()
+        .filter(|r| r.stage == "mode")
+        .filter_map(|r| {
+            r.extra
+                .get("mode")
+                .and_then(|m| m.as_str())
+                .map(String::from)
+        })
+        .collect();
+    let to_direct = modes.iter().position(|m| m == "direct");
+    assert!(to_direct.is_some(), "switched to direct: {modes:?}");
+    assert!(
+        modes[to_direct.unwrap()..].iter().any(|m| m == "queue"),
+        "switched back to queue: {modes:?}"
+    );
+    let direct = audit.iter().filter(|r| r.stage == "direct").count();
+    let enqueued = audit.iter().filter(|r| r.stage == "enqueued").count();
+    assert!(
+        direct > 0 && enqueued > 0,
+        "direct {direct}, enqueued {enqueued}"
+    );
+    eprintln!(
+        "chaos: {N} events, {enqueued} queued, {direct} direct, {} client retries",
+        retried.load(Ordering::Relaxed)
+    );
+    gw.stop().await;
+    worker.stop().await;
+    redis.kill().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn retention_prunes_raw_events_and_idempotency_records_but_not_data() {
+    let gw = TestGateway::start(no_redis()).await;
+    for name in ["wa_text.json", "wa_image.json"] {
+        assert_eq!(
+            gw.post_signed("whatsapp", &fixture(name), SECRET)
+                .await
+                .status(),
+            200
+        );
+    }
+    let store = gw.store();
+    assert!(store
+        .mark_processed("some-event", "some-handler")
+        .await
+        .unwrap());
+    // Nothing is older than a day yet.
+    let day_ago = chrono::Utc::now() - chrono::Duration::days(1);
+    assert_eq!(
+        store.prune(Some(day_ago), Some(day_ago)).await.unwrap(),
+        (0, 0)
+    );
+    // Everything is older than "in a minute".
+    let soon = chrono::Utc::now() + chrono::Duration::minutes(1);
+    let (raw, processed) = store.prune(Some(soon), Some(soon)).await.unwrap();
+    assert_eq!(raw, 2);
+    assert!(processed >= 1);
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.raw_events, 0);
+    assert_eq!(counts.messages, 2, "normalized data is kept");
+    assert!(store
+        .mark_processed("some-event", "some-handler")
+        .await
+        .unwrap());
+    gw.stop().await;
+}

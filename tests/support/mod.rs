@@ -1,0 +1,871 @@
+//! Shared harness of the integration test suite.
+//!
+//! Tests talk to the real Redis and Postgres. Each test gets its own stream
+//! prefix, its own data directory and (when it asks) its own Postgres
+//! database, so tests run in parallel without seeing each other. A missing
+//! service fails the test with a message saying how to start it; nothing is
+//! skipped silently.
+//!
+//! Service locations: `INLET_TEST_REDIS_URL` (default
+//! `redis://127.0.0.1:6379`) and `INLET_TEST_DATABASE_URL` (an admin
+//! connection, default `postgres://postgres@127.0.0.1:5432/postgres`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use inlet::audit::AuditRecord;
+use inlet::config::Settings;
+use inlet::queue::StreamEntry;
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The app secret every test gateway accepts first.
+pub const SECRET: &str = "test-secret-0123456789";
+/// A second accepted secret (rotation).
+pub const SECRET_2: &str = "rotated-secret-abcdef";
+/// The handshake token.
+pub const VERIFY_TOKEN: &str = "verify-token-xyz";
+
+/// Redis URL of the test environment.
+pub fn redis_url() -> String {
+    std::env::var("INLET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Admin Postgres URL of the test environment.
+pub fn pg_admin_url() -> String {
+    std::env::var("INLET_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Panics with a clear message when Redis is not reachable.
+pub async fn require_redis() -> redis::aio::MultiplexedConnection {
+    let url = redis_url();
+    let attempt = async {
+        let client = redis::Client::open(url.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok::<_, redis::RedisError>(conn)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => panic!(
+            "this test needs Redis at {url} (set INLET_TEST_REDIS_URL): {e}. \
+             Start it with: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no"
+        ),
+        Err(_) => panic!("this test needs Redis at {url}: connection timed out"),
+    }
+}
+
+/// A fresh Postgres database for one test, dropped by [`TestDb::drop_db`].
+pub struct TestDb {
+    /// Connection URL of the new database.
+    pub url: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl TestDb {
+    /// Creates a uniquely named database (and prunes ones that earlier,
+    /// crashed runs left behind for more than two hours).
+    pub async fn create() -> TestDb {
+        let admin = pg_admin_url();
+        let mut conn = match sqlx::PgConnection::connect(&admin).await {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "this test needs Postgres at {admin} (set INLET_TEST_DATABASE_URL): {e}. \
+                 Start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+            ),
+        };
+        let now = chrono::Utc::now().timestamp();
+        let stale: Vec<(String,)> =
+            sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'inlet_t_%'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_default();
+        for (name,) in stale {
+            let ts = name.split('_').nth(2).and_then(|t| t.parse::<i64>().ok());
+            if ts.is_some_and(|t| now - t > 7200) {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            }
+        }
+        let name = format!(
+            "inlet_t_{now}_{}",
+            &Uuid::new_v4().simple().to_string()[..12]
+        );
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+            .expect("CREATE DATABASE");
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_string())
+            .unwrap_or(admin.clone());
+        TestDb {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    /// Drops the database (terminating connections).
+    pub async fn drop_db(self) {
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+/// A port on which nothing listens (bound then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Builder of test settings: defaults from `config/default.toml`, a temp data
+/// directory, a unique stream prefix, known secrets, port 0.
+pub struct TestConfig {
+    /// Environment-style overrides (`INLET_*`).
+    pub env: HashMap<String, String>,
+    /// Data directory (kept alive by the guard).
+    pub data_dir: tempfile::TempDir,
+    /// Unique Redis key prefix.
+    pub prefix: String,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestConfig {
+    /// Defaults: Redis from the environment, no database URL (SQLite under
+    /// the data dir), two secrets, the verify token, port 0.
+    pub fn new() -> Self {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let prefix = format!("test:{}:", Uuid::new_v4().simple());
+        let mut env = HashMap::new();
+        env.insert("INLET_LISTEN".into(), "127.0.0.1:0".into());
+        env.insert(
+            "INLET_DATA_DIR".into(),
+            data_dir.path().to_string_lossy().into_owned(),
+        );
+        env.insert("INLET_STREAM_PREFIX".into(), prefix.clone());
+        env.insert("INLET_REDIS_URL".into(), redis_url());
+        env.insert("INLET_APP_SECRET".into(), format!("{SECRET},{SECRET_2}"));
+        env.insert("INLET_VERIFY_TOKEN".into(), VERIFY_TOKEN.into());
+        env.insert("INLET_API_TOKEN".into(), "api-token".into());
+        env.insert("INLET_WORKER__BLOCK_MS".into(), "200".into());
+        env.insert("INLET_WORKER__BACKOFF_BASE_MS".into(), "20".into());
+        env.insert("INLET_REDIS__PROBE_INTERVAL_MS".into(), "200".into());
+        env.insert("INLET_REDIS__TIMEOUT_MS".into(), "500".into());
+        // Every test worker gets its own metrics port.
+        env.insert("INLET_WORKER__METRICS_LISTEN".into(), "127.0.0.1:0".into());
+        Self {
+            env,
+            data_dir,
+            prefix,
+        }
+    }
+
+    /// Sets an override.
+    pub fn set(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// Validated settings.
+    pub fn settings(&self) -> Settings {
+        let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        Settings::load_from(Some(&default), self.env.clone()).expect("test settings are valid")
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        self.data_dir.path()
+    }
+}
+
+/// A gateway running in-process on a random port.
+pub struct TestGateway {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// Configuration it runs with.
+    pub config: TestConfig,
+    /// Stops it.
+    pub shutdown: CancellationToken,
+    /// HTTP client.
+    pub client: reqwest::Client,
+    /// The running service.
+    pub running: Option<inlet::service::RunningGateway>,
+}
+
+impl TestGateway {
+    /// Starts a gateway with `config`.
+    pub async fn start(config: TestConfig) -> TestGateway {
+        inlet::telemetry::init_test_tracing();
+        let shutdown = CancellationToken::new();
+        let running = inlet::service::start_gateway(config.settings(), shutdown.clone())
+            .await
+            .expect("gateway starts");
+        let addr = running.addr;
+        TestGateway {
+            base: format!("http://{addr}"),
+            addr,
+            config,
+            shutdown,
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .unwrap(),
+            running: Some(running),
+        }
+    }
+
+    /// POSTs `body` to `/webhooks/{source}` signed with `secret`.
+    pub async fn post_signed(&self, source: &str, body: &[u8], secret: &str) -> reqwest::Response {
+        let sig = inlet::signature::sign(body, secret.as_bytes());
+        self.post(source, body, Some(&sig)).await
+    }
+
+    /// POSTs every fixture, signed, to its source and expects 200 for each.
+    pub async fn post_all_fixtures(&self) {
+        for (name, body) in fixtures() {
+            let res = self.post_signed(source_of(&name), &body, SECRET).await;
+            assert_eq!(res.status(), 200, "{name}");
+        }
+    }
+
+    /// POSTs with an explicit (or no) signature header.
+    pub async fn post(&self, source: &str, body: &[u8], sig: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(format!("{}/webhooks/{source}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(sig) = sig {
+            req = req.header("x-hub-signature-256", sig);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// GET a path.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// The store the gateway uses in direct mode.
+    pub fn store(&self) -> inlet::store::Store {
+        self.running.as_ref().expect("running").store.clone()
+    }
+
+    /// Every audit line written so far (all services sharing the data dir).
+    pub fn audit(&self) -> Vec<AuditRecord> {
+        inlet::audit::read_all(&self.config.dir().join("audit")).expect("audit readable")
+    }
+
+    /// Entries of a stream under this gateway's prefix.
+    pub async fn stream(&self, name: &str) -> Vec<StreamEntry> {
+        read_stream(&self.config.prefix, name).await
+    }
+
+    /// Stops the gateway and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            let _ = r.wait().await;
+        }
+    }
+}
+
+/// Every entry of `{prefix}{name}`.
+pub async fn read_stream(prefix: &str, name: &str) -> Vec<StreamEntry> {
+    let queue = queue(prefix).await;
+    queue.range(name, "-", 1_000_000).await.expect("XRANGE")
+}
+
+/// A queue client bound to `prefix`.
+pub async fn queue(prefix: &str) -> inlet::queue::RedisQueue {
+    require_redis().await;
+    inlet::queue::RedisQueue::connect(&redis_url(), prefix, Duration::from_secs(2), 0)
+        .await
+        .expect("redis connect")
+}
+
+/// Deletes every key under `prefix`.
+pub async fn cleanup_prefix(prefix: &str) {
+    let mut conn = require_redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+    }
+}
+
+/// The fixtures shipped with the suite: `(file name, exact bytes)`.
+pub fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let dir = fixtures_dir();
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// One fixture's bytes.
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures_dir().join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+/// `tests/fixtures/meta`.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/meta")
+}
+
+/// The webhook source a fixture is posted to, from its name prefix.
+pub fn source_of(fixture: &str) -> &'static str {
+    if fixture.starts_with("wa_") {
+        "whatsapp"
+    } else if fixture.starts_with("ig_") {
+        "instagram"
+    } else {
+        "facebook"
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after
+/// `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A worker running in-process.
+pub struct TestWorker {
+    /// Stops it.
+    pub shutdown: CancellationToken,
+    /// The running service.
+    pub running: inlet::service::RunningWorker,
+}
+
+impl TestWorker {
+    /// Starts a worker with the settings of `config`.
+    pub async fn start(config: &TestConfig) -> TestWorker {
+        Self::start_with(config.settings()).await
+    }
+
+    /// Starts a worker with explicit settings.
+    pub async fn start_with(settings: Settings) -> TestWorker {
+        inlet::telemetry::init_test_tracing();
+        let shutdown = CancellationToken::new();
+        let running = inlet::service::start_worker(settings, shutdown.clone())
+            .await
+            .expect("worker starts");
+        TestWorker { shutdown, running }
+    }
+
+    /// The worker's store.
+    pub fn store(&self) -> inlet::store::Store {
+        self.running.store.clone()
+    }
+
+    /// Stops it, letting the current batch finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.running.wait().await;
+    }
+}
+
+/// Waits until `store` holds `n` raw events.
+pub async fn wait_raw_events(store: &inlet::store::Store, n: i64) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{n} raw events stored"),
+        || async {
+            let c = store.counts().await.ok()?;
+            (c.raw_events >= n).then_some(())
+        },
+    )
+    .await;
+}
+
+/// What the fixtures README says each fixture normalizes to, for the items
+/// stored as messages: (fixture, kind, direction, contact, message type,
+/// text).
+/// One row of [`MESSAGE_EXPECTATIONS`].
+pub type Expectation = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+);
+
+/// Expected stored messages per fixture.
+pub const MESSAGE_EXPECTATIONS: &[Expectation] = &[
+    (
+        "wa_text.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "text",
+        Some("Hi, is the blue kettle still in stock?"),
+    ),
+    (
+        "wa_image.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "image",
+        Some("This is the scratch on the lid"),
+    ),
+    (
+        "wa_audio.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "audio",
+        None,
+    ),
+    (
+        "wa_video.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "video",
+        Some("Unboxing clip"),
+    ),
+    (
+        "wa_document.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "document",
+        Some("Invoice for order 4471"),
+    ),
+    (
+        "wa_sticker.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "sticker",
+        None,
+    ),
+    (
+        "wa_location.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "location",
+        None,
+    ),
+    (
+        "wa_contacts.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "contacts",
+        None,
+    ),
+    (
+        "wa_interactive_button_reply.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "interactive.button_reply",
+        Some("Yes, confirm"),
+    ),
+    (
+        "wa_interactive_list_reply.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "interactive.list_reply",
+        Some("Tuesday 10:00"),
+    ),
+    (
+        "wa_button.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "button",
+        Some("Stop promotions"),
+    ),
+    (
+        "wa_reaction.json",
+        "reaction",
+        "inbound",
+        "15550001111",
+        "reaction",
+        Some("👍"),
+    ),
+    (
+        "wa_order.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "order",
+        Some("Please gift wrap"),
+    ),
+    (
+        "wa_system.json",
+        "system",
+        "inbound",
+        "15550001111",
+        "system.user_changed_number",
+        Some("User Ana Testerman changed from 15550001111 to 15550001112"),
+    ),
+    (
+        "wa_unsupported.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "unsupported",
+        None,
+    ),
+    (
+        "wa_text_with_referral.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "text",
+        Some("Hi! I saw your ad about the winter sale"),
+    ),
+    (
+        "fb_message_text.json",
+        "message",
+        "inbound",
+        "4000000000000004",
+        "text",
+        Some("Hello! What are your opening hours?"),
+    ),
+    (
+        "fb_message_attachment.json",
+        "message",
+        "inbound",
+        "4000000000000004",
+        "attachments",
+        None,
+    ),
+    (
+        "fb_postback.json",
+        "postback",
+        "inbound",
+        "4000000000000004",
+        "postback",
+        Some("Get Started"),
+    ),
+    (
+        "fb_reaction.json",
+        "reaction",
+        "inbound",
+        "4000000000000004",
+        "reaction",
+        Some("❤️"),
+    ),
+    (
+        "fb_echo.json",
+        "message",
+        "outbound",
+        "4000000000000004",
+        "text",
+        Some("We are open 9am-6pm, Monday to Saturday."),
+    ),
+    (
+        "fb_referral.json",
+        "referral",
+        "inbound",
+        "4000000000000004",
+        "referral",
+        None,
+    ),
+    (
+        "ig_message_text.json",
+        "message",
+        "inbound",
+        "6000000000000007",
+        "text",
+        Some("hey! do you ship to Portugal?"),
+    ),
+    (
+        "ig_message_attachment.json",
+        "message",
+        "inbound",
+        "6000000000000007",
+        "attachments",
+        None,
+    ),
+    (
+        "ig_reaction.json",
+        "reaction",
+        "inbound",
+        "6000000000000007",
+        "reaction",
+        Some("❤️"),
+    ),
+    (
+        "ig_story_reply.json",
+        "message",
+        "inbound",
+        "6000000000000007",
+        "text",
+        Some("love this look 🔥"),
+    ),
+];
+
+/// Checks that `store` holds every fixture as the fixtures README describes
+/// (after every fixture was ingested once).
+pub async fn assert_fixture_rows(store: &inlet::store::Store) {
+    use inlet::model::NormalizedItem;
+    for (name, kind, direction, contact, mtype, text) in MESSAGE_EXPECTATIONS {
+        let items = inlet::normalize::normalize(&fixture(name)).expect(name);
+        let Some(NormalizedItem::Message(m)) = items.first() else {
+            panic!("{name}: first item is not a message");
+        };
+        let row = store
+            .message_by_provider_id(&m.provider_message_id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name}: message stored"));
+        assert_eq!(row.kind, *kind, "{name}: kind");
+        assert_eq!(row.direction, *direction, "{name}: direction");
+        assert_eq!(row.contact_external_id, *contact, "{name}: contact");
+        assert_eq!(row.message_type, *mtype, "{name}: type");
+        assert_eq!(row.text.as_deref(), *text, "{name}: text");
+    }
+    let ana = store
+        .message_by_provider_id("wamid.HBgLMTU1NTAwMDExMTEVAgASGBQzQUZBMDAwMDAwMDAwMDAwMDAwMQA=")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ana.contact_name.as_deref(), Some("Ana Testerman"));
+    let image = store
+        .message_by_provider_id(
+            &match inlet::normalize::normalize(&fixture("wa_image.json"))
+                .unwrap()
+                .remove(0)
+            {
+                NormalizedItem::Message(m) => m.provider_message_id,
+                _ => unreachable!(),
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(image.media[0]["media_id"], "910000000000002");
+    assert_eq!(image.media[0]["mime_type"], "image/jpeg");
+
+    // Statuses: sent, delivered, read of the same id → read; failed with its code.
+    let sent_id = "wamid.HBgLMTU1NTAwMDExMTEVAgARGBJCMEIwMDAwMDAwMDAwMDAwMTAA";
+    let cur = store
+        .current_status("default", sent_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cur.status, "read");
+    let failed_id = "wamid.HBgLMTU1NTAwMDExMTEVAgARGBJCMEIwMDAwMDAwMDAwMDAwMTEA";
+    let cur = store
+        .current_status("default", failed_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cur.status, "failed");
+    assert_eq!(cur.errors[0]["code"], 131047);
+
+    // wa_batch_multi: 3 messages (Ana twice, Bruno once) and 3 statuses.
+    for id in [
+        "wamid.HBgLMTU1NTAwMDExMTEVAgASGBQzQUZBMDAwMDAwMDAwMDAwMDAxOAA=",
+        "wamid.HBgLMTU1NTAwMDIyMjIVAgASGBQzQUZBMDAwMDAwMDAwMDAwMDAxOQA=",
+        "wamid.HBgLMTU1NTAwMDExMTEVAgASGBQzQUZBMDAwMDAwMDAwMDAwMDAyMAA=",
+    ] {
+        assert!(
+            store.message_by_provider_id(id).await.unwrap().is_some(),
+            "{id}"
+        );
+    }
+    let bruno = store
+        .message_by_provider_id("wamid.HBgLMTU1NTAwMDIyMjIVAgASGBQzQUZBMDAwMDAwMDAwMDAwMDAxOQA=")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bruno.contact_name.as_deref(), Some("Bruno Fakeman"));
+    assert_eq!(
+        bruno.text.as_deref(),
+        Some("Hello, I need help with my return")
+    );
+
+    let counts = store.counts().await.unwrap();
+    let files = fixtures().len() as i64;
+    assert_eq!(counts.raw_events, files, "one raw event per delivery");
+    // 26 message fixtures + 3 batch messages.
+    assert_eq!(counts.messages, MESSAGE_EXPECTATIONS.len() as i64 + 3);
+    // wa sent/delivered/read/failed (4) + batch (3) + fb delivery (2 mids) + fb read (1).
+    assert_eq!(counts.statuses, 10);
+    // leadgen + feed comment.
+    assert_eq!(counts.page_changes, 2);
+    assert_eq!(counts.dead_letters, 0);
+}
+
+/// A TCP forwarder on a local port that a test can switch off (refusing
+/// connections and cutting open ones) and on again: a service outage on
+/// demand, for Postgres or Redis.
+pub struct Flaky {
+    /// The local port clients use.
+    pub port: u16,
+    upstream: String,
+    gate: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Flaky {
+    /// Forwards a new local port to `upstream` (`host:port`), switched on.
+    pub async fn start(upstream: &str) -> Flaky {
+        let (gate, _) = tokio::sync::watch::channel(true);
+        let flaky = Flaky {
+            port: closed_port(),
+            upstream: upstream.to_string(),
+            gate: std::sync::Arc::new(gate),
+            task: std::sync::Mutex::new(None),
+        };
+        flaky.up().await;
+        flaky
+    }
+
+    /// Starts accepting and forwarding.
+    pub async fn up(&self) {
+        self.gate.send_replace(true);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let upstream = self.upstream.clone();
+        let gate = self.gate.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let upstream = upstream.clone();
+                let mut closed = gate.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = closed.wait_for(|on| !on) => {}
+                    }
+                });
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    /// Stops accepting and cuts every forwarded connection.
+    pub async fn down(&self) {
+        self.gate.send_replace(false);
+        let task = self.task.lock().unwrap().take();
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Rewrites `url` (`scheme://user@host:port/db`) to go through this
+    /// forwarder.
+    pub fn route(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").expect("url with scheme");
+        let (auth_host, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        let (auth, _) = auth_host
+            .rsplit_once('@')
+            .map_or(("", auth_host), |(a, h)| (a, h));
+        let auth = if auth.is_empty() {
+            String::new()
+        } else {
+            format!("{auth}@")
+        };
+        format!("{scheme}://{auth}127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+/// `host:port` of a URL.
+pub fn host_port(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split('/').next().unwrap_or(rest);
+    host.rsplit_once('@').map_or(host, |(_, h)| h).to_string()
+}
+
+/// Runs an `inlet` CLI command in-process with `settings`; returns exit
+/// success and the output.
+pub async fn cli(settings: Settings, args: &[&str]) -> (bool, String) {
+    use clap::Parser;
+    let mut argv = vec!["inlet"];
+    argv.extend_from_slice(args);
+    let parsed = inlet_cli::Cli::try_parse_from(argv).expect("valid CLI arguments");
+    let mut out = Vec::new();
+    let ok = match inlet_cli::run_with(parsed, settings, &mut out).await {
+        Ok(code) => code == std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            out.extend_from_slice(format!("error: {e:#}").as_bytes());
+            false
+        }
+    };
+    (ok, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Test-only conveniences on settings.
+pub trait SettingsExt {
+    /// The same settings with another worker consumer name.
+    fn clone_with_consumer(self, name: &str) -> Settings;
+}
+
+impl SettingsExt for Settings {
+    fn clone_with_consumer(mut self, name: &str) -> Settings {
+        self.worker.consumer_name = Some(name.to_string());
+        self
+    }
+}
