@@ -209,6 +209,9 @@ async fn chaos_redis_dies_and_returns_nothing_is_lost() {
     let gw = TestGateway::start(cfg).await;
     let sent = Arc::new(AtomicUsize::new(0));
     let retried = Arc::new(AtomicUsize::new(0));
+    // Events from `allowed` on wait: the last third goes out only once the
+    // gateway is back in queue mode, so both transitions are exercised.
+    let allowed = Arc::new(AtomicUsize::new(2 * N / 3));
     let template = String::from_utf8(fixture("wa_text.json")).unwrap();
 
     let mut senders = tokio::task::JoinSet::new();
@@ -218,8 +221,12 @@ async fn chaos_redis_dies_and_returns_nothing_is_lost() {
         let template = template.clone();
         let sent = sent.clone();
         let retried = retried.clone();
+        let allowed = allowed.clone();
         senders.spawn(async move {
             for i in (s..N).step_by(4) {
+                while i >= allowed.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 let body = template.replace("MQA=", &format!("C{i:04}A="));
                 let sig = inlet::signature::sign(body.as_bytes(), SECRET.as_bytes());
                 // Like Meta: anything but 200 is retried (bounded).
@@ -259,6 +266,16 @@ async fn chaos_redis_dies_and_returns_nothing_is_lost() {
     redis.kill().await;
     progress(2 * N / 3).await;
     redis.spawn().await;
+    eventually(
+        Duration::from_secs(30),
+        "the gateway is back in queue mode",
+        || async {
+            let ready: serde_json::Value = gw.get("/readyz").await.json().await.ok()?;
+            (ready["mode"] == "queue").then_some(())
+        },
+    )
+    .await;
+    allowed.store(N, Ordering::Relaxed);
     while let Some(r) = senders.join_next().await {
         r.unwrap();
     }

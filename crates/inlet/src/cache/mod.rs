@@ -35,7 +35,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::CacheSettings;
-use crate::store::read::{ContactSummary, ConversationMessage, ConversationSummary};
+use crate::store::read::{
+    ContactSummary, ConversationMessage, ConversationPage, ConversationSummary,
+};
 use crate::store::{Store, StoreError};
 
 /// Contacts listed in `contacts.json` (most recently seen first).
@@ -311,12 +313,15 @@ impl Cache {
                 conversations: read.conversations(self.inner.conversations_limit).await?,
             })?,
             CacheKey::Conversation(id) => {
-                let Some(conversation) = read.conversation(*id).await? else {
+                let Some(ConversationPage {
+                    conversation,
+                    messages,
+                }) = read
+                    .conversation_page(*id, self.inner.messages_limit)
+                    .await?
+                else {
                     return Ok(None);
                 };
-                let messages = read
-                    .conversation_messages(*id, self.inner.messages_limit)
-                    .await?;
                 encode(&ConversationDoc {
                     conversation,
                     messages,

@@ -221,17 +221,14 @@ pub trait ReadModel: Send + Sync {
         &self,
         limit: i64,
     ) -> BoxFuture<'_, Result<Vec<ConversationSummary>, StoreError>>;
-    /// One conversation.
-    fn conversation(
-        &self,
-        id: i64,
-    ) -> BoxFuture<'_, Result<Option<ConversationSummary>, StoreError>>;
-    /// The latest `limit` messages of a conversation, oldest first.
-    fn conversation_messages(
+    /// One conversation and its latest `limit` messages (oldest first), read
+    /// from one snapshot so the header (unread count, last message) and the
+    /// timeline always agree; `None` when the conversation does not exist.
+    fn conversation_page(
         &self,
         id: i64,
         limit: i64,
-    ) -> BoxFuture<'_, Result<Vec<ConversationMessage>, StoreError>>;
+    ) -> BoxFuture<'_, Result<Option<ConversationPage>, StoreError>>;
     /// The most recently seen contacts, newest first.
     fn contacts(&self, limit: i64) -> BoxFuture<'_, Result<Vec<ContactSummary>, StoreError>>;
     /// The aggregates of the analytics summary over `[from, now]`.
@@ -263,6 +260,15 @@ const CONVERSATION_SELECT: &str = "SELECT v.id, v.tenant, v.channel, v.business_
 
 const STATUS_JOIN: &str = " LEFT JOIN message_status_current s ON s.tenant = m.tenant \
  AND s.channel = m.channel AND s.provider_message_id = m.provider_message_id";
+
+/// A conversation with its latest messages, as one consistent read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationPage {
+    /// The conversation as listed.
+    pub conversation: ConversationSummary,
+    /// Its latest messages, oldest first.
+    pub messages: Vec<ConversationMessage>,
+}
 
 /// A conversation row before its last messages are attached.
 struct ConversationHead {
@@ -319,10 +325,22 @@ fn attach(heads: Vec<ConversationHead>, rows: Vec<PreviewRow>) -> Vec<Conversati
 }
 
 macro_rules! impl_read_model {
-    ($db:ty, $day_open:literal, $day_close:literal) => {
+    ($db:ty, $snapshot:literal, $day_open:literal, $day_close:literal) => {
         impl SqlStore<$db> {
+            /// A read-only transaction whose queries all see one snapshot.
+            async fn snapshot(&self) -> Result<sqlx::Transaction<'static, $db>, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                if !$snapshot.is_empty() {
+                    sqlx::query($snapshot)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                }
+                Ok(tx)
+            }
+
             async fn conversation_heads(
-                &self,
+                conn: &mut <$db as sqlx::Database>::Connection,
                 id: Option<i64>,
                 limit: i64,
             ) -> Result<Vec<ConversationSummary>, StoreError> {
@@ -332,7 +350,7 @@ macro_rules! impl_read_model {
                 }
                 qb.push(" ORDER BY v.last_message_at DESC, v.id DESC LIMIT ")
                     .push_bind(limit);
-                let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                let rows = qb.build().fetch_all(&mut *conn).await.map_err(classify)?;
                 let heads = rows
                     .iter()
                     .map(|r| {
@@ -376,7 +394,7 @@ macro_rules! impl_read_model {
                         sep.push_bind(*id);
                     }
                     qb.push(")");
-                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    let rows = qb.build().fetch_all(&mut *conn).await.map_err(classify)?;
                     let chunk_rows = rows
                         .iter()
                         .map(|r| {
@@ -449,24 +467,26 @@ macro_rules! impl_read_model {
                 &self,
                 limit: i64,
             ) -> BoxFuture<'_, Result<Vec<ConversationSummary>, StoreError>> {
-                Box::pin(async move { self.conversation_heads(None, limit).await })
-            }
-
-            fn conversation(
-                &self,
-                id: i64,
-            ) -> BoxFuture<'_, Result<Option<ConversationSummary>, StoreError>> {
                 Box::pin(async move {
-                    Ok(self.conversation_heads(Some(id), 1).await?.into_iter().next())
+                    let mut tx = self.snapshot().await?;
+                    let list = Self::conversation_heads(&mut tx, None, limit).await?;
+                    tx.commit().await.map_err(classify)?;
+                    Ok(list)
                 })
             }
 
-            fn conversation_messages(
+            fn conversation_page(
                 &self,
                 id: i64,
                 limit: i64,
-            ) -> BoxFuture<'_, Result<Vec<ConversationMessage>, StoreError>> {
+            ) -> BoxFuture<'_, Result<Option<ConversationPage>, StoreError>> {
                 Box::pin(async move {
+                    let mut tx = self.snapshot().await?;
+                    let Some(conversation) =
+                        Self::conversation_heads(&mut tx, Some(id), 1).await?.into_iter().next()
+                    else {
+                        return Ok(None);
+                    };
                     let mut qb = QueryBuilder::<$db>::new(
                         "SELECT m.id, m.provider_message_id, m.direction, m.kind, m.message_type, m.text, \
                          m.media, m.reply_to, m.forwarded, m.referral, m.details, m.sent_at, \
@@ -508,7 +528,11 @@ macro_rules! impl_read_model {
                         .collect::<Result<Vec<_>, sqlx::Error>>()
                         .map_err(classify)?;
                     out.reverse();
-                    Ok(out)
+                    tx.commit().await.map_err(classify)?;
+                    Ok(Some(ConversationPage {
+                        conversation,
+                        messages: out,
+                    }))
                 })
             }
 
@@ -682,8 +706,14 @@ macro_rules! impl_read_model {
     };
 }
 
-impl_read_model!(Postgres, "to_char(", " AT TIME ZONE 'UTC', 'YYYY-MM-DD')");
-impl_read_model!(Sqlite, "substr(", ", 1, 10)");
+impl_read_model!(
+    Postgres,
+    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    "to_char(",
+    " AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+);
+// A SQLite read transaction sees one snapshot from its first read on.
+impl_read_model!(Sqlite, "", "substr(", ", 1, 10)");
 
 #[cfg(test)]
 mod tests {
