@@ -166,6 +166,8 @@ impl TestConfig {
         env.insert("INLET_VERIFY_TOKEN".into(), VERIFY_TOKEN.into());
         env.insert("INLET_API_TOKEN".into(), "api-token".into());
         env.insert("INLET_WORKER__BLOCK_MS".into(), "200".into());
+        // Tests wait for files to converge: keep the summary's limit short.
+        env.insert("INLET_CACHE__SUMMARY_INTERVAL_MS".into(), "300".into());
         env.insert("INLET_WORKER__BACKOFF_BASE_MS".into(), "20".into());
         env.insert("INLET_REDIS__PROBE_INTERVAL_MS".into(), "200".into());
         env.insert("INLET_REDIS__TIMEOUT_MS".into(), "500".into());

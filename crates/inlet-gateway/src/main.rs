@@ -3,6 +3,11 @@
 
 use anyhow::Context;
 
+// mimalloc instead of glibc malloc: allocation was a quarter of the
+// services' CPU under load (arena locks, consolidation); see BENCHMARKS.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     inlet::telemetry::init_tracing("gateway");

@@ -158,6 +158,9 @@ pub struct RedisSettings {
 pub struct WorkerSettings {
     /// Entries per `XREADGROUP`.
     pub batch_size: usize,
+    /// Consumer loops in one worker process, each with a batch in flight, so
+    /// one batch is read and normalized while another commits.
+    pub concurrency: usize,
     /// How long one `XREADGROUP` blocks waiting for entries.
     pub block: Duration,
     /// Pending entries idle this long are reclaimed from dead consumers.
@@ -197,6 +200,10 @@ pub struct CacheSettings {
     pub ttl: Duration,
     /// Interval of the full rebuild (0 = never).
     pub rebuild_interval: Duration,
+    /// Least time between two rewrites of `analytics/summary.json` by the
+    /// cache-sync consumers (its queries scan the last 30 days, so during a
+    /// backlog it is not recomputed every coalescing window); 0 = no limit.
+    pub summary_interval: Duration,
 }
 
 impl Settings {
@@ -389,6 +396,7 @@ struct RawRedis {
 #[derive(Debug, Deserialize)]
 struct RawWorker {
     batch_size: usize,
+    concurrency: usize,
     block_ms: u64,
     claim_idle_ms: u64,
     max_attempts: u32,
@@ -413,6 +421,7 @@ struct RawCache {
     coalesce_window_ms: u64,
     ttl_ms: u64,
     rebuild_interval_s: u64,
+    summary_interval_ms: u64,
 }
 
 fn non_empty(v: Option<String>) -> Option<String> {
@@ -583,6 +592,9 @@ impl RawSettings {
         if self.worker.batch_size == 0 || self.worker.batch_size > 10_000 {
             return Err(invalid("worker.batch_size", "must be between 1 and 10000"));
         }
+        if self.worker.concurrency == 0 || self.worker.concurrency > 64 {
+            return Err(invalid("worker.concurrency", "must be between 1 and 64"));
+        }
         if self.worker.max_attempts == 0 {
             return Err(invalid("worker.max_attempts", "must be at least 1"));
         }
@@ -631,6 +643,7 @@ impl RawSettings {
             },
             worker: WorkerSettings {
                 batch_size: self.worker.batch_size,
+                concurrency: self.worker.concurrency,
                 block: Duration::from_millis(self.worker.block_ms),
                 claim_idle: Duration::from_millis(positive(
                     "worker.claim_idle_ms",
@@ -687,6 +700,7 @@ impl RawSettings {
                 coalesce_window: Duration::from_millis(self.cache.coalesce_window_ms),
                 ttl: Duration::from_millis(self.cache.ttl_ms),
                 rebuild_interval: Duration::from_secs(self.cache.rebuild_interval_s),
+                summary_interval: Duration::from_millis(self.cache.summary_interval_ms),
             },
         })
     }

@@ -519,6 +519,34 @@ impl RedisQueue {
             .collect())
     }
 
+    /// Resets the idle time of entries this consumer is still working on
+    /// (`XCLAIM … JUSTID`), so a batch that takes longer than the reclaim
+    /// idle time (retries during an outage) is not taken over by another
+    /// consumer meanwhile. Only entries idle for at least `min_idle` are
+    /// touched: one another consumer has just claimed is left to it.
+    pub async fn touch(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        ids: &[String],
+    ) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(self.key(stream))
+            .arg(group)
+            .arg(consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(ids)
+            .arg("JUSTID");
+        let _: redis::Value = cmd.query_async(&mut conn).await?;
+        Ok(())
+    }
+
     /// Acknowledges entries and deletes them from the stream, atomically, so
     /// the stream's length is the backlog still to process.
     pub async fn ack_delete(

@@ -201,6 +201,7 @@ pub async fn start_gateway(
     let cache_sink = crate::cache::sync::LocalCacheSink::start(
         cache.clone(),
         settings.cache.coalesce_window,
+        settings.cache.summary_interval,
         shutdown.clone(),
     );
     if settings.redis_url.is_none() {
@@ -369,16 +370,27 @@ pub async fn start_worker(
     for h in &handlers {
         redis_bus.subscribe(h.clone());
     }
-    let worker = Worker::new(
-        &settings,
-        queue,
-        Pipeline::new(store.clone(), audit, "worker"),
-        committed,
-    );
-    let consumer = worker.consumer().to_string();
-    let loop_shutdown = shutdown.clone();
-    let run = tokio::spawn(async move { worker.run(loop_shutdown).await });
-    let mut tasks = vec![run, relay, retention];
+    let pipeline = Pipeline::new(store.clone(), audit, "worker");
+    let consumer = consumer_name.clone();
+    let mut tasks = vec![relay, retention];
+    // `worker.concurrency` consumer loops, each with one batch in flight:
+    // the first under the consumer name, the others as name-2, name-3, …
+    for i in 1..=settings.worker.concurrency {
+        let name = if i == 1 {
+            consumer_name.clone()
+        } else {
+            format!("{consumer_name}-{i}")
+        };
+        let worker = Worker::new(
+            &settings,
+            queue.clone(),
+            pipeline.clone(),
+            committed.clone(),
+        )
+        .named(name);
+        let loop_shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move { worker.run(loop_shutdown).await }));
+    }
     tasks.extend(redis_bus.take_tasks());
     tasks.extend(metrics_tasks);
     tasks.extend(cache_tasks);

@@ -10,6 +10,11 @@
 //!   it the `cache.sync` entries; it coalesces them the same way in-process.
 //! - [`spawn_rebuild`]: the full rebuild at start and every
 //!   `cache.rebuild_interval` (0 = never).
+//!
+//! Both consumers hold the analytics summary back to one rewrite per
+//! `cache.summary_interval` ([`SummaryThrottle`]): its queries scan the last
+//! 30 days, and during a backlog every window would otherwise recompute it.
+//! A rewrite owed meanwhile is done when it is due, jobs or not.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -50,6 +55,7 @@ pub struct CacheConsumer {
     window: Duration,
     block: Duration,
     claim_idle: Duration,
+    throttle: SummaryThrottle,
 }
 
 impl CacheConsumer {
@@ -62,6 +68,7 @@ impl CacheConsumer {
             window: settings.cache.coalesce_window,
             block: settings.worker.block,
             claim_idle: settings.worker.claim_idle,
+            throttle: SummaryThrottle::new(settings.cache.summary_interval),
         }
     }
 
@@ -128,12 +135,12 @@ impl CacheConsumer {
                     }
                 }
             }
-            if ids.is_empty() {
+            if ids.is_empty() && !self.throttle.due(Instant::now()) {
                 continue;
             }
             // Coalesce: whatever else arrives within the window joins.
             let deadline = Instant::now() + self.window;
-            while ids.len() < MAX_BATCH && !shutdown.is_cancelled() {
+            while !ids.is_empty() && ids.len() < MAX_BATCH && !shutdown.is_cancelled() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
@@ -147,8 +154,10 @@ impl CacheConsumer {
                 }
             }
             metrics::counter!("inlet_cache_jobs_total").increment(ids.len() as u64);
+            self.throttle.hold_back(&mut keys, Instant::now());
             match self.cache.apply(&keys).await {
                 Ok(files) => {
+                    self.throttle.applied(&keys, Instant::now());
                     tracing::debug!(jobs = ids.len(), files, "cache files rewritten");
                     if let Err(e) = self.queue.ack_delete(CACHE_SYNC, CACHE_GROUP, &ids).await {
                         // Re-read as own pending later: rewriting twice is
@@ -172,10 +181,14 @@ impl CacheConsumer {
     }
 
     /// How long the first read of a cycle may wait: not at all when work is
-    /// waiting for a retry.
+    /// waiting for a retry, at most until an owed summary is due.
     fn first_block(&self, carried: &[String]) -> Duration {
         if carried.is_empty() {
-            self.block
+            self.throttle
+                .due_in(Instant::now())
+                .map_or(self.block, |d| {
+                    d.clamp(Duration::from_millis(1), self.block)
+                })
         } else {
             Duration::ZERO
         }
@@ -212,7 +225,12 @@ pub struct LocalCacheSink {
 
 impl LocalCacheSink {
     /// Starts the flushing task; it stops (after a last flush) at `shutdown`.
-    pub fn start(cache: Cache, window: Duration, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn start(
+        cache: Cache,
+        window: Duration,
+        summary_interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let pending: Arc<std::sync::Mutex<BTreeSet<CacheKey>>> = Arc::default();
         let wake = Arc::new(Notify::new());
         let sink = Arc::new(Self {
@@ -221,16 +239,20 @@ impl LocalCacheSink {
         });
         tokio::spawn(async move {
             let mut backoff = Backoff::default();
+            let mut throttle = SummaryThrottle::new(summary_interval);
             loop {
+                let owed = throttle.due_in(Instant::now());
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = wake.notified() => {}
+                    _ = tokio::time::sleep(owed.unwrap_or_default()), if owed.is_some() => {}
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(window) => {}
                 }
-                let keys = std::mem::take(&mut *lock(&pending));
+                let mut keys = std::mem::take(&mut *lock(&pending));
+                throttle.hold_back(&mut keys, Instant::now());
                 if keys.is_empty() {
                     continue;
                 }
@@ -239,8 +261,14 @@ impl LocalCacheSink {
                     backoff.failed("rewriting cache files", &e, &shutdown).await;
                     wake.notify_one();
                 } else {
+                    throttle.applied(&keys, Instant::now());
                     backoff.recovered();
                 }
+            }
+            // Last flush: an owed summary too.
+            let mut keys = std::mem::take(&mut *lock(&pending));
+            if throttle.due_in(Instant::now()).is_some() {
+                keys.insert(CacheKey::Summary);
             }
             let keys = std::mem::take(&mut *lock(&pending));
             if !keys.is_empty() {
@@ -321,6 +349,69 @@ pub fn spawn_rebuild(
     })
 }
 
+/// Holds rewrites of the analytics summary back to one per `interval`.
+///
+/// [`hold_back`](Self::hold_back) takes the summary out of a set of keys
+/// while the last rewrite is recent and remembers that one is owed;
+/// [`due_in`](Self::due_in) says when the owed rewrite may run, and
+/// `hold_back` puts it back into the keys from then on.
+#[derive(Debug)]
+pub struct SummaryThrottle {
+    interval: Duration,
+    last: Option<Instant>,
+    owed: bool,
+}
+
+impl SummaryThrottle {
+    /// A throttle of one summary rewrite per `interval` (zero: no limit).
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            owed: false,
+        }
+    }
+
+    /// Removes the summary from `keys` when it was rewritten less than the
+    /// interval ago (it is owed from then on); adds it when it is owed and
+    /// due.
+    pub fn hold_back(&mut self, keys: &mut BTreeSet<CacheKey>, now: Instant) {
+        let wanted = keys.remove(&CacheKey::Summary) || self.owed;
+        if !wanted {
+            return;
+        }
+        if self.last.is_none_or(|t| now >= t + self.interval) {
+            keys.insert(CacheKey::Summary);
+        } else {
+            self.owed = true;
+        }
+    }
+
+    /// Records a successful rewrite of `keys`.
+    pub fn applied(&mut self, keys: &BTreeSet<CacheKey>, now: Instant) {
+        if keys.contains(&CacheKey::Summary) {
+            self.last = Some(now);
+            self.owed = false;
+        }
+    }
+
+    /// When an owed rewrite may run (zero when it is due now); `None` when
+    /// nothing is owed.
+    pub fn due_in(&self, now: Instant) -> Option<Duration> {
+        if !self.owed {
+            return None;
+        }
+        Some(self.last.map_or(Duration::ZERO, |t| {
+            (t + self.interval).saturating_duration_since(now)
+        }))
+    }
+
+    /// Whether an owed rewrite is due now.
+    pub fn due(&self, now: Instant) -> bool {
+        self.due_in(now) == Some(Duration::ZERO)
+    }
+}
+
 /// Exponential backoff that logs once per failure streak.
 #[derive(Default)]
 struct Backoff {
@@ -355,5 +446,78 @@ impl Backoff {
         if self.delay.take().is_some() {
             tracing::info!("cache sync recovered");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(list: &[CacheKey]) -> BTreeSet<CacheKey> {
+        list.iter().cloned().collect()
+    }
+
+    #[test]
+    fn the_summary_is_rewritten_at_most_once_per_interval_and_never_dropped() {
+        let t0 = Instant::now();
+        let mut th = SummaryThrottle::new(Duration::from_secs(5));
+        // The first rewrite goes through at once.
+        let mut k = keys(&[CacheKey::Summary, CacheKey::Conversations]);
+        th.hold_back(&mut k, t0);
+        assert!(k.contains(&CacheKey::Summary));
+        th.applied(&k, t0);
+        assert_eq!(th.due_in(t0), None, "nothing owed");
+        // One second later it is held back and owed.
+        let t1 = t0 + Duration::from_secs(1);
+        let mut k = keys(&[CacheKey::Summary, CacheKey::Conversation(7)]);
+        th.hold_back(&mut k, t1);
+        assert_eq!(k, keys(&[CacheKey::Conversation(7)]));
+        th.applied(&k, t1);
+        assert_eq!(th.due_in(t1), Some(Duration::from_secs(4)));
+        assert!(!th.due(t1));
+        // Jobs without the summary do not pay the debt early...
+        let t2 = t0 + Duration::from_secs(2);
+        let mut k = keys(&[CacheKey::Contacts]);
+        th.hold_back(&mut k, t2);
+        assert_eq!(k, keys(&[CacheKey::Contacts]));
+        // ...but once due, the owed rewrite joins any set, even an empty one.
+        let t5 = t0 + Duration::from_secs(5);
+        assert!(th.due(t5));
+        let mut k = BTreeSet::new();
+        th.hold_back(&mut k, t5);
+        assert_eq!(k, keys(&[CacheKey::Summary]));
+        th.applied(&k, t5);
+        assert_eq!(th.due_in(t5), None);
+    }
+
+    #[test]
+    fn a_zero_interval_never_holds_back() {
+        let t0 = Instant::now();
+        let mut th = SummaryThrottle::new(Duration::ZERO);
+        for _ in 0..3 {
+            let mut k = keys(&[CacheKey::Summary]);
+            th.hold_back(&mut k, t0);
+            assert!(k.contains(&CacheKey::Summary));
+            th.applied(&k, t0);
+        }
+    }
+
+    #[test]
+    fn a_failed_rewrite_stays_owed() {
+        let t0 = Instant::now();
+        let mut th = SummaryThrottle::new(Duration::from_secs(5));
+        let mut k = keys(&[CacheKey::Summary]);
+        th.hold_back(&mut k, t0);
+        th.applied(&k, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        let mut k = keys(&[CacheKey::Summary]);
+        th.hold_back(&mut k, t1);
+        assert!(k.is_empty());
+        // Due, put back, but the rewrite fails (applied is not called).
+        let t6 = t0 + Duration::from_secs(6);
+        let mut k = BTreeSet::new();
+        th.hold_back(&mut k, t6);
+        assert_eq!(k, keys(&[CacheKey::Summary]));
+        assert!(th.due(t6), "still owed until a rewrite succeeds");
     }
 }

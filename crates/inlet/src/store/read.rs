@@ -247,16 +247,28 @@ pub trait ReadModel: Send + Sync {
     ) -> BoxFuture<'_, Result<StatusChanges, StoreError>>;
 }
 
-const CONVERSATION_SELECT: &str = "SELECT v.id, v.tenant, v.channel, v.business_id, v.started_at, \
+/// The conversation list query. `$floor` is a timestamp below every other
+/// one, for a conversation without outbound messages. Unread = inbound
+/// messages after the newest outbound one (one index lookup and one range
+/// count with `messages_direction_timeline`).
+macro_rules! conversation_select {
+    ($floor:literal) => {
+        concat!(
+            "SELECT v.id, v.tenant, v.channel, v.business_id, v.started_at, \
  v.last_message_at, c.id AS contact_id, c.external_id AS contact_external_id, c.name AS contact_name, \
  (SELECT count(*) FROM messages i WHERE i.conversation_id = v.id AND i.direction = 'inbound' \
-   AND NOT EXISTS (SELECT 1 FROM messages o WHERE o.conversation_id = v.id \
-     AND o.direction = 'outbound' AND o.sent_at >= i.sent_at)) AS unread_count, \
+   AND i.sent_at > COALESCE((SELECT max(o.sent_at) FROM messages o WHERE o.conversation_id = v.id \
+     AND o.direction = 'outbound'), ",
+            $floor,
+            ")) AS unread_count, \
  (SELECT m.id FROM messages m WHERE m.conversation_id = v.id \
    ORDER BY m.sent_at DESC, m.id DESC LIMIT 1) AS last_message_id, \
  (SELECT m.id FROM messages m WHERE m.conversation_id = v.id AND m.direction = 'outbound' \
    ORDER BY m.sent_at DESC, m.id DESC LIMIT 1) AS last_outbound_id \
- FROM conversations v JOIN contacts c ON c.id = v.contact_id";
+ FROM conversations v JOIN contacts c ON c.id = v.contact_id"
+        )
+    };
+}
 
 const STATUS_JOIN: &str = " LEFT JOIN message_status_current s ON s.tenant = m.tenant \
  AND s.channel = m.channel AND s.provider_message_id = m.provider_message_id";
@@ -325,7 +337,7 @@ fn attach(heads: Vec<ConversationHead>, rows: Vec<PreviewRow>) -> Vec<Conversati
 }
 
 macro_rules! impl_read_model {
-    ($db:ty, $snapshot:literal, $day_open:literal, $day_close:literal) => {
+    ($db:ty, $snapshot:literal, $floor:literal, $day_open:literal, $day_close:literal) => {
         impl SqlStore<$db> {
             /// A read-only transaction whose queries all see one snapshot.
             async fn snapshot(&self) -> Result<sqlx::Transaction<'static, $db>, StoreError> {
@@ -344,7 +356,7 @@ macro_rules! impl_read_model {
                 id: Option<i64>,
                 limit: i64,
             ) -> Result<Vec<ConversationSummary>, StoreError> {
-                let mut qb = QueryBuilder::<$db>::new(CONVERSATION_SELECT);
+                let mut qb = QueryBuilder::<$db>::new(conversation_select!($floor));
                 if let Some(id) = id {
                     qb.push(" WHERE v.id = ").push_bind(id);
                 }
@@ -709,11 +721,13 @@ macro_rules! impl_read_model {
 impl_read_model!(
     Postgres,
     "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    "'-infinity'::timestamptz",
     "to_char(",
     " AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 );
 // A SQLite read transaction sees one snapshot from its first read on.
-impl_read_model!(Sqlite, "", "substr(", ", 1, 10)");
+// SQLite stores timestamps as RFC 3339 text: '' sorts before all of them.
+impl_read_model!(Sqlite, "", "''", "substr(", ", 1, 10)");
 
 #[cfg(test)]
 mod tests {

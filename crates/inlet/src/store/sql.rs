@@ -175,6 +175,11 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
         "events",
         include_str!("../../../../migrations/postgres/0002_events.sql"),
     ),
+    (
+        3,
+        "unread index",
+        include_str!("../../../../migrations/postgres/0003_unread_index.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -186,6 +191,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "events",
         include_str!("../../../../migrations/sqlite/0002_events.sql"),
+    ),
+    (
+        3,
+        "unread index",
+        include_str!("../../../../migrations/sqlite/0003_unread_index.sql"),
     ),
 ];
 
