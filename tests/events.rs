@@ -588,3 +588,80 @@ async fn events_can_be_switched_off_per_entity_and_globally() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn events_a_dead_worker_left_pending_still_reach_subscribers_once() {
+    let (cfg, db) = setup().await;
+    let cfg = cfg.set("INLET_WORKER__CLAIM_IDLE_MS", "300");
+    let prefix = cfg.prefix.clone();
+    let (receiver, url) = Receiver::start(200).await;
+    let (ok, out) = cli(cfg.settings(), &["migrate"]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = cli(
+        cfg.settings(),
+        &[
+            "subscriptions",
+            "add",
+            "--name",
+            "crm",
+            "--url",
+            &url,
+            "--events",
+            "message.after.create",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+
+    // A worker that crashed: it had read an event from the webhooks group
+    // and died before acknowledging it. Its consumer name (host-pid) will
+    // never come back.
+    let q = queue(&prefix).await;
+    q.ensure_group("events", "bus.webhooks").await.unwrap();
+    let event = inlet::events::Event::new(
+        "message",
+        "after",
+        "create",
+        "dead-worker-1",
+        "default",
+        None,
+        "meta:whatsapp",
+        serde_json::json!({"channel": "whatsapp", "direction": "inbound"}),
+    );
+    let row = inlet::bus::outbox_row(&event);
+    let fields: Vec<(&str, Vec<u8>)> = row
+        .fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone().into_bytes()))
+        .collect();
+    q.publish_many("events", &[fields]).await.unwrap();
+    let taken = q
+        .read_group("events", "bus.webhooks", "ghost-4242", 10, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+
+    // A live worker reclaims it once it has been idle long enough.
+    let worker = TestWorker::start(&cfg).await;
+    eventually(
+        Duration::from_secs(20),
+        "the orphaned event delivered",
+        || async { (!receiver.hits().is_empty()).then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "nothing left pending in the webhooks group",
+        || async {
+            (q.pending("events", "bus.webhooks").await.ok()?.count == 0).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let hits = receiver.hits();
+    assert_eq!(hits.len(), 1, "delivered exactly once");
+    assert_eq!(hits[0].0["webhook-id"].to_str().unwrap(), event.id.to_string());
+    worker.stop().await;
+    cleanup_prefix(&prefix).await;
+    db.drop_db().await;
+}

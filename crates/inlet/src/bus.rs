@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
@@ -228,26 +228,31 @@ impl LocalSink for MemoryBusSink {
 }
 
 /// Redis Streams bus: publish with `XADD`, one consumer group per handler.
+/// Entries a dead consumer left pending are reclaimed after `claim_idle`.
 pub struct RedisBus {
     queue: RedisQueue,
     dispatcher: Dispatcher,
     consumer: String,
+    claim_idle: Duration,
     shutdown: CancellationToken,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl RedisBus {
-    /// A bus on `queue`; consumers are named `consumer`.
+    /// A bus on `queue`; consumers are named `consumer` and reclaim what a
+    /// dead consumer left pending for `claim_idle`.
     pub fn new(
         queue: RedisQueue,
         dispatcher: Dispatcher,
         consumer: &str,
+        claim_idle: Duration,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
             queue,
             dispatcher,
             consumer: consumer.to_string(),
+            claim_idle,
             shutdown,
             tasks: std::sync::Mutex::new(Vec::new()),
         })
@@ -283,6 +288,7 @@ impl EventBus for RedisBus {
         let queue = self.queue.clone();
         let dispatcher = self.dispatcher.clone();
         let consumer = self.consumer.clone();
+        let claim_idle = self.claim_idle;
         let shutdown = self.shutdown.clone();
         let group = format!("bus.{}", handler.name());
         let task = tokio::spawn(async move {
@@ -302,21 +308,44 @@ impl EventBus for RedisBus {
                 }
             };
             let mut own_pending = true;
+            let mut last_claim = Instant::now() - claim_idle;
             while !shutdown.is_cancelled() {
-                let read = if own_pending {
+                // Entries a dead consumer (a crashed worker; names carry the
+                // pid) left pending would otherwise never reach this handler.
+                let claimed = if !own_pending && last_claim.elapsed() >= claim_idle / 2 {
+                    last_claim = Instant::now();
                     queue
-                        .read_pending_own(EVENTS_STREAM, &group, &consumer, 100)
+                        .autoclaim(EVENTS_STREAM, &group, &consumer, claim_idle, 100)
                         .await
                 } else {
-                    queue
-                        .read_group(
-                            EVENTS_STREAM,
-                            &group,
-                            &consumer,
-                            100,
-                            Duration::from_millis(1000),
-                        )
-                        .await
+                    Ok(Vec::new())
+                };
+                let read = match claimed {
+                    _ if own_pending => {
+                        queue
+                            .read_pending_own(EVENTS_STREAM, &group, &consumer, 100)
+                            .await
+                    }
+                    Ok(e) if e.is_empty() => {
+                        queue
+                            .read_group(
+                                EVENTS_STREAM,
+                                &group,
+                                &consumer,
+                                100,
+                                Duration::from_millis(1000),
+                            )
+                            .await
+                    }
+                    Ok(e) => {
+                        tracing::info!(
+                            count = e.len(),
+                            group,
+                            "reclaimed events of a stalled consumer"
+                        );
+                        Ok(e)
+                    }
+                    Err(e) => Err(e),
                 };
                 let entries = match read {
                     Ok(e) => {
@@ -337,13 +366,20 @@ impl EventBus for RedisBus {
                     own_pending = false;
                     continue;
                 }
-                let mut ids = Vec::with_capacity(entries.len());
-                for entry in entries {
-                    if let Some(event) = entry.text("event").as_deref().and_then(parse_event) {
-                        dispatcher.run(handler.as_ref(), &event).await;
-                    }
-                    ids.push(entry.id);
-                }
+                let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+                // A slow receiver can outlast the reclaim idle time: keep the
+                // entries fresh so no other worker delivers them too.
+                queue
+                    .while_touching(EVENTS_STREAM, &group, &consumer, claim_idle, &ids, async {
+                        for entry in &entries {
+                            if let Some(event) =
+                                entry.text("event").as_deref().and_then(parse_event)
+                            {
+                                dispatcher.run(handler.as_ref(), &event).await;
+                            }
+                        }
+                    })
+                    .await;
                 // Other groups still need the entries: acknowledge only.
                 if let Err(e) = queue.ack(EVENTS_STREAM, &group, &ids).await {
                     tracing::warn!(error = %e, group, "event bus ack failed");

@@ -547,6 +547,34 @@ impl RedisQueue {
         Ok(())
     }
 
+    /// Runs `work` while keeping `ids` fresh with [`touch`](Self::touch)
+    /// every third of `claim_idle`, so work that outlasts the reclaim idle
+    /// time (retries during an outage, a slow receiver) is not taken over by
+    /// another consumer and done twice.
+    pub async fn while_touching<F: std::future::Future>(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        claim_idle: Duration,
+        ids: &[String],
+        work: F,
+    ) -> F::Output {
+        tokio::pin!(work);
+        let beat = (claim_idle / 3).max(Duration::from_millis(1));
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = heartbeat.tick() => {
+                    if let Err(e) = self.touch(stream, group, consumer, beat / 2, ids).await {
+                        tracing::debug!(error = %e, stream, group, "touching entries in progress failed");
+                    }
+                }
+            }
+        }
+    }
+
     /// Acknowledges entries and deletes them from the stream, atomically, so
     /// the stream's length is the backlog still to process.
     pub async fn ack_delete(

@@ -365,6 +365,7 @@ pub async fn start_worker(
         queue.clone(),
         Dispatcher::new(Some(store.clone()), settings.events.clone()),
         &consumer_name,
+        settings.worker.claim_idle,
         shutdown.clone(),
     );
     for h in &handlers {

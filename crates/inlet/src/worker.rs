@@ -220,31 +220,20 @@ impl Worker {
             }
         }
         let count = events.len();
-        let outcome = {
-            let work = self
-                .pipeline
-                .process(events, &self.policy, OnExhausted::DeadLetter);
-            tokio::pin!(work);
-            // While the batch is in progress (retries can outlast the reclaim
-            // idle time), keep its entries fresh so no other consumer takes
-            // them over and processes them a second time.
-            let beat = self.claim_idle / 3;
-            let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
-            loop {
-                tokio::select! {
-                    outcome = &mut work => break outcome,
-                    _ = heartbeat.tick() => {
-                        if let Err(e) = self
-                            .queue
-                            .touch(INCOMING_RAW, WORKER_GROUP, &self.consumer, beat / 2, &ids)
-                            .await
-                        {
-                            tracing::debug!(error = %e, "touching the batch in progress failed");
-                        }
-                    }
-                }
-            }
-        };
+        // Retries can outlast the reclaim idle time: the batch's entries are
+        // kept fresh meanwhile so no other consumer takes them over.
+        let outcome = self
+            .queue
+            .while_touching(
+                INCOMING_RAW,
+                WORKER_GROUP,
+                &self.consumer,
+                self.claim_idle,
+                &ids,
+                self.pipeline
+                    .process(events, &self.policy, OnExhausted::DeadLetter),
+            )
+            .await;
         dead.extend(outcome.dead);
         for letter in &dead {
             self.queue.dead_letter(letter).await?;
