@@ -636,7 +636,13 @@ async fn events_a_dead_worker_left_pending_still_reach_subscribers_once() {
         .collect();
     q.publish_many("events", &[fields]).await.unwrap();
     let taken = q
-        .read_group("events", "bus.webhooks", "ghost-4242", 10, Duration::from_millis(100))
+        .read_group(
+            "events",
+            "bus.webhooks",
+            "ghost-4242",
+            10,
+            Duration::from_millis(100),
+        )
         .await
         .unwrap();
     assert_eq!(taken.len(), 1);
@@ -652,16 +658,137 @@ async fn events_a_dead_worker_left_pending_still_reach_subscribers_once() {
     eventually(
         Duration::from_secs(10),
         "nothing left pending in the webhooks group",
-        || async {
-            (q.pending("events", "bus.webhooks").await.ok()?.count == 0).then_some(())
-        },
+        || async { (q.pending("events", "bus.webhooks").await.ok()?.count == 0).then_some(()) },
     )
     .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let hits = receiver.hits();
     assert_eq!(hits.len(), 1, "delivered exactly once");
-    assert_eq!(hits[0].0["webhook-id"].to_str().unwrap(), event.id.to_string());
+    assert_eq!(
+        hits[0].0["webhook-id"].to_str().unwrap(),
+        event.id.to_string()
+    );
     worker.stop().await;
     cleanup_prefix(&prefix).await;
     db.drop_db().await;
+}
+
+/// An event as the relay would publish it, with a fresh id.
+fn test_event(key: &str) -> inlet::events::Event {
+    inlet::events::Event::new(
+        "message",
+        "after",
+        "create",
+        key,
+        "default",
+        None,
+        "test",
+        serde_json::json!({"channel": "whatsapp"}),
+    )
+}
+
+/// Event ids of one log claim, completing it.
+async fn claim_ids(store: &inlet::store::Store) -> Vec<String> {
+    let claim = store.log_claim(500).await.unwrap();
+    let ids = claim
+        .entries()
+        .iter()
+        .map(|e| {
+            assert_eq!(e.stream, "events");
+            let event = e.fields.iter().find(|(k, _)| k == "event").unwrap();
+            inlet::bus::parse_event(&event.1).unwrap().id.to_string()
+        })
+        .collect();
+    claim.complete().await.unwrap();
+    ids
+}
+
+#[tokio::test]
+async fn the_log_relay_never_skips_an_event_that_commits_late_on_postgres() {
+    use sqlx::Connection;
+    let db = TestDb::create().await;
+    let store = inlet::store::open(&db.url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    assert!(claim_ids(&store).await.is_empty(), "nothing logged yet");
+
+    // A transaction logs event A and stays open…
+    let a = test_event("late-a");
+    let mut slow = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut slow).await.unwrap();
+    sqlx::query(
+        "INSERT INTO event_log (event_id, event_type, entity, phase, operation, tenant, actor, \
+         data, schema_version, occurred_at) \
+         VALUES ($1, 'message.after.create', 'message', 'after', 'create', 'default', 'test', \
+         '{}'::jsonb, 1, now())",
+    )
+    .bind(a.id.to_string())
+    .execute(&mut slow)
+    .await
+    .unwrap();
+    // …while a later one logs B (a higher seq) and commits first.
+    let b = test_event("early-b");
+    store.log_event(&b).await.unwrap();
+    // B is held back while A's transaction may still add rows before it.
+    assert!(
+        claim_ids(&store).await.is_empty(),
+        "nothing past a transaction that is still running"
+    );
+    sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
+    assert_eq!(
+        claim_ids(&store).await,
+        vec![a.id.to_string(), b.id.to_string()],
+        "both, in transaction order"
+    );
+    assert!(claim_ids(&store).await.is_empty(), "each event once");
+    drop(slow);
+    drop(store);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn two_relays_never_claim_the_same_log_rows() {
+    let db = TestDb::create().await;
+    let store = inlet::store::open(&db.url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    for i in 0..3 {
+        store
+            .log_event(&test_event(&format!("two-{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.activity().await.unwrap().outbox, 3, "not yet relayed");
+    let first = store.log_claim(500).await.unwrap();
+    assert_eq!(first.entries().len(), 3);
+    // The cursor is locked: a second relay claims nothing meanwhile.
+    let second = store.log_claim(500).await.unwrap();
+    assert!(second.entries().is_empty());
+    second.complete().await.unwrap();
+    first.complete().await.unwrap();
+    assert_eq!(store.activity().await.unwrap().outbox, 0, "all relayed");
+    assert!(claim_ids(&store).await.is_empty());
+    // A claim dropped without completing (publish failed) leaves the rows.
+    store.log_event(&test_event("two-3")).await.unwrap();
+    drop(store.log_claim(500).await.unwrap());
+    assert_eq!(claim_ids(&store).await.len(), 1);
+    drop(store);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn the_log_relay_reads_sqlite_in_order_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/relay.db", dir.path().display());
+    let store = inlet::store::open(&url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    let events: Vec<_> = (0..5).map(|i| test_event(&format!("lite-{i}"))).collect();
+    for e in &events[..3] {
+        store.log_event(e).await.unwrap();
+    }
+    let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(claim_ids(&store).await, ids[..3]);
+    for e in &events[3..] {
+        store.log_event(e).await.unwrap();
+    }
+    assert_eq!(claim_ids(&store).await, ids[3..]);
+    assert!(claim_ids(&store).await.is_empty());
 }

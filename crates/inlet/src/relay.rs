@@ -1,6 +1,8 @@
 //! The outbox relay: publishes entries the store wrote in the same
-//! transaction as the data (normalized events, cache jobs, bus events) to
-//! their Redis streams, then deletes them.
+//! transaction as the data (normalized events, cache jobs, replayed bus
+//! events) to their Redis streams, then deletes them; and publishes new rows
+//! of the event log (`after`/`failed` events) to `{prefix}events`, moving a
+//! cursor past them (see `EventStore::log_claim`).
 //!
 //! Delivery is at least once; entries carry deterministic ids so consumers
 //! deduplicate. While Redis is down (direct mode), entries of streams that
@@ -16,9 +18,10 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::EVENTS_STREAM;
 use crate::ingest::{Ingest, Mode};
 use crate::queue::RedisQueue;
-use crate::store::{OutboxEntry, Store};
+use crate::store::{OutboxClaim, OutboxEntry, Store};
 
 /// Where the relay gets its Redis connection.
 #[derive(Clone)]
@@ -53,12 +56,22 @@ const BATCH: i64 = 500;
 /// Stream entries as field lists, ready for `XADD`.
 type Fields<'a> = Vec<(&'a str, Vec<u8>)>;
 
-/// Publishes pending outbox entries once; returns how many were published.
+/// Publishes one batch of pending outbox entries and one batch of new
+/// event-log rows; returns the larger of the two counts (a full batch means
+/// there may be more).
 pub async fn relay_once(store: &Store, queue: &RedisQueue) -> Result<usize, String> {
-    let claim = store
+    let outbox = store
         .outbox_claim(None, BATCH)
         .await
         .map_err(|e| e.to_string())?;
+    let from_outbox = publish_claim(outbox, queue).await?;
+    let log = store.log_claim(BATCH).await.map_err(|e| e.to_string())?;
+    let from_log = publish_claim(log, queue).await?;
+    Ok(from_outbox.max(from_log))
+}
+
+/// Publishes a claim's entries to their streams, then completes it.
+async fn publish_claim(claim: Box<dyn OutboxClaim>, queue: &RedisQueue) -> Result<usize, String> {
     let pending = claim.entries();
     if pending.is_empty() {
         return Ok(0);
@@ -85,27 +98,37 @@ pub async fn relay_once(store: &Store, queue: &RedisQueue) -> Result<usize, Stri
     Ok(n)
 }
 
-/// Hands pending entries of each local sink's stream to it once; returns
-/// how many were delivered.
+/// Hands pending entries of each local sink's stream to it once (for the
+/// events sink, new event-log rows too); returns the largest batch
+/// delivered.
 pub async fn deliver_local_once(
     store: &Store,
     sinks: &[Arc<dyn LocalSink>],
 ) -> Result<usize, String> {
     let mut n = 0;
     for sink in sinks {
-        let claim = store
+        let outbox = store
             .outbox_claim(Some(sink.stream()), BATCH)
             .await
             .map_err(|e| e.to_string())?;
-        if claim.entries().is_empty() {
-            continue;
+        n = n.max(deliver_claim(outbox, sink.as_ref()).await?);
+        if sink.stream() == EVENTS_STREAM {
+            let log = store.log_claim(BATCH).await.map_err(|e| e.to_string())?;
+            n = n.max(deliver_claim(log, sink.as_ref()).await?);
         }
-        let count = claim.entries().len();
-        sink.deliver(claim.entries().to_vec()).await?;
-        claim.complete().await.map_err(|e| e.to_string())?;
-        n += count;
     }
     Ok(n)
+}
+
+/// Hands a claim's entries to a local sink, then completes it.
+async fn deliver_claim(claim: Box<dyn OutboxClaim>, sink: &dyn LocalSink) -> Result<usize, String> {
+    if claim.entries().is_empty() {
+        return Ok(0);
+    }
+    let count = claim.entries().len();
+    sink.deliver(claim.entries().to_vec()).await?;
+    claim.complete().await.map_err(|e| e.to_string())?;
+    Ok(count)
 }
 
 /// Runs the relay until shutdown: wakes on `notify` (after each commit) or
@@ -156,7 +179,7 @@ async fn drain(
             }
         },
         None => loop {
-            if deliver_local_once(store, local).await? == 0 {
+            if deliver_local_once(store, local).await? < BATCH as usize {
                 return Ok(());
             }
         },

@@ -141,7 +141,7 @@ pub trait EventLogStore: Send + Sync {
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 }
 
-fn event_from_row<R: Row>(row: &R) -> Result<(i64, Event), sqlx::Error>
+pub(super) fn event_from_row<R: Row>(row: &R) -> Result<(i64, Event), sqlx::Error>
 where
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -315,7 +315,8 @@ macro_rules! impl_event_log {
                 limit: i64,
             ) -> BoxFuture<'a, Result<Vec<(i64, Event)>, StoreError>> {
                 Box::pin(async move {
-                    let mut qb = QueryBuilder::<$db>::new("SELECT * FROM event_log WHERE seq > ");
+                    let mut qb = QueryBuilder::<$db>::new("SELECT ");
+                    qb.push(super::sql::EVENT_COLUMNS).push(" FROM event_log WHERE seq > ");
                     qb.push_bind(after_seq);
                     if let Some(from) = from {
                         qb.push(" AND occurred_at >= ").push_bind(from);

@@ -179,7 +179,8 @@ pub struct Activity {
     pub last_received_at: Option<DateTime<Utc>>,
     /// Rows in `dead_letters`.
     pub dead_letters: i64,
-    /// Outbox entries not yet relayed to Redis.
+    /// Entries not yet relayed to Redis: outbox rows plus event-log rows
+    /// past the relay cursor.
     pub outbox: i64,
 }
 
@@ -226,6 +227,11 @@ pub trait EventStore: Send + Sync + 'static {
         stream: Option<&'a str>,
         limit: i64,
     ) -> BoxFuture<'a, Result<Box<dyn OutboxClaim>, StoreError>>;
+    /// Claims the next events of the event log past the relay cursor, as
+    /// entries of the `events` stream: completing the claim moves the cursor
+    /// past them (other relays find the cursor locked meanwhile and claim
+    /// nothing). Only rows no earlier transaction can still join are read.
+    fn log_claim(&self, limit: i64) -> BoxFuture<'_, Result<Box<dyn OutboxClaim>, StoreError>>;
     /// Deletes published outbox entries.
     fn outbox_delete(&self, ids: &[i64]) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Kept raw events matching the filter, oldest first, after `after`

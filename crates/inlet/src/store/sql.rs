@@ -180,6 +180,11 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
         "unread index",
         include_str!("../../../../migrations/postgres/0003_unread_index.sql"),
     ),
+    (
+        4,
+        "event relay",
+        include_str!("../../../../migrations/postgres/0004_event_relay.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -196,6 +201,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "unread index",
         include_str!("../../../../migrations/sqlite/0003_unread_index.sql"),
+    ),
+    (
+        4,
+        "event relay",
+        include_str!("../../../../migrations/sqlite/0004_event_relay.sql"),
     ),
 ];
 
@@ -282,14 +292,46 @@ const MESSAGE_FROM: &str = " FROM messages m JOIN contacts c ON c.id = m.contact
  LEFT JOIN message_status_current s ON s.tenant = m.tenant AND s.channel = m.channel \
  AND s.provider_message_id = m.provider_message_id";
 
-/// Outbox rows claimed inside an open transaction.
+/// Outbox rows or event-log rows claimed inside an open transaction.
 struct SqlClaim<DB: sqlx::Database> {
     tx: sqlx::Transaction<'static, DB>,
     entries: Vec<OutboxEntry>,
+    done: Completion,
 }
 
+/// What completing a [`SqlClaim`] does, before it commits.
+enum Completion {
+    /// Deletes the claimed outbox rows.
+    DeleteOutbox,
+    /// Moves the relay cursor `name` past the last claimed log row.
+    AdvanceCursor {
+        name: &'static str,
+        tx: String,
+        seq: i64,
+    },
+    /// Nothing was claimed.
+    Nothing,
+}
+
+/// The relay cursor of the event log.
+pub(crate) const EVENTS_CURSOR: &str = "events";
+
+/// Columns of `event_log` read back as events.
+pub(crate) const EVENT_COLUMNS: &str =
+    "seq, event_id, event_type, entity, phase, operation, tenant, \
+ trace_id, correlation_id, actor, data, result, error, schema_version, occurred_at";
+
 macro_rules! impl_sql_store {
-    ($db:ty, $backend:literal, $migrations:expr, $greatest:literal, $least:literal, $skip_locked:literal) => {
+    (
+        $db:ty,
+        $backend:literal,
+        $migrations:expr,
+        $greatest:literal,
+        $least:literal,
+        $skip_locked:literal,
+        $tx_type:literal,
+        $horizon:literal
+    ) => {
         impl super::OutboxClaim for SqlClaim<$db> {
             fn entries(&self) -> &[OutboxEntry] {
                 &self.entries
@@ -297,15 +339,27 @@ macro_rules! impl_sql_store {
 
             fn complete(self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>> {
                 Box::pin(async move {
-                    let SqlClaim { mut tx, entries } = *self;
-                    if !entries.is_empty() {
-                        let mut qb = QueryBuilder::<$db>::new("DELETE FROM outbox WHERE id IN (");
-                        let mut sep = qb.separated(", ");
-                        for e in &entries {
-                            sep.push_bind(e.id);
+                    let SqlClaim { mut tx, entries, done } = *self;
+                    match done {
+                        Completion::DeleteOutbox if !entries.is_empty() => {
+                            let mut qb = QueryBuilder::<$db>::new("DELETE FROM outbox WHERE id IN (");
+                            let mut sep = qb.separated(", ");
+                            for e in &entries {
+                                sep.push_bind(e.id);
+                            }
+                            qb.push(")");
+                            qb.build().execute(&mut *tx).await.map_err(classify)?;
                         }
-                        qb.push(")");
-                        qb.build().execute(&mut *tx).await.map_err(classify)?;
+                        Completion::AdvanceCursor { name, tx: last_tx, seq } => {
+                            let mut qb = QueryBuilder::<$db>::new("UPDATE relay_cursors SET tx = CAST(");
+                            qb.push_bind(last_tx)
+                                .push(concat!(" AS ", $tx_type, "), seq = "))
+                                .push_bind(seq)
+                                .push(" WHERE name = ")
+                                .push_bind(name);
+                            qb.build().execute(&mut *tx).await.map_err(classify)?;
+                        }
+                        Completion::DeleteOutbox | Completion::Nothing => {}
                     }
                     tx.commit().await.map_err(classify)
                 })
@@ -591,10 +645,10 @@ macro_rules! impl_sql_store {
                 if !plan.raw.is_empty() {
                     outbox.extend(cache_jobs(&report));
                 }
-                // `after` events: appended to the log in this transaction and
-                // relayed from the outbox (only those the log did not have).
+                // `after` events: appended to the log in this transaction; the
+                // relay publishes them from the log by its cursor.
                 let events = after_events(plan, &results, &self.filter);
-                outbox.extend(Self::log_events(&mut tx, &events).await?);
+                Self::log_events(&mut tx, &events).await?;
                 for chunk in outbox.chunks(CHUNK) {
                     let mut qb = QueryBuilder::<$db>::new("INSERT INTO outbox (stream, fields, created_at) ");
                     qb.push_values(chunk, |mut b, o| {
@@ -647,13 +701,12 @@ macro_rules! impl_sql_store {
                     .map_err(classify)
             }
 
-            /// Appends events to `event_log` (ignoring ids already there)
-            /// and returns outbox rows for the ones that were new.
+            /// Appends events to `event_log` (ignoring ids already there).
+            /// The relay publishes them from there (see `log_claim`).
             async fn log_events(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 events: &[Event],
-            ) -> Result<Vec<super::plan::OutboxRow>, StoreError> {
-                let mut out = Vec::new();
+            ) -> Result<(), StoreError> {
                 for chunk in events.chunks(CHUNK) {
                     let mut qb = QueryBuilder::<$db>::new(
                         "INSERT INTO event_log (event_id, event_type, entity, phase, operation, tenant, trace_id, \
@@ -675,43 +728,20 @@ macro_rules! impl_sql_store {
                             .push_bind(e.schema_version)
                             .push_bind(e.timestamp);
                     });
-                    qb.push(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
-                    let fresh: std::collections::HashSet<String> = qb
-                        .build()
-                        .fetch_all(&mut **tx)
-                        .await
-                        .map_err(classify)?
-                        .iter()
-                        .map(|r| r.try_get::<String, _>("event_id"))
-                        .collect::<Result<_, _>>()
-                        .map_err(classify)?;
-                    out.extend(
-                        chunk
-                            .iter()
-                            .filter(|e| fresh.contains(&e.id.to_string()))
-                            .map(crate::bus::outbox_row),
-                    );
+                    qb.push(" ON CONFLICT (event_id) DO NOTHING");
+                    qb.build().execute(&mut **tx).await.map_err(classify)?;
                 }
-                Ok(out)
+                Ok(())
             }
 
             /// Logs events in a transaction of their own (failed writes,
-            /// subscription changes) and queues them for the relay.
+            /// subscription changes); the relay publishes them from the log.
             pub async fn append_events(&self, events: &[Event]) -> Result<(), StoreError> {
                 if events.is_empty() {
                     return Ok(());
                 }
                 let mut tx = self.pool.begin().await.map_err(classify)?;
-                let outbox = Self::log_events(&mut tx, events).await?;
-                for chunk in outbox.chunks(CHUNK) {
-                    let mut qb = QueryBuilder::<$db>::new("INSERT INTO outbox (stream, fields, created_at) ");
-                    qb.push_values(chunk, |mut b, o| {
-                        b.push_bind(&o.stream)
-                            .push_bind(fields_text(&o.fields))
-                            .push_bind(Utc::now());
-                    });
-                    qb.build().execute(&mut *tx).await.map_err(classify)?;
-                }
+                Self::log_events(&mut tx, events).await?;
                 tx.commit().await.map_err(classify)
             }
 
@@ -961,7 +991,68 @@ macro_rules! impl_sql_store {
                         })
                         .collect::<Result<Vec<_>, sqlx::Error>>()
                         .map_err(classify)?;
-                    Ok(Box::new(SqlClaim::<$db> { tx, entries }) as Box<dyn super::OutboxClaim>)
+                    Ok(Box::new(SqlClaim::<$db> {
+                        tx,
+                        entries,
+                        done: Completion::DeleteOutbox,
+                    }) as Box<dyn super::OutboxClaim>)
+                })
+            }
+
+            fn log_claim(
+                &self,
+                limit: i64,
+            ) -> BoxFuture<'_, Result<Box<dyn super::OutboxClaim>, StoreError>> {
+                Box::pin(async move {
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    // Locked by another relay (Postgres): nothing to do now.
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT CAST(tx AS text) AS tx, seq FROM relay_cursors WHERE name = ",
+                    );
+                    qb.push_bind(EVENTS_CURSOR).push($skip_locked);
+                    let cursor = qb.build().fetch_optional(&mut *tx).await.map_err(classify)?;
+                    let Some(cursor) = cursor else {
+                        return Ok(Box::new(SqlClaim::<$db> {
+                            tx,
+                            entries: Vec::new(),
+                            done: Completion::Nothing,
+                        }) as Box<dyn super::OutboxClaim>);
+                    };
+                    let after_tx: String = cursor.try_get("tx").map_err(classify)?;
+                    let after_seq: i64 = cursor.try_get("seq").map_err(classify)?;
+                    let mut qb = QueryBuilder::<$db>::new("SELECT CAST(tx AS text) AS tx_text, ");
+                    qb.push(EVENT_COLUMNS)
+                        .push(" FROM event_log WHERE (tx, seq) > (CAST(")
+                        .push_bind(after_tx)
+                        .push(concat!(" AS ", $tx_type, "), "))
+                        .push_bind(after_seq)
+                        .push(")")
+                        .push($horizon)
+                        .push(" ORDER BY tx, seq LIMIT ")
+                        .push_bind(limit);
+                    let rows = qb.build().fetch_all(&mut *tx).await.map_err(classify)?;
+                    let mut entries = Vec::with_capacity(rows.len());
+                    let mut last = None;
+                    for row in &rows {
+                        let (seq, event) = super::events::event_from_row(row).map_err(classify)?;
+                        let tx_text: String = row.try_get("tx_text").map_err(classify)?;
+                        let out = crate::bus::outbox_row(&event);
+                        entries.push(OutboxEntry {
+                            id: seq,
+                            stream: out.stream,
+                            fields: out.fields.into_iter().collect(),
+                        });
+                        last = Some((tx_text, seq));
+                    }
+                    let done = match last {
+                        Some((last_tx, seq)) => Completion::AdvanceCursor {
+                            name: EVENTS_CURSOR,
+                            tx: last_tx,
+                            seq,
+                        },
+                        None => Completion::Nothing,
+                    };
+                    Ok(Box::new(SqlClaim::<$db> { tx, entries, done }) as Box<dyn super::OutboxClaim>)
                 })
             }
 
@@ -1111,7 +1202,9 @@ macro_rules! impl_sql_store {
                          (SELECT count(*) FROM message_statuses) AS statuses, \
                          (SELECT count(*) FROM page_changes) AS page_changes, \
                          (SELECT count(*) FROM dead_letters) AS dead_letters, \
-                         (SELECT count(*) FROM outbox) AS outbox",
+                         (SELECT count(*) FROM outbox) + (SELECT count(*) FROM event_log e \
+                           JOIN relay_cursors r ON r.name = 'events' \
+                           WHERE (e.tx, e.seq) > (r.tx, r.seq)) AS outbox",
                     )
                     .fetch_one(&self.pool)
                     .await
@@ -1138,7 +1231,9 @@ macro_rules! impl_sql_store {
                         "SELECT (SELECT received_at FROM raw_events ORDER BY received_at DESC LIMIT 1) \
                          AS last_received_at, \
                          (SELECT count(*) FROM dead_letters) AS dead_letters, \
-                         (SELECT count(*) FROM outbox) AS outbox",
+                         (SELECT count(*) FROM outbox) + (SELECT count(*) FROM event_log e \
+                           JOIN relay_cursors r ON r.name = 'events' \
+                           WHERE (e.tx, e.seq) > (r.tx, r.seq)) AS outbox",
                     )
                     .fetch_one(&self.pool)
                     .await
@@ -1202,12 +1297,28 @@ macro_rules! impl_sql_store {
 
 // Postgres relays in several workers claim disjoint rows; SQLite has a
 // single writer, which serializes its (one-process) relay anyway.
+//
+// The event log is read past the relay cursor in (tx, seq) order. Postgres
+// rows carry the writing transaction's id and only transactions older than
+// the oldest one still running are read (no row can commit behind the
+// cursor later); SQLite commits one writer at a time, in seq order.
 impl_sql_store!(
     Postgres,
     "postgres",
     PG_MIGRATIONS,
     "GREATEST",
     "LEAST",
-    " FOR UPDATE SKIP LOCKED"
+    " FOR UPDATE SKIP LOCKED",
+    "xid8",
+    " AND tx < pg_snapshot_xmin(pg_current_snapshot())"
 );
-impl_sql_store!(Sqlite, "sqlite", SQLITE_MIGRATIONS, "MAX", "MIN", "");
+impl_sql_store!(
+    Sqlite,
+    "sqlite",
+    SQLITE_MIGRATIONS,
+    "MAX",
+    "MIN",
+    "",
+    "INTEGER",
+    ""
+);
