@@ -177,8 +177,8 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         3,
-        "unread index",
-        include_str!("../../../../migrations/postgres/0003_unread_index.sql"),
+        "timeline indexes",
+        include_str!("../../../../migrations/postgres/0003_timeline_indexes.sql"),
     ),
     (
         4,
@@ -199,8 +199,8 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         3,
-        "unread index",
-        include_str!("../../../../migrations/sqlite/0003_unread_index.sql"),
+        "timeline indexes",
+        include_str!("../../../../migrations/sqlite/0003_timeline_indexes.sql"),
     ),
     (
         4,

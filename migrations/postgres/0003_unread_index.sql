@@ -1,5 +1,0 @@
--- Unread counts and the last outbound message of a conversation read the
--- newest outbound message per conversation: an index on direction makes that
--- one lookup instead of a scan of the conversation's timeline (which made
--- the conversation list quadratic in a conversation's length).
-CREATE INDEX messages_direction_timeline ON messages (conversation_id, direction, sent_at);
