@@ -798,6 +798,7 @@ mod tests {
             ("INLET_REDIS_URL", "http://x", "redis_url"),
             ("INLET_DATABASE_URL", "mysql://x", "database_url"),
             ("INLET_WORKER__BATCH_SIZE", "0", "worker.batch_size"),
+            ("INLET_WORKER__CONCURRENCY", "0", "worker.concurrency"),
             (
                 "INLET_WORKER__METRICS_LISTEN",
                 "9091",
