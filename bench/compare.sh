@@ -12,16 +12,20 @@
 #      figures only;
 #   3. starts inlet-gateway (queue mode, Redis 127.0.0.1:6379, its own stream
 #      prefix bench:<run>:, a fresh Postgres database) and the peer gateway;
-#   4. closed-loop load against each ($CONNECTIONS connections, $DURATION after
-#      $WARMUP warmup), then open-loop load at 50% of Inlet's max against each;
+#   4. against Inlet, then against the peer: closed-loop load ($CONNECTIONS
+#      connections, $DURATION after $WARMUP warmup), then open-loop load at 50%
+#      of Inlet's max;
 #   5. peak RSS (VmHWM) of each gateway process;
 #   6. worker throughput: `inlet-bench worker` (preload + inlet-worker) and the
 #      peer's `node fill.mjs N` + `node worker.mjs`, timed the same way by
 #      `inlet-bench wait-rows` until N rows are in its own database;
-#   7. stops everything it started, deletes its Redis keys (its own prefix and
+#   7. Inlet's direct mode (no Redis; the peer has no such mode): the same
+#      closed loop against a gateway on SQLite, then on a fresh Postgres
+#      database (DIRECT=0 skips it);
+#   8. stops everything it started, deletes its Redis keys (its own prefix and
 #      the peer queue's bull:webhook-events:*) and drops its databases.
 #
-# Knobs (environment): PEER_DIR, CONNECTIONS=64, DURATION=10s, WARMUP=2s,
+# Knobs (environment): PEER_DIR, CONNECTIONS=64, DURATION=10s, WARMUP=2s, DIRECT=1,
 # WORKER_EVENTS=20000, INLET_PORT=18080, PEER_PORT=18090, PGHOST=127.0.0.1,
 # PGPORT=5432, PGUSER=postgres. Load goes to 127.0.0.1 only.
 # Needs: cargo, redis-cli, psql, curl, jq or python3; node and npm for the peer.
@@ -37,6 +41,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 WORKER_EVENTS=${WORKER_EVENTS:-20000}
+DIRECT=${DIRECT:-1}
 INLET_PORT=${INLET_PORT:-18080}
 PEER_PORT=${PEER_PORT:-18090}
 PGHOST=${PGHOST:-127.0.0.1}
@@ -53,6 +58,7 @@ RUN_ID="$(date +%s)$$"
 PREFIX="bench:$RUN_ID:"
 INLET_DB="inlet_bench_$RUN_ID"
 PEER_DB="peer_bench_$RUN_ID"
+DIRECT_DB="inlet_direct_$RUN_ID"
 RESULTS=$TARGET_DIR/bench-results/$RUN_ID
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/inlet-compare.XXXXXX")
 
@@ -272,18 +278,35 @@ load() {
   # Keep Redis the same size for every run.
   redis_del "${PREFIX}*"
   [[ $HAVE_PEER == 1 ]] && redis_del "$PEER_QUEUE_PATTERN"
+  settle
   return 0
 }
 
+# settle: wait until Redis has freed what UNLINK handed to its background
+# thread (at most 10 s), then a second more, so that freeing one run's keys
+# does not take CPU from the next run.
+settle() {
+  local _ pending
+  for _ in $(seq 1 100); do
+    pending=$(rcli INFO memory | awk -F: '/^lazyfree_pending_objects:/ { print $2 + 0 }')
+    [[ ${pending:-0} -eq 0 ]] && break
+    sleep 0.1
+  done
+  sleep 1
+}
+
+# Each side's two runs back to back (Inlet first: its maximum sets the
+# open-loop rate), so neither runs right after the other's heaviest load.
 log "closed loop: $CONNECTIONS connections, $DURATION after $WARMUP warmup"
 load inlet-max "$INLET_PORT"
-[[ $HAVE_PEER == 1 ]] && load peer-max "$PEER_PORT"
-
 RATE=$(awk -v r="$(jget "$RESULTS/inlet-max.json" .rps)" 'BEGIN { printf "%d", r / 2 }')
 [[ $RATE -ge 1 ]] || die "Inlet answered nothing successfully in the closed-loop run"
 log "open loop at $RATE req/s (50% of Inlet's max)"
 load inlet-half "$INLET_PORT" "$RATE"
-[[ $HAVE_PEER == 1 ]] && load peer-half "$PEER_PORT" "$RATE"
+if [[ $HAVE_PEER == 1 ]]; then
+  load peer-max "$PEER_PORT"
+  load peer-half "$PEER_PORT" "$RATE"
+fi
 
 INLET_RSS=$(peak_rss_mib "$INLET_PID")
 PEER_RSS=""
@@ -321,6 +344,35 @@ if [[ $HAVE_PEER == 1 ]]; then
   redis_del "$PEER_QUEUE_PATTERN"
 fi
 
+# --- direct mode ---------------------------------------------------------------
+
+# direct NAME [DATABASE_URL]: a gateway without Redis (SQLite when no URL),
+# one closed-loop run, its peak RSS into $RESULTS/NAME.rss.
+direct() {
+  local name=$1 url=${2:-} pid
+  mkdir -p "$WORK/$name"
+  log "direct mode ($name): starting inlet-gateway without Redis"
+  env INLET_REDIS_URL= INLET_APP_SECRET="$SECRET" INLET_LISTEN="127.0.0.1:$INLET_PORT" \
+    INLET_DATA_DIR="$WORK/$name" INLET_DATABASE_URL="$url" INLET_LOG=warn \
+    "$BIN/inlet-gateway" >"$RESULTS/$name-gateway.log" 2>&1 &
+  pid=$!
+  STARTED+=("$pid")
+  wait_http "http://127.0.0.1:$INLET_PORT/readyz" 200 "$pid" ||
+    die "inlet-gateway ($name) did not become ready; see $RESULTS/$name-gateway.log"
+  curl -s "http://127.0.0.1:$INLET_PORT/readyz" | grep -q '"direct"' ||
+    die "inlet-gateway ($name) is not in direct mode"
+  load "$name" "$INLET_PORT"
+  peak_rss_mib "$pid" >"$RESULTS/$name.rss"
+  stop "$pid"
+}
+
+if [[ $DIRECT == 1 ]]; then
+  direct direct-sqlite
+  psql_admin -c "CREATE DATABASE $DIRECT_DB" >/dev/null
+  CREATED_DBS+=("$DIRECT_DB")
+  direct direct-postgres "$(db_url "$DIRECT_DB")"
+fi
+
 # --- table -------------------------------------------------------------------
 
 v() { if [[ -f $RESULTS/$1.json ]]; then jget "$RESULTS/$1.json" "$2"; fi; }
@@ -351,5 +403,20 @@ Load: $CONNECTIONS connections, $DURATION measured after $WARMUP warmup, signed 
 | failed / never-sent requests (max load; 50%) | $(fails inlet-max); $(fails inlet-half) | $(fails peer-max); $(fails peer-half) | |
 
 Inlet/peer above 1 is better for throughput, below 1 for latency and memory.
-Raw JSON: ${RESULTS#"$ROOT"/}/
 EOF
+if [[ $DIRECT == 1 ]]; then
+  cat <<EOF
+
+Direct mode (no Redis: the gateway stores each event before its 200; Inlet only), closed loop, same load:
+
+| store | req/s | p50 (ms) | p99 (ms) | p99.9 (ms) | peak RSS (MiB) |
+|---|---:|---:|---:|---:|---:|
+EOF
+  for name in direct-sqlite direct-postgres; do
+    echo "| ${name#direct-} | $(fmt "$(v "$name" .rps)") | $(fmt "$(v "$name" .latency_ms.p50)") |" \
+      "$(fmt "$(v "$name" .latency_ms.p99)") | $(fmt "$(v "$name" .latency_ms.p999)") |" \
+      "$(fmt "$(cat "$RESULTS/$name.rss" 2>/dev/null)") |"
+  done
+fi
+echo
+echo "Raw JSON: ${RESULTS#"$ROOT"/}/"
