@@ -169,9 +169,37 @@ impl Audit {
         }
     }
 
+    /// Appends several lines with one `write` (the per-event lines of a
+    /// batch). Same failure handling as [`Audit::write`].
+    pub fn write_all(&self, records: impl IntoIterator<Item = AuditRecord>) {
+        let mut lines = Vec::new();
+        let mut first_stage = None;
+        for mut record in records {
+            record.service.clone_from(&self.inner.service);
+            first_stage.get_or_insert_with(|| record.stage.clone());
+            if let Err(e) = serde_json::to_writer(&mut lines, &record) {
+                tracing::error!(error = %e, stage = %record.stage, "audit line not serialized");
+                continue;
+            }
+            lines.push(b'\n');
+        }
+        if lines.is_empty() {
+            return;
+        }
+        if let Err(e) = self.append_bytes(&lines) {
+            metrics::counter!("inlet_audit_write_errors_total").increment(1);
+            tracing::error!(error = %e, stage = ?first_stage, "audit write failed");
+        }
+    }
+
     fn append(&self, record: &AuditRecord) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(record)?;
         line.push(b'\n');
+        self.append_bytes(&line)
+    }
+
+    /// Appends whole lines with one `write_all` on the day's file.
+    fn append_bytes(&self, line: &[u8]) -> std::io::Result<()> {
         let today = Utc::now().date_naive();
         let mut guard = self
             .inner
@@ -184,7 +212,7 @@ impl Audit {
             *guard = Some(OpenFile { date: today, file });
         }
         match guard.as_mut() {
-            Some(open) => open.file.write_all(&line),
+            Some(open) => open.file.write_all(line),
             None => Ok(()),
         }
     }
@@ -298,6 +326,36 @@ mod tests {
         assert_eq!(lines[1].reason.as_deref(), Some("signature_missing"));
         let name = file_name("gateway", Utc::now().date_naive());
         assert!(dir.path().join(name).exists());
+    }
+
+    #[test]
+    fn a_batch_of_lines_is_appended_whole_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::new(dir.path(), "worker").unwrap();
+        audit.write(AuditRecord::new("first"));
+        let traces: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
+        audit.write_all(
+            traces
+                .iter()
+                .map(|t| AuditRecord::new("stored").trace(*t).with("batch", 50)),
+        );
+        audit.write_all(Vec::new());
+        let text = std::fs::read_to_string(
+            dir.path()
+                .join(file_name("worker", Utc::now().date_naive())),
+        )
+        .unwrap();
+        let lines: Vec<AuditRecord> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
+            .collect();
+        assert_eq!(lines.len(), 51);
+        assert_eq!(lines[0].stage, "first");
+        for (line, trace) in lines[1..].iter().zip(&traces) {
+            assert_eq!(line.service, "worker");
+            assert_eq!(line.stage, "stored");
+            assert_eq!(line.trace_id, Some(*trace));
+        }
     }
 
     #[test]

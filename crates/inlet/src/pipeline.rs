@@ -114,11 +114,12 @@ impl Pipeline {
     ) -> BatchOutcome {
         let mut outcome = BatchOutcome::default();
         let mut deliveries = Vec::with_capacity(events.len());
+        let mut lines = Vec::with_capacity(events.len());
         for event in events {
             let started = Instant::now();
             match normalize(&event.body) {
                 Ok(items) => {
-                    self.audit.write(
+                    lines.push(
                         self.line("normalized", &event)
                             .duration(started.elapsed())
                             .with("items", items.len())
@@ -138,6 +139,9 @@ impl Pipeline {
                 }
             }
         }
+        // One write for the batch's lines (written before the store is
+        // tried, as each event's would be).
+        self.audit.write_all(lines);
         if deliveries.is_empty() {
             return outcome;
         }
@@ -165,15 +169,15 @@ impl Pipeline {
                     metrics::counter!("inlet_statuses_stored_total").increment(report.statuses_new);
                     metrics::counter!("inlet_page_changes_stored_total")
                         .increment(report.changes_new);
-                    for d in &deliveries {
-                        self.audit.write(
-                            self.line("stored", &d.event)
-                                .duration(elapsed)
-                                .with("batch", deliveries.len())
-                                .with("attempt", attempt),
-                        );
-                        outcome.stored.push(d.event.trace_id);
-                    }
+                    self.audit.write_all(deliveries.iter().map(|d| {
+                        self.line("stored", &d.event)
+                            .duration(elapsed)
+                            .with("batch", deliveries.len())
+                            .with("attempt", attempt)
+                    }));
+                    outcome
+                        .stored
+                        .extend(deliveries.iter().map(|d| d.event.trace_id));
                     merge(&mut outcome.report, report);
                     return;
                 }
@@ -198,15 +202,13 @@ impl Pipeline {
                         return;
                     }
                     let delay = policy.delay(attempt + 1);
-                    for d in &deliveries {
-                        self.audit.write(
-                            self.line("retried", &d.event)
-                                .outcome("error")
-                                .reason(e.to_string())
-                                .with("attempt", attempt)
-                                .with("next_delay_ms", delay.as_millis() as u64),
-                        );
-                    }
+                    self.audit.write_all(deliveries.iter().map(|d| {
+                        self.line("retried", &d.event)
+                            .outcome("error")
+                            .reason(e.to_string())
+                            .with("attempt", attempt)
+                            .with("next_delay_ms", delay.as_millis() as u64)
+                    }));
                     tracing::warn!(error = %e, attempt, ?delay, "store unavailable; retrying batch");
                     tokio::time::sleep(delay).await;
                     attempt += 1;

@@ -185,11 +185,12 @@ impl Worker {
         let mut ids = Vec::with_capacity(entries.len());
         let mut events = Vec::with_capacity(entries.len());
         let mut dead: Vec<DeadLetter> = Vec::new();
+        let mut lines = Vec::with_capacity(entries.len());
         for entry in entries {
             ids.push(entry.id.clone());
             match RawEvent::from_fields(entry.pairs()) {
                 Ok(event) => {
-                    self.pipeline.audit().write(
+                    lines.push(
                         AuditRecord::new("dequeued")
                             .trace(event.trace_id)
                             .origin(event.source.as_str(), &event.tenant)
@@ -219,6 +220,7 @@ impl Worker {
                 }
             }
         }
+        self.pipeline.audit().write_all(lines);
         let count = events.len();
         // Retries can outlast the reclaim idle time: the batch's entries are
         // kept fresh meanwhile so no other consumer takes them over.
