@@ -51,6 +51,25 @@ pub trait LocalSink: Send + Sync + 'static {
     fn deliver(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), String>>;
 }
 
+/// A local "consumer" that drops what it is handed: with no Redis configured
+/// at all (the embedded default) the normalized stream has no consumer and
+/// never will, so its outbox entries are counted and removed instead of
+/// piling up in the store. Not used when Redis is configured but down: then
+/// the entries wait for it.
+pub struct DiscardSink(pub &'static str);
+
+impl LocalSink for DiscardSink {
+    fn stream(&self) -> &'static str {
+        self.0
+    }
+
+    fn deliver(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), String>> {
+        metrics::counter!("inlet_outbox_discarded_total", "stream" => self.0)
+            .increment(entries.len() as u64);
+        Box::pin(async { Ok(()) })
+    }
+}
+
 const BATCH: i64 = 500;
 
 /// Stream entries as field lists, ready for `XADD`.

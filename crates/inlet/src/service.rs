@@ -211,13 +211,16 @@ pub async fn start_gateway(
             shutdown.clone(),
         );
     }
+    let mut local: Vec<Arc<dyn LocalSink>> = vec![Arc::new(MemoryBusSink(bus)), cache_sink];
+    if settings.redis_url.is_none() {
+        local.push(Arc::new(crate::relay::DiscardSink(
+            crate::queue::INCOMING_NORMALIZED,
+        )));
+    }
     let relay = spawn_relay(
         store.clone(),
         RelayTarget::Ingest(ingest.clone()),
-        vec![
-            Arc::new(MemoryBusSink(bus)) as Arc<dyn LocalSink>,
-            cache_sink as Arc<dyn LocalSink>,
-        ],
+        local,
         committed,
         shutdown.clone(),
     );

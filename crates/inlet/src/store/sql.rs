@@ -330,7 +330,8 @@ macro_rules! impl_sql_store {
         $least:literal,
         $skip_locked:literal,
         $tx_type:literal,
-        $horizon:literal
+        $horizon:literal,
+        $claim_begin:literal
     ) => {
         impl super::OutboxClaim for SqlClaim<$db> {
             fn entries(&self) -> &[OutboxEntry] {
@@ -972,7 +973,7 @@ macro_rules! impl_sql_store {
                 limit: i64,
             ) -> BoxFuture<'a, Result<Box<dyn super::OutboxClaim>, StoreError>> {
                 Box::pin(async move {
-                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    let mut tx = self.pool.begin_with($claim_begin).await.map_err(classify)?;
                     let mut qb = QueryBuilder::<$db>::new("SELECT id, stream, fields FROM outbox");
                     if let Some(stream) = stream {
                         qb.push(" WHERE stream = ").push_bind(stream);
@@ -1004,7 +1005,7 @@ macro_rules! impl_sql_store {
                 limit: i64,
             ) -> BoxFuture<'_, Result<Box<dyn super::OutboxClaim>, StoreError>> {
                 Box::pin(async move {
-                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    let mut tx = self.pool.begin_with($claim_begin).await.map_err(classify)?;
                     // Locked by another relay (Postgres): nothing to do now.
                     let mut qb = QueryBuilder::<$db>::new(
                         "SELECT CAST(tx AS text) AS tx, seq FROM relay_cursors WHERE name = ",
@@ -1298,6 +1299,11 @@ macro_rules! impl_sql_store {
 // Postgres relays in several workers claim disjoint rows; SQLite has a
 // single writer, which serializes its (one-process) relay anyway.
 //
+// A claim reads, then deletes or moves a cursor when it completes. SQLite
+// takes the write lock at its start (BEGIN IMMEDIATE): a read transaction
+// that later writes fails at once (SQLITE_BUSY_SNAPSHOT) when another write
+// committed meanwhile, and the claimed entries would be delivered twice.
+//
 // The event log is read past the relay cursor in (tx, seq) order. Postgres
 // rows carry the writing transaction's id and only transactions older than
 // the oldest one still running are read (no row can commit behind the
@@ -1310,7 +1316,8 @@ impl_sql_store!(
     "LEAST",
     " FOR UPDATE SKIP LOCKED",
     "xid8",
-    " AND tx < pg_snapshot_xmin(pg_current_snapshot())"
+    " AND tx < pg_snapshot_xmin(pg_current_snapshot())",
+    "BEGIN"
 );
 impl_sql_store!(
     Sqlite,
@@ -1320,5 +1327,6 @@ impl_sql_store!(
     "MIN",
     "",
     "INTEGER",
-    ""
+    "",
+    "BEGIN IMMEDIATE"
 );
