@@ -294,7 +294,10 @@ const MESSAGE_FROM: &str = " FROM messages m JOIN contacts c ON c.id = m.contact
 
 /// Outbox rows or event-log rows claimed inside an open transaction.
 struct SqlClaim<DB: sqlx::Database> {
-    tx: sqlx::Transaction<'static, DB>,
+    pool: sqlx::Pool<DB>,
+    /// The claim's open transaction (Postgres: it holds the row locks);
+    /// `None` when completing opens a write transaction of its own (SQLite).
+    tx: Option<sqlx::Transaction<'static, DB>>,
     entries: Vec<OutboxEntry>,
     done: Completion,
 }
@@ -331,7 +334,8 @@ macro_rules! impl_sql_store {
         $skip_locked:literal,
         $tx_type:literal,
         $horizon:literal,
-        $claim_begin:literal
+        $hold_claim:literal,
+        $write_begin:literal
     ) => {
         impl super::OutboxClaim for SqlClaim<$db> {
             fn entries(&self) -> &[OutboxEntry] {
@@ -340,7 +344,11 @@ macro_rules! impl_sql_store {
 
             fn complete(self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>> {
                 Box::pin(async move {
-                    let SqlClaim { mut tx, entries, done } = *self;
+                    let SqlClaim { pool, tx, entries, done } = *self;
+                    let mut tx = match tx {
+                        Some(tx) => tx,
+                        None => pool.begin_with($write_begin).await.map_err(classify)?,
+                    };
                     match done {
                         Completion::DeleteOutbox if !entries.is_empty() => {
                             let mut qb = QueryBuilder::<$db>::new("DELETE FROM outbox WHERE id IN (");
@@ -368,6 +376,19 @@ macro_rules! impl_sql_store {
         }
 
         impl SqlStore<$db> {
+            /// Keeps a claim's read transaction open until it completes, or
+            /// ends it now (see the note above the invocations).
+            async fn hold(
+                tx: sqlx::Transaction<'static, $db>,
+            ) -> Result<Option<sqlx::Transaction<'static, $db>>, StoreError> {
+                if $hold_claim {
+                    Ok(Some(tx))
+                } else {
+                    tx.commit().await.map_err(classify)?;
+                    Ok(None)
+                }
+            }
+
             async fn write_plan(&self, plan: &WritePlan) -> Result<WriteReport, StoreError> {
                 let now = Utc::now();
                 let mut report = WriteReport::default();
@@ -973,7 +994,7 @@ macro_rules! impl_sql_store {
                 limit: i64,
             ) -> BoxFuture<'a, Result<Box<dyn super::OutboxClaim>, StoreError>> {
                 Box::pin(async move {
-                    let mut tx = self.pool.begin_with($claim_begin).await.map_err(classify)?;
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
                     let mut qb = QueryBuilder::<$db>::new("SELECT id, stream, fields FROM outbox");
                     if let Some(stream) = stream {
                         qb.push(" WHERE stream = ").push_bind(stream);
@@ -993,7 +1014,8 @@ macro_rules! impl_sql_store {
                         .collect::<Result<Vec<_>, sqlx::Error>>()
                         .map_err(classify)?;
                     Ok(Box::new(SqlClaim::<$db> {
-                        tx,
+                        pool: self.pool.clone(),
+                        tx: Self::hold(tx).await?,
                         entries,
                         done: Completion::DeleteOutbox,
                     }) as Box<dyn super::OutboxClaim>)
@@ -1005,7 +1027,7 @@ macro_rules! impl_sql_store {
                 limit: i64,
             ) -> BoxFuture<'_, Result<Box<dyn super::OutboxClaim>, StoreError>> {
                 Box::pin(async move {
-                    let mut tx = self.pool.begin_with($claim_begin).await.map_err(classify)?;
+                    let mut tx = self.pool.begin().await.map_err(classify)?;
                     // Locked by another relay (Postgres): nothing to do now.
                     let mut qb = QueryBuilder::<$db>::new(
                         "SELECT CAST(tx AS text) AS tx, seq FROM relay_cursors WHERE name = ",
@@ -1014,7 +1036,8 @@ macro_rules! impl_sql_store {
                     let cursor = qb.build().fetch_optional(&mut *tx).await.map_err(classify)?;
                     let Some(cursor) = cursor else {
                         return Ok(Box::new(SqlClaim::<$db> {
-                            tx,
+                            pool: self.pool.clone(),
+                            tx: Self::hold(tx).await?,
                             entries: Vec::new(),
                             done: Completion::Nothing,
                         }) as Box<dyn super::OutboxClaim>);
@@ -1053,7 +1076,12 @@ macro_rules! impl_sql_store {
                         },
                         None => Completion::Nothing,
                     };
-                    Ok(Box::new(SqlClaim::<$db> { tx, entries, done }) as Box<dyn super::OutboxClaim>)
+                    Ok(Box::new(SqlClaim::<$db> {
+                        pool: self.pool.clone(),
+                        tx: Self::hold(tx).await?,
+                        entries,
+                        done,
+                    }) as Box<dyn super::OutboxClaim>)
                 })
             }
 
@@ -1299,10 +1327,14 @@ macro_rules! impl_sql_store {
 // Postgres relays in several workers claim disjoint rows; SQLite has a
 // single writer, which serializes its (one-process) relay anyway.
 //
-// A claim reads, then deletes or moves a cursor when it completes. SQLite
-// takes the write lock at its start (BEGIN IMMEDIATE): a read transaction
-// that later writes fails at once (SQLITE_BUSY_SNAPSHOT) when another write
-// committed meanwhile, and the claimed entries would be delivered twice.
+// A claim reads, then deletes or moves a cursor when it completes. Postgres
+// keeps the claim's transaction open (its row locks keep other relays off).
+// SQLite ends the read at once and completes in a write transaction of its
+// own (BEGIN IMMEDIATE): upgrading the read transaction fails at once
+// (SQLITE_BUSY_SNAPSHOT) when a write committed meanwhile, which re-delivered
+// the claimed entries, and holding the write lock during delivery stalled the
+// group commits. SQLite has one relay (the embedded gateway's), so nothing
+// else moves the cursor or deletes the rows in between.
 //
 // The event log is read past the relay cursor in (tx, seq) order. Postgres
 // rows carry the writing transaction's id and only transactions older than
@@ -1317,6 +1349,7 @@ impl_sql_store!(
     " FOR UPDATE SKIP LOCKED",
     "xid8",
     " AND tx < pg_snapshot_xmin(pg_current_snapshot())",
+    true,
     "BEGIN"
 );
 impl_sql_store!(
@@ -1328,5 +1361,6 @@ impl_sql_store!(
     "",
     "INTEGER",
     "",
+    false,
     "BEGIN IMMEDIATE"
 );
