@@ -665,28 +665,8 @@ async fn a_burst_of_1000_writes_to_one_conversation_is_coalesced_in_queue_mode()
 async fn a_burst_of_1000_webhooks_to_one_conversation_is_coalesced_in_direct_mode() {
     const N: usize = 1000;
     let gw = TestGateway::start(no_redis().set("INLET_CACHE__REBUILD_INTERVAL_S", "0")).await;
-    let mut tasks = tokio::task::JoinSet::new();
-    for lane in 0..8 {
-        let client = gw.client.clone();
-        let url = format!("{}/webhooks/whatsapp", gw.base);
-        tasks.spawn(async move {
-            for i in (lane..N).step_by(8) {
-                let body = wa_text_numbered(i);
-                let sig = inlet::signature::sign(&body, SECRET.as_bytes());
-                let res = client
-                    .post(&url)
-                    .header("x-hub-signature-256", sig)
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(res.status(), 200);
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.unwrap();
-    }
+    gw.post_concurrently(8, (0..N).map(wa_text_numbered).collect())
+        .await;
     let store = gw.store();
     let cache = gw.running.as_ref().unwrap().cache.clone();
     assert_burst_file_complete(&cache, &store, N).await;

@@ -376,29 +376,10 @@ async fn direct_mode_on_sqlite_hands_each_event_to_the_bus_once_under_concurrent
     const N: usize = 400;
     let gw = TestGateway::start(no_redis()).await;
     let template = String::from_utf8(fixture("wa_text.json")).unwrap();
-    let mut tasks = tokio::task::JoinSet::new();
-    for lane in 0..16 {
-        let client = gw.client.clone();
-        let url = format!("{}/webhooks/whatsapp", gw.base);
-        let template = template.clone();
-        tasks.spawn(async move {
-            for i in (lane..N).step_by(16) {
-                let body = template.replace("MQA=", &format!("S{i:04}A="));
-                let sig = inlet::signature::sign(body.as_bytes(), SECRET.as_bytes());
-                let res = client
-                    .post(&url)
-                    .header("x-hub-signature-256", sig)
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(res.status(), 200);
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.unwrap();
-    }
+    let bodies = (0..N)
+        .map(|i| template.replace("MQA=", &format!("S{i:04}A=")).into_bytes())
+        .collect();
+    gw.post_concurrently(16, bodies).await;
     let store = gw.store();
     let logged = store
         .event_log()

@@ -65,6 +65,28 @@ async fn setup() -> (TestConfig, TestDb) {
     (cfg, db)
 }
 
+/// Migrates and adds the subscription `name` for `events` at `url` with the
+/// CLI, as an operator would.
+async fn subscribe(settings: inlet::config::Settings, name: &str, url: &str, events: &str) {
+    let (ok, out) = cli(settings.clone(), &["migrate"]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = cli(
+        settings,
+        &[
+            "subscriptions",
+            "add",
+            "--name",
+            name,
+            "--url",
+            url,
+            "--events",
+            events,
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+}
+
 async fn type_counts(store: &inlet::store::Store, phase: &str) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for (_, e) in store
@@ -508,23 +530,7 @@ async fn two_workers_deliver_each_event_exactly_once() {
     let (cfg, db) = setup().await;
     let prefix = cfg.prefix.clone();
     let (receiver, url) = Receiver::start(200).await;
-    let (ok, out) = cli(cfg.settings(), &["migrate"]).await;
-    assert!(ok, "{out}");
-    let (ok, out) = cli(
-        cfg.settings(),
-        &[
-            "subscriptions",
-            "add",
-            "--name",
-            "crm",
-            "--url",
-            &url,
-            "--events",
-            "message.after.create",
-        ],
-    )
-    .await;
-    assert!(ok, "{out}");
+    subscribe(cfg.settings(), "crm", &url, "message.after.create").await;
     let w1 = TestWorker::start_with(cfg.settings().clone_with_consumer("one")).await;
     let w2 = TestWorker::start_with(cfg.settings().clone_with_consumer("two")).await;
     let gw = TestGateway::start(cfg).await;
@@ -595,23 +601,7 @@ async fn events_a_dead_worker_left_pending_still_reach_subscribers_once() {
     let cfg = cfg.set("INLET_WORKER__CLAIM_IDLE_MS", "300");
     let prefix = cfg.prefix.clone();
     let (receiver, url) = Receiver::start(200).await;
-    let (ok, out) = cli(cfg.settings(), &["migrate"]).await;
-    assert!(ok, "{out}");
-    let (ok, out) = cli(
-        cfg.settings(),
-        &[
-            "subscriptions",
-            "add",
-            "--name",
-            "crm",
-            "--url",
-            &url,
-            "--events",
-            "message.after.create",
-        ],
-    )
-    .await;
-    assert!(ok, "{out}");
+    subscribe(cfg.settings(), "crm", &url, "message.after.create").await;
 
     // A worker that crashed: it had read an event from the webhooks group
     // and died before acknowledging it. Its consumer name (host-pid) will

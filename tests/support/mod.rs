@@ -250,6 +250,35 @@ impl TestGateway {
         }
     }
 
+    /// POSTs `bodies` to `/webhooks/whatsapp`, each signed, from `lanes`
+    /// concurrent tasks (lane k sends bodies k, k + lanes, …), and expects
+    /// 200 for each.
+    pub async fn post_concurrently(&self, lanes: usize, bodies: Vec<Vec<u8>>) {
+        let bodies = std::sync::Arc::new(bodies);
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in 0..lanes {
+            let client = self.client.clone();
+            let url = format!("{}/webhooks/whatsapp", self.base);
+            let bodies = bodies.clone();
+            tasks.spawn(async move {
+                for body in bodies.iter().skip(lane).step_by(lanes) {
+                    let sig = inlet::signature::sign(body, SECRET.as_bytes());
+                    let res = client
+                        .post(&url)
+                        .header("x-hub-signature-256", sig)
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .expect("request sent");
+                    assert_eq!(res.status(), 200);
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("a posting lane panicked");
+        }
+    }
+
     /// POSTs with an explicit (or no) signature header.
     pub async fn post(&self, source: &str, body: &[u8], sig: Option<&str>) -> reqwest::Response {
         let mut req = self
