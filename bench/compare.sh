@@ -242,18 +242,26 @@ if [[ $HAVE_PEER == 1 ]]; then
   redis_del "$PEER_QUEUE_PATTERN"
 fi
 
-log "starting inlet-gateway on 127.0.0.1:$INLET_PORT (prefix $PREFIX)"
-mkdir -p "$WORK/inlet-data"
-env INLET_REDIS_URL="redis://$REDIS_HOST:$REDIS_PORT" INLET_APP_SECRET="$SECRET" \
-  INLET_STREAM_PREFIX="$PREFIX" INLET_LISTEN="127.0.0.1:$INLET_PORT" \
-  INLET_DATA_DIR="$WORK/inlet-data" INLET_DATABASE_URL="$(db_url "$INLET_DB")" INLET_LOG=warn \
-  "$BIN/inlet-gateway" >"$RESULTS/inlet-gateway.log" 2>&1 &
-INLET_PID=$!
-STARTED+=("$INLET_PID")
-wait_http "http://127.0.0.1:$INLET_PORT/readyz" 200 "$INLET_PID" ||
-  die "inlet-gateway did not become ready; see $RESULTS/inlet-gateway.log"
-curl -s "http://127.0.0.1:$INLET_PORT/readyz" | grep -q '"queue"' ||
-  die "inlet-gateway is not in queue mode: $(curl -s "http://127.0.0.1:$INLET_PORT/readyz")"
+# start_inlet NAME MODE REDIS_URL DATABASE_URL: an inlet-gateway on
+# $INLET_PORT with its data under $WORK/NAME, ready and in MODE (queue or
+# direct); its pid in INLET_PID.
+start_inlet() {
+  local name=$1 mode=$2 redis_url=$3 database_url=$4
+  mkdir -p "$WORK/$name"
+  log "starting inlet-gateway ($name, $mode mode) on 127.0.0.1:$INLET_PORT"
+  env INLET_REDIS_URL="$redis_url" INLET_APP_SECRET="$SECRET" \
+    INLET_STREAM_PREFIX="$PREFIX" INLET_LISTEN="127.0.0.1:$INLET_PORT" \
+    INLET_DATA_DIR="$WORK/$name" INLET_DATABASE_URL="$database_url" INLET_LOG=warn \
+    "$BIN/inlet-gateway" >"$RESULTS/$name-gateway.log" 2>&1 &
+  INLET_PID=$!
+  STARTED+=("$INLET_PID")
+  wait_http "http://127.0.0.1:$INLET_PORT/readyz" 200 "$INLET_PID" ||
+    die "inlet-gateway ($name) did not become ready; see $RESULTS/$name-gateway.log"
+  curl -s "http://127.0.0.1:$INLET_PORT/readyz" | grep -q "\"$mode\"" ||
+    die "inlet-gateway ($name) is not in $mode mode: $(curl -s "http://127.0.0.1:$INLET_PORT/readyz")"
+}
+
+start_inlet inlet queue "redis://$REDIS_HOST:$REDIS_PORT" "$(db_url "$INLET_DB")"
 
 if [[ $HAVE_PEER == 1 ]]; then
   log "starting the peer gateway on 127.0.0.1:$PEER_PORT"
@@ -349,21 +357,10 @@ fi
 # direct NAME [DATABASE_URL]: a gateway without Redis (SQLite when no URL),
 # one closed-loop run, its peak RSS into $RESULTS/NAME.rss.
 direct() {
-  local name=$1 url=${2:-} pid
-  mkdir -p "$WORK/$name"
-  log "direct mode ($name): starting inlet-gateway without Redis"
-  env INLET_REDIS_URL= INLET_APP_SECRET="$SECRET" INLET_LISTEN="127.0.0.1:$INLET_PORT" \
-    INLET_DATA_DIR="$WORK/$name" INLET_DATABASE_URL="$url" INLET_LOG=warn \
-    "$BIN/inlet-gateway" >"$RESULTS/$name-gateway.log" 2>&1 &
-  pid=$!
-  STARTED+=("$pid")
-  wait_http "http://127.0.0.1:$INLET_PORT/readyz" 200 "$pid" ||
-    die "inlet-gateway ($name) did not become ready; see $RESULTS/$name-gateway.log"
-  curl -s "http://127.0.0.1:$INLET_PORT/readyz" | grep -q '"direct"' ||
-    die "inlet-gateway ($name) is not in direct mode"
-  load "$name" "$INLET_PORT"
-  peak_rss_mib "$pid" >"$RESULTS/$name.rss"
-  stop "$pid"
+  start_inlet "$1" direct "" "${2:-}"
+  load "$1" "$INLET_PORT"
+  peak_rss_mib "$INLET_PID" >"$RESULTS/$1.rss"
+  stop "$INLET_PID"
 }
 
 if [[ $DIRECT == 1 ]]; then
