@@ -693,6 +693,24 @@ async fn claim_ids(store: &inlet::store::Store) -> Vec<String> {
     ids
 }
 
+/// Waits until a claim would see `n` events (a claim dropped without
+/// completing moves nothing). On Postgres the relay reads only rows older
+/// than every transaction still running in the cluster, so concurrent tests
+/// can hold rows back for a moment.
+async fn wait_claimable(store: &inlet::store::Store, n: usize) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("{n} events past the relay's horizon"),
+        || async {
+            let claim = store.log_claim(500).await.ok()?;
+            let seen = claim.entries().len();
+            claim.release().await.ok()?;
+            (seen >= n).then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn the_log_relay_never_skips_an_event_that_commits_late_on_postgres() {
     use sqlx::Connection;
@@ -724,6 +742,7 @@ async fn the_log_relay_never_skips_an_event_that_commits_late_on_postgres() {
         "nothing past a transaction that is still running"
     );
     sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
+    wait_claimable(&store, 2).await;
     assert_eq!(
         claim_ids(&store).await,
         vec![a.id.to_string(), b.id.to_string()],
@@ -747,18 +766,22 @@ async fn two_relays_never_claim_the_same_log_rows() {
             .unwrap();
     }
     assert_eq!(store.activity().await.unwrap().outbox, 3, "not yet relayed");
+    wait_claimable(&store, 3).await;
     let first = store.log_claim(500).await.unwrap();
     assert_eq!(first.entries().len(), 3);
     // The cursor is locked: a second relay claims nothing meanwhile.
     let second = store.log_claim(500).await.unwrap();
     assert!(second.entries().is_empty());
-    second.complete().await.unwrap();
+    second.release().await.unwrap();
     first.complete().await.unwrap();
     assert_eq!(store.activity().await.unwrap().outbox, 0, "all relayed");
     assert!(claim_ids(&store).await.is_empty());
-    // A claim dropped without completing (publish failed) leaves the rows.
+    // A claim given up without completing (publish failed) leaves the rows.
     store.log_event(&test_event("two-3")).await.unwrap();
-    drop(store.log_claim(500).await.unwrap());
+    wait_claimable(&store, 1).await;
+    let failed = store.log_claim(500).await.unwrap();
+    assert_eq!(failed.entries().len(), 1);
+    failed.release().await.unwrap();
     assert_eq!(claim_ids(&store).await.len(), 1);
     drop(store);
     db.drop_db().await;

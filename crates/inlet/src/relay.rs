@@ -89,29 +89,37 @@ pub async fn relay_once(store: &Store, queue: &RedisQueue) -> Result<usize, Stri
     Ok(from_outbox.max(from_log))
 }
 
-/// Publishes a claim's entries to their streams, then completes it.
+/// Publishes a claim's entries to their streams, then completes it (or
+/// releases it when publishing failed).
 async fn publish_claim(claim: Box<dyn OutboxClaim>, queue: &RedisQueue) -> Result<usize, String> {
-    let pending = claim.entries();
-    if pending.is_empty() {
-        return Ok(0);
+    let n = claim.entries().len();
+    if n == 0 {
+        return claim.release().await.map(|()| 0).map_err(|e| e.to_string());
     }
-    let mut by_stream: BTreeMap<&str, Vec<Fields<'_>>> = BTreeMap::new();
-    for entry in pending {
-        by_stream.entry(entry.stream.as_str()).or_default().push(
-            entry
-                .fields
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.clone().into_bytes()))
-                .collect(),
-        );
+    let published = {
+        let mut by_stream: BTreeMap<&str, Vec<Fields<'_>>> = BTreeMap::new();
+        for entry in claim.entries() {
+            by_stream.entry(entry.stream.as_str()).or_default().push(
+                entry
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone().into_bytes()))
+                    .collect(),
+            );
+        }
+        let mut result = Ok(());
+        for (stream, entries) in &by_stream {
+            if let Err(e) = queue.publish_many(stream, entries).await {
+                result = Err(e.to_string());
+                break;
+            }
+        }
+        result
+    };
+    if let Err(e) = published {
+        let _ = claim.release().await;
+        return Err(e);
     }
-    for (stream, entries) in &by_stream {
-        queue
-            .publish_many(stream, entries)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    let n = pending.len();
     claim.complete().await.map_err(|e| e.to_string())?;
     metrics::counter!("inlet_outbox_published_total").increment(n as u64);
     Ok(n)
@@ -139,13 +147,17 @@ pub async fn deliver_local_once(
     Ok(n)
 }
 
-/// Hands a claim's entries to a local sink, then completes it.
+/// Hands a claim's entries to a local sink, then completes it (or releases
+/// it when the sink failed).
 async fn deliver_claim(claim: Box<dyn OutboxClaim>, sink: &dyn LocalSink) -> Result<usize, String> {
-    if claim.entries().is_empty() {
-        return Ok(0);
-    }
     let count = claim.entries().len();
-    sink.deliver(claim.entries().to_vec()).await?;
+    if count == 0 {
+        return claim.release().await.map(|()| 0).map_err(|e| e.to_string());
+    }
+    if let Err(e) = sink.deliver(claim.entries().to_vec()).await {
+        let _ = claim.release().await;
+        return Err(e);
+    }
     claim.complete().await.map_err(|e| e.to_string())?;
     Ok(count)
 }

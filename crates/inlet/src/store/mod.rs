@@ -94,6 +94,10 @@ pub trait OutboxClaim: Send {
     fn entries(&self) -> &[OutboxEntry];
     /// Deletes the entries and releases the claim.
     fn complete(self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>>;
+    /// Gives the claim up, leaving the entries pending, and waits until
+    /// other relays can claim them (dropping a claim does the same, but its
+    /// locks may linger until the connection is used again).
+    fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>>;
 }
 
 /// A stored message, as read back (tests, CLI, read API).

@@ -342,6 +342,15 @@ macro_rules! impl_sql_store {
                 &self.entries
             }
 
+            fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>> {
+                Box::pin(async move {
+                    match self.tx {
+                        Some(tx) => tx.rollback().await.map_err(classify),
+                        None => Ok(()),
+                    }
+                })
+            }
+
             fn complete(self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>> {
                 Box::pin(async move {
                     let SqlClaim { pool, tx, entries, done } = *self;
