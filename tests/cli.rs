@@ -10,7 +10,8 @@ use bytes::Bytes;
 use inlet::audit::AuditRecord;
 use inlet::envelope::{RawEvent, Source};
 use inlet::model::NormalizedItem;
-use inlet::queue::{DeadLetter, DLQ, INCOMING_RAW, WORKER_GROUP};
+use inlet::queue::DeadLetter;
+use inlet::streams::{DLQ, INCOMING_RAW, WORKER_GROUP};
 use inlet_suite::*;
 use serde_json::Value;
 
@@ -87,10 +88,7 @@ async fn status_shows_backlog_pending_entries_and_dead_letters() {
         .ensure_group(INCOMING_RAW, WORKER_GROUP)
         .await
         .unwrap();
-    let taken = queue
-        .read_group(INCOMING_RAW, WORKER_GROUP, "slow-worker", 1, Duration::ZERO)
-        .await
-        .unwrap();
+    let taken = take(&queue, INCOMING_RAW, WORKER_GROUP, "slow-worker", 1).await;
     assert_eq!(taken.len(), 1);
     // One dead letter in each place, and one event kept in the store.
     queue.dead_letter(&dead_letter()).await.unwrap();
@@ -165,10 +163,7 @@ async fn status_exits_non_zero_while_the_pipeline_is_stalled() {
         .ensure_group(INCOMING_RAW, WORKER_GROUP)
         .await
         .unwrap();
-    let taken = queue
-        .read_group(INCOMING_RAW, WORKER_GROUP, "wedged", 10, Duration::ZERO)
-        .await
-        .unwrap();
+    let taken = take(&queue, INCOMING_RAW, WORKER_GROUP, "wedged", 10).await;
     assert_eq!(taken.len(), 1);
     let status = eventually(
         Duration::from_secs(10),
@@ -182,15 +177,12 @@ async fn status_exits_non_zero_while_the_pipeline_is_stalled() {
     assert_eq!(status["health"]["verdict"], "stalled");
     let held = &workers_group(&status)["held_too_long"];
     assert_eq!(held["consumer"], "wedged");
-    assert_eq!(held["id"], taken[0].id.as_str());
+    assert_eq!(held["id"], taken.ids()[0].as_str());
     let reasons = status["health"]["reasons"].to_string();
     assert!(reasons.contains("held by consumer wedged"), "{reasons}");
 
     // Once the entry is acknowledged the pipeline is healthy again.
-    queue
-        .ack_delete(INCOMING_RAW, WORKER_GROUP, &[taken[0].id.clone()])
-        .await
-        .unwrap();
+    taken.ack_delete().await.unwrap();
     let (ok, text) = cli(cfg.settings(), &["status"]).await;
     assert!(ok, "{text}");
     assert!(text.contains("health   ok"), "{text}");
@@ -462,10 +454,7 @@ async fn probe_group(prefix: &str, n: usize) -> String {
     }
     let group = format!("probe-{}", uuid::Uuid::new_v4().simple());
     queue.ensure_group(INCOMING_RAW, &group).await.unwrap();
-    let taken = queue
-        .read_group(INCOMING_RAW, &group, "probe", n, Duration::ZERO)
-        .await
-        .unwrap();
+    let taken = take(&queue, INCOMING_RAW, &group, "probe", n).await;
     assert_eq!(taken.len(), n);
     group
 }

@@ -625,17 +625,23 @@ async fn events_a_dead_worker_left_pending_still_reach_subscribers_once() {
         .map(|(k, v)| (k.as_str(), v.clone().into_bytes()))
         .collect();
     q.publish_many("events", &[fields]).await.unwrap();
-    let taken = q
-        .read_group(
-            "events",
-            "bus.webhooks",
-            "ghost-4242",
-            10,
-            Duration::from_millis(100),
-        )
-        .await
-        .unwrap();
+    let mut ghost = inlet::queue::GroupConsumer::connect(
+        &q,
+        inlet::queue::ConsumerConfig {
+            stream: "events".into(),
+            group: "bus.webhooks".into(),
+            consumer: "ghost-4242".into(),
+            count: 10,
+            block: Duration::from_millis(100),
+            claim_idle: Duration::ZERO,
+        },
+    )
+    .await
+    .unwrap();
+    let taken = ghost.next_batch().await.unwrap();
     assert_eq!(taken.len(), 1);
+    // It dies holding the batch: the entry stays pending on its name.
+    drop(taken);
 
     // A live worker reclaims it once it has been idle long enough.
     let worker = TestWorker::start(&cfg).await;

@@ -188,17 +188,9 @@ async fn a_crashed_workers_pending_entries_are_reclaimed_exactly_once() {
     // A worker reads 20 entries and dies before acknowledging them.
     let queue = queue(&prefix).await;
     queue.ensure_group("incoming.raw", "workers").await.unwrap();
-    let taken = queue
-        .read_group(
-            "incoming.raw",
-            "workers",
-            "crashed-worker",
-            20,
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let taken = take(&queue, "incoming.raw", "workers", "crashed-worker", 20).await;
     assert_eq!(taken.len(), 20);
+    drop(taken);
 
     // Two healthy workers take over.
     let w1 = TestWorker::start_with(cfg.settings().clone_with_consumer("a")).await;

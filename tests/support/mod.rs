@@ -340,6 +340,33 @@ pub async fn queue(prefix: &str) -> inlet::queue::RedisQueue {
 }
 
 /// Deletes every key under `prefix`.
+/// Takes up to `n` new entries of `stream` as consumer `consumer` of
+/// `group` through the shared consumer protocol, as a worker would, and
+/// returns the batch (drop it to leave the entries pending on that name, as
+/// a crashed or wedged consumer does).
+pub async fn take(
+    queue: &inlet::queue::RedisQueue,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    n: usize,
+) -> inlet::queue::Batch {
+    let mut c = inlet::queue::GroupConsumer::connect(
+        queue,
+        inlet::queue::ConsumerConfig {
+            stream: stream.into(),
+            group: group.into(),
+            consumer: consumer.into(),
+            count: n,
+            block: Duration::ZERO,
+            claim_idle: Duration::ZERO,
+        },
+    )
+    .await
+    .expect("consumer group");
+    c.next_batch().await.expect("read entries")
+}
+
 pub async fn cleanup_prefix(prefix: &str) {
     let mut conn = require_redis().await;
     let keys: Vec<String> = redis::cmd("KEYS")

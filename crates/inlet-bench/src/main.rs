@@ -269,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
                      \x20 throughput  {:.0} events/s",
                     cfg.count,
                     cfg.prefix,
-                    inlet::queue::INCOMING_RAW,
+                    inlet::streams::INCOMING_RAW,
                     preload.as_secs_f64(),
                     drain.rows,
                     drain.wall.as_secs_f64(),

@@ -166,7 +166,7 @@ async fn preload(cfg: &WorkerConfig) -> anyhow::Result<Duration> {
         .get_multiplexed_async_connection()
         .await
         .context("connecting to Redis")?;
-    let key = format!("{}{}", cfg.prefix, inlet::queue::INCOMING_RAW);
+    let key = format!("{}{}", cfg.prefix, inlet::streams::INCOMING_RAW);
     let existing: u64 = redis::cmd("XLEN").arg(&key).query_async(&mut conn).await?;
     if existing > 0 {
         eprintln!("inlet-bench: warning: {key} already holds {existing} entries");

@@ -14,27 +14,26 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Audit, AuditRecord};
+use crate::backoff::{Backoff, Streak};
 use crate::config::EventSettings;
 use crate::events::{Event, EventSink};
-use crate::queue::RedisQueue;
+use crate::queue::{ConsumerConfig, GroupConsumer, RedisQueue};
 use crate::relay::LocalSink;
 use crate::store::plan::OutboxRow;
 use crate::store::{OutboxEntry, Store};
+use crate::streams::{bus_group, EVENTS};
 
-/// Stream (without prefix) carrying committed events.
-pub const EVENTS_STREAM: &str = "events";
-
-/// The outbox row that relays `event` to [`EVENTS_STREAM`].
+/// The outbox row that relays `event` to [`EVENTS`].
 pub fn outbox_row(event: &Event) -> OutboxRow {
     OutboxRow {
-        stream: EVENTS_STREAM.to_string(),
+        stream: EVENTS.to_string(),
         fields: BTreeMap::from([
             ("event_id".to_string(), event.id.to_string()),
             ("type".to_string(), event.event_type.clone()),
@@ -110,7 +109,8 @@ impl Dispatcher {
                 return;
             }
         }
-        let mut delay = self.settings.handler_backoff;
+        // Handler retries stay within a minute however many are configured.
+        let mut backoff = Backoff::new(self.settings.handler_backoff, Duration::from_secs(60));
         let max = self.settings.handler_max_attempts;
         let mut last_error = String::new();
         for attempt in 1..=max {
@@ -131,8 +131,7 @@ impl Dispatcher {
                 }
             }
             if attempt < max {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
         metrics::counter!("inlet_event_handler_total", "handler" => name.clone(), "outcome" => "failed")
@@ -203,13 +202,13 @@ impl EventSink for MemoryBus {
     }
 }
 
-/// Feeds outbox entries of [`EVENTS_STREAM`] to a memory bus while Redis is
+/// Feeds outbox entries of [`EVENTS`] to a memory bus while Redis is
 /// not available.
 pub struct MemoryBusSink(pub Arc<MemoryBus>);
 
 impl LocalSink for MemoryBusSink {
     fn stream(&self) -> &'static str {
-        EVENTS_STREAM
+        EVENTS
     }
 
     fn deliver(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), String>> {
@@ -278,7 +277,7 @@ impl EventBus for RedisBus {
                 })
                 .collect();
             self.queue
-                .publish_many(EVENTS_STREAM, &entries)
+                .publish_many(EVENTS, &entries)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -290,98 +289,51 @@ impl EventBus for RedisBus {
         let consumer = self.consumer.clone();
         let claim_idle = self.claim_idle;
         let shutdown = self.shutdown.clone();
-        let group = format!("bus.{}", handler.name());
+        let group = bus_group(handler.name());
         let task = tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            // A blocking-read connection of its own (see RedisQueue::with_own_reader).
-            let queue = loop {
-                match queue.with_own_reader().await {
-                    Ok(q) => break q,
+            let config = ConsumerConfig {
+                stream: EVENTS.into(),
+                group: group.clone(),
+                consumer,
+                count: 100,
+                block: Duration::from_millis(1000),
+                claim_idle,
+            };
+            let mut streak = Streak::new("event bus", Backoff::infrastructure());
+            let mut consumer = loop {
+                match GroupConsumer::connect(&queue, config.clone()).await {
+                    Ok(c) => break c,
                     Err(e) => {
-                        tracing::debug!(error = %e, group, "event bus connect failed; backing off");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
+                        if !streak.failed("connecting", &e, &shutdown).await {
+                            return;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
             };
-            let mut own_pending = true;
-            let mut last_claim = Instant::now() - claim_idle;
+            streak.recovered();
             while !shutdown.is_cancelled() {
-                // Entries a dead consumer (a crashed worker; names carry the
-                // pid) left pending would otherwise never reach this handler.
-                let claimed = if !own_pending && last_claim.elapsed() >= claim_idle / 2 {
-                    last_claim = Instant::now();
-                    queue
-                        .autoclaim(EVENTS_STREAM, &group, &consumer, claim_idle, 100)
-                        .await
-                } else {
-                    Ok(Vec::new())
-                };
-                let read = match claimed {
-                    _ if own_pending => {
-                        queue
-                            .read_pending_own(EVENTS_STREAM, &group, &consumer, 100)
-                            .await
-                    }
-                    Ok(e) if e.is_empty() => {
-                        queue
-                            .read_group(
-                                EVENTS_STREAM,
-                                &group,
-                                &consumer,
-                                100,
-                                Duration::from_millis(1000),
-                            )
-                            .await
-                    }
-                    Ok(e) => {
-                        tracing::info!(
-                            count = e.len(),
-                            group,
-                            "reclaimed events of a stalled consumer"
-                        );
-                        Ok(e)
-                    }
-                    Err(e) => Err(e),
-                };
-                let entries = match read {
-                    Ok(e) => {
-                        backoff = Duration::from_millis(100);
-                        e
+                let batch = match consumer.next_batch().await {
+                    Ok(b) => {
+                        streak.recovered();
+                        b
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, group, "event bus read failed; backing off");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        streak.failed("reading events", &e, &shutdown).await;
                         continue;
                     }
                 };
-                if own_pending && entries.is_empty() {
-                    own_pending = false;
+                if batch.is_empty() {
                     continue;
                 }
-                let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
-                // A slow receiver can outlast the reclaim idle time: keep the
-                // entries fresh so no other worker delivers them too.
-                queue
-                    .while_touching(EVENTS_STREAM, &group, &consumer, claim_idle, &ids, async {
-                        for entry in &entries {
-                            if let Some(event) =
-                                entry.text("event").as_deref().and_then(parse_event)
-                            {
-                                dispatcher.run(handler.as_ref(), &event).await;
-                            }
-                        }
-                    })
-                    .await;
+                // The batch keeps its entries fresh while a slow receiver
+                // works, so no other worker delivers them too.
+                for entry in batch.entries() {
+                    if let Some(event) = entry.text("event").as_deref().and_then(parse_event) {
+                        dispatcher.run(handler.as_ref(), &event).await;
+                    }
+                }
                 // Other groups still need the entries: acknowledge only.
-                if let Err(e) = queue.ack(EVENTS_STREAM, &group, &ids).await {
+                if let Err(e) = batch.ack().await {
                     tracing::warn!(error = %e, group, "event bus ack failed");
                 }
             }

@@ -12,8 +12,9 @@ use std::fmt;
 use crate::audit::{Audit, AuditRecord};
 use crate::envelope::RawEvent;
 use crate::pipeline::{OnExhausted, Pipeline, RetryPolicy};
-use crate::queue::{DeadLetter, RedisQueue, DLQ};
+use crate::queue::{DeadLetter, RedisQueue};
 use crate::store::{RawFilter, Store};
+use crate::streams::DLQ;
 
 /// Where a dead letter is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]

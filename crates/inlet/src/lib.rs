@@ -8,7 +8,10 @@
 //! - [`envelope`]: the raw delivery as it travels and is kept.
 //! - [`model`]: the normalized domain types every other module speaks.
 //! - [`normalize`]: pure functions turning a webhook body into model items.
-//! - [`queue`]: Redis Streams (raw stream, DLQ, derived streams, groups).
+//! - [`backoff`]: the one retry delay (exponential, capped, full jitter).
+//! - [`streams`]: every Redis stream and consumer-group name.
+//! - [`queue`]: Redis Streams: connection and appends, the shared
+//!   consumer-group protocol (`queue::consumer`), introspection.
 //! - [`ingest`]: durable acceptance in queue or direct mode.
 //! - [`pipeline`]: normalize + store + dead-letter, shared by both modes.
 //! - [`worker`]: the queue-mode consumer of the raw stream.
@@ -27,6 +30,7 @@
 //! - [`status`]: deployment health (`inlet status`) and the gauges sampler.
 
 pub mod audit;
+pub mod backoff;
 pub mod bus;
 pub mod cache;
 pub mod config;
@@ -45,6 +49,7 @@ pub mod service;
 pub mod signature;
 pub mod status;
 pub mod store;
+pub mod streams;
 pub mod telemetry;
 pub mod webhooks;
 pub mod worker;

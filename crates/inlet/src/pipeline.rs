@@ -15,6 +15,7 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use crate::audit::{id_ref, Audit, AuditRecord};
+use crate::backoff::Backoff;
 use crate::envelope::RawEvent;
 use crate::model::NormalizedItem;
 use crate::normalize::{normalize, NormalizeError};
@@ -33,12 +34,19 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Delay before attempt `attempt` (2-based: the first retry).
+    /// Longest delay before attempt `attempt` (2-based: the first retry).
     pub fn delay(&self, attempt: u32) -> Duration {
         let exp = attempt.saturating_sub(2);
         let secs =
             self.base.as_secs_f64() * self.factor.powi(i32::try_from(exp).unwrap_or(i32::MAX));
         Duration::from_secs_f64(secs.min(60.0))
+    }
+
+    /// The jittered delays of a batch's retries: each is drawn from
+    /// `[0, delay(n)]` (full jitter, so workers hit by one outage do not
+    /// retry in lock-step), capped at a minute.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.base, Duration::from_secs(60)).with_factor(self.factor)
     }
 
     /// The worker's policy from settings.
@@ -158,6 +166,7 @@ impl Pipeline {
         outcome: &mut BatchOutcome,
     ) {
         let mut attempt = 1;
+        let mut backoff = policy.backoff();
         loop {
             let started = Instant::now();
             match self.store.write(&deliveries).await {
@@ -201,7 +210,7 @@ impl Pipeline {
                         }
                         return;
                     }
-                    let delay = policy.delay(attempt + 1);
+                    let delay = backoff.next_delay();
                     self.audit.write_all(deliveries.iter().map(|d| {
                         self.line("retried", &d.event)
                             .outcome("error")

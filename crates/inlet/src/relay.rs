@@ -18,10 +18,11 @@ use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::EVENTS_STREAM;
+use crate::backoff::Backoff;
 use crate::ingest::{Ingest, Mode};
 use crate::queue::RedisQueue;
 use crate::store::{OutboxClaim, OutboxEntry, Store};
+use crate::streams::EVENTS;
 
 /// Where the relay gets its Redis connection.
 #[derive(Clone)]
@@ -139,7 +140,7 @@ pub async fn deliver_local_once(
             .await
             .map_err(|e| e.to_string())?;
         n = n.max(deliver_claim(outbox, sink.as_ref()).await?);
-        if sink.stream() == EVENTS_STREAM {
+        if sink.stream() == EVENTS {
             let log = store.log_claim(BATCH).await.map_err(|e| e.to_string())?;
             n = n.max(deliver_claim(log, sink.as_ref()).await?);
         }
@@ -173,7 +174,7 @@ pub fn spawn_relay(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::infrastructure();
         loop {
             let result = drain(&store, &target, &local).await;
             let failed = result.is_err();
@@ -181,10 +182,9 @@ pub fn spawn_relay(
                 tracing::debug!(error = %e, "outbox relay failed; will retry");
             }
             let wait = if failed {
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                backoff
+                backoff.next_delay()
             } else {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 Duration::from_secs(1)
             };
             tokio::select! {

@@ -214,7 +214,7 @@ pub async fn start_gateway(
     let mut local: Vec<Arc<dyn LocalSink>> = vec![Arc::new(MemoryBusSink(bus)), cache_sink];
     if settings.redis_url.is_none() {
         local.push(Arc::new(crate::relay::DiscardSink(
-            crate::queue::INCOMING_NORMALIZED,
+            crate::streams::INCOMING_NORMALIZED,
         )));
     }
     let relay = spawn_relay(

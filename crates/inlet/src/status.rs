@@ -26,20 +26,12 @@ use crate::audit::query::format_us;
 use crate::config::Settings;
 use crate::envelope::format_ts;
 use crate::ingest::{Ingest, Mode};
-use crate::queue::{
-    id_age, QueueError, RedisQueue, CACHE_SYNC, DLQ, INCOMING_NORMALIZED, INCOMING_RAW,
-    WORKER_GROUP,
-};
+use crate::queue::{id_age, QueueError, RedisQueue};
 use crate::store::Store;
+use crate::streams::{DLQ, INCOMING_RAW, WORKER_GROUP};
 
 /// The streams reported, in this order.
-pub const STREAMS: [&str; 5] = [
-    INCOMING_RAW,
-    INCOMING_NORMALIZED,
-    CACHE_SYNC,
-    crate::bus::EVENTS_STREAM,
-    DLQ,
-];
+pub use crate::streams::REPORTED as STREAMS;
 
 /// How often the background sampler refreshes the gauges.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);

@@ -3,11 +3,10 @@
 //! what cannot be processed and acknowledges entries only after their fate is
 //! durable (stored, or in the DLQ).
 //!
-//! Several workers share the group. Entries left pending by a crashed worker
-//! are reclaimed with `XAUTOCLAIM` once idle for `claim_idle`; on start a
-//! worker first re-reads its own pending entries. Redis or store outages back
-//! off exponentially instead of spinning, and a vanished group is recreated
-//! (see [`crate::queue`]).
+//! Several workers share the group. Reading, reclaiming what a crashed
+//! worker left pending, keeping a batch fresh and recreating a vanished group
+//! are the shared protocol of [`crate::queue::consumer`]; Redis or store
+//! outages back off ([`crate::backoff`]) instead of spinning.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,10 +15,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditRecord;
+use crate::backoff::{Backoff, Streak};
 use crate::config::Settings;
 use crate::envelope::RawEvent;
 use crate::pipeline::{OnExhausted, Pipeline, RetryPolicy};
-use crate::queue::{DeadLetter, QueueError, RedisQueue, StreamEntry, INCOMING_RAW, WORKER_GROUP};
+use crate::queue::{Batch, ConsumerConfig, DeadLetter, GroupConsumer, QueueError, RedisQueue};
+use crate::streams::{INCOMING_RAW, WORKER_GROUP};
 
 /// The default consumer name: host name and process id.
 pub fn default_consumer_name() -> String {
@@ -82,112 +83,64 @@ impl Worker {
 
     /// Consumes until `shutdown`; the batch in progress is finished and
     /// acknowledged before returning.
-    pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new();
-        while !shutdown.is_cancelled() {
-            let ready = match self.queue.with_own_reader().await {
-                Ok(q) => {
-                    self.queue = q;
-                    self.queue.ensure_group(INCOMING_RAW, WORKER_GROUP).await
-                }
-                Err(e) => Err(e),
-            };
-            match ready {
-                Ok(()) => break,
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut streak = Streak::new("worker", Backoff::infrastructure());
+        let config = ConsumerConfig {
+            stream: INCOMING_RAW.into(),
+            group: WORKER_GROUP.into(),
+            consumer: self.consumer.clone(),
+            count: self.batch_size,
+            block: self.block,
+            claim_idle: self.claim_idle,
+        };
+        let mut consumer = loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match GroupConsumer::connect(&self.queue, config.clone()).await {
+                Ok(c) => break c,
                 Err(e) => {
-                    backoff.failed("creating the consumer group", &e);
-                    backoff.sleep(&shutdown).await;
+                    metrics::counter!("inlet_worker_queue_errors_total").increment(1);
+                    streak
+                        .failed("creating the consumer group", &e, &shutdown)
+                        .await;
                 }
             }
-        }
-        // Entries this consumer name had in flight before a restart.
-        let mut own_pending = true;
-        let mut last_claim = Instant::now() - self.claim_idle;
+        };
+        streak.recovered();
         while !shutdown.is_cancelled() {
-            let read = if own_pending {
-                self.read_own_pending().await
-            } else if last_claim.elapsed() >= self.claim_idle / 2 {
-                last_claim = Instant::now();
-                match self
-                    .queue
-                    .autoclaim(
-                        INCOMING_RAW,
-                        WORKER_GROUP,
-                        &self.consumer,
-                        self.claim_idle,
-                        self.batch_size,
-                    )
-                    .await
-                {
-                    Ok(entries) if !entries.is_empty() => {
-                        tracing::info!(
-                            count = entries.len(),
-                            "reclaimed entries of a stalled consumer"
-                        );
-                        metrics::counter!("inlet_worker_reclaimed_total")
-                            .increment(entries.len() as u64);
-                        Ok(entries)
-                    }
-                    Ok(_) => self.read_new().await,
-                    Err(e) => Err(e),
-                }
-            } else {
-                self.read_new().await
-            };
-            match read {
-                Ok(entries) => {
-                    backoff.recovered();
-                    if own_pending && entries.len() < self.batch_size {
-                        own_pending = false;
-                    }
-                    if entries.is_empty() {
-                        continue;
-                    }
-                    if let Err(e) = self.handle(entries).await {
+            match consumer.next_batch().await {
+                Ok(batch) if batch.is_empty() => streak.recovered(),
+                Ok(batch) => {
+                    if let Err(e) = self.handle(batch).await {
                         // Not acknowledged: the entries stay pending and are
                         // re-read (own pending) after the backoff.
-                        backoff.failed("finishing a batch", &e);
-                        own_pending = true;
-                        backoff.sleep(&shutdown).await;
+                        metrics::counter!("inlet_worker_queue_errors_total").increment(1);
+                        streak.failed("finishing a batch", &e, &shutdown).await;
+                    } else {
+                        streak.recovered();
                     }
                 }
                 Err(e) => {
-                    backoff.failed("reading the stream", &e);
-                    backoff.sleep(&shutdown).await;
+                    metrics::counter!("inlet_worker_queue_errors_total").increment(1);
+                    streak.failed("reading the stream", &e, &shutdown).await;
                 }
             }
         }
         tracing::info!(consumer = %self.consumer, "worker stopped");
     }
 
-    async fn read_new(&self) -> Result<Vec<StreamEntry>, QueueError> {
-        self.queue
-            .read_group(
-                INCOMING_RAW,
-                WORKER_GROUP,
-                &self.consumer,
-                self.batch_size,
-                self.block,
-            )
-            .await
-    }
-
-    async fn read_own_pending(&self) -> Result<Vec<StreamEntry>, QueueError> {
-        self.queue
-            .read_pending_own(INCOMING_RAW, WORKER_GROUP, &self.consumer, self.batch_size)
-            .await
-    }
-
-    /// Processes one batch of entries and acknowledges them. Errors only
-    /// when the outcome could not be made durable (DLQ write or ack failed).
-    pub async fn handle(&self, entries: Vec<StreamEntry>) -> Result<(), QueueError> {
+    /// Processes one batch of entries and acknowledges them (the batch
+    /// keeps its entries fresh meanwhile: retries can outlast the reclaim
+    /// idle time). Errors only when the outcome could not be made durable
+    /// (DLQ write or ack failed); the entries then stay pending.
+    pub async fn handle(&self, mut batch: Batch) -> Result<(), QueueError> {
         let started = Instant::now();
-        let mut ids = Vec::with_capacity(entries.len());
+        let entries = batch.take_entries();
         let mut events = Vec::with_capacity(entries.len());
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut lines = Vec::with_capacity(entries.len());
         for entry in entries {
-            ids.push(entry.id.clone());
             match RawEvent::from_fields(entry.pairs()) {
                 Ok(event) => {
                     lines.push(
@@ -222,27 +175,15 @@ impl Worker {
         }
         self.pipeline.audit().write_all(lines);
         let count = events.len();
-        // Retries can outlast the reclaim idle time: the batch's entries are
-        // kept fresh meanwhile so no other consumer takes them over.
         let outcome = self
-            .queue
-            .while_touching(
-                INCOMING_RAW,
-                WORKER_GROUP,
-                &self.consumer,
-                self.claim_idle,
-                &ids,
-                self.pipeline
-                    .process(events, &self.policy, OnExhausted::DeadLetter),
-            )
+            .pipeline
+            .process(events, &self.policy, OnExhausted::DeadLetter)
             .await;
         dead.extend(outcome.dead);
         for letter in &dead {
             self.queue.dead_letter(letter).await?;
         }
-        self.queue
-            .ack_delete(INCOMING_RAW, WORKER_GROUP, &ids)
-            .await?;
+        batch.ack_delete().await?;
         if !outcome.stored.is_empty() {
             self.committed.notify_one();
         }
@@ -258,45 +199,5 @@ impl Worker {
             "batch done"
         );
         Ok(())
-    }
-}
-
-/// Exponential backoff for queue errors, logging once per failure streak.
-struct Backoff {
-    delay: Duration,
-    failing_since: Option<Instant>,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self {
-            delay: Duration::from_millis(100),
-            failing_since: None,
-        }
-    }
-
-    fn failed(&mut self, what: &str, e: &dyn std::fmt::Display) {
-        metrics::counter!("inlet_worker_queue_errors_total").increment(1);
-        if self.failing_since.is_none() {
-            tracing::error!(error = %e, "{what} failed; backing off");
-            self.failing_since = Some(Instant::now());
-        } else {
-            tracing::debug!(error = %e, delay = ?self.delay, "{what} still failing");
-        }
-    }
-
-    fn recovered(&mut self) {
-        if let Some(since) = self.failing_since.take() {
-            tracing::info!(after = ?since.elapsed(), "queue recovered");
-        }
-        self.delay = Duration::from_millis(100);
-    }
-
-    async fn sleep(&mut self, shutdown: &CancellationToken) {
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(self.delay) => {}
-        }
-        self.delay = (self.delay * 2).min(Duration::from_secs(5));
     }
 }

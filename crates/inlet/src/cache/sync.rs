@@ -26,13 +26,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Cache, CacheKey};
+use crate::backoff::{Backoff, Streak};
 use crate::config::Settings;
-use crate::queue::{QueueError, RedisQueue, StreamEntry, CACHE_SYNC};
+use crate::queue::{Batch, ConsumerConfig, GroupConsumer, RedisQueue, StreamEntry};
 use crate::relay::LocalSink;
 use crate::store::OutboxEntry;
+use crate::streams::{CACHE_GROUP, CACHE_SYNC};
 
-/// Consumer group of the cache-sync consumers on [`CACHE_SYNC`].
-pub const CACHE_GROUP: &str = "cache-sync";
 /// Jobs read per `XREADGROUP`.
 const READ_COUNT: usize = 1_000;
 /// Most jobs gathered into one coalesced batch.
@@ -74,106 +74,94 @@ impl CacheConsumer {
 
     /// Consumes until `shutdown`. The batch in progress is finished first.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::default();
-        while !shutdown.is_cancelled() {
-            // A blocking-read connection of its own (see RedisQueue::with_own_reader).
-            let ready = match self.queue.with_own_reader().await {
-                Ok(q) => {
-                    self.queue = q;
-                    self.queue.ensure_group(CACHE_SYNC, CACHE_GROUP).await
-                }
-                Err(e) => Err(e),
-            };
-            match ready {
-                Ok(()) => break,
+        let mut streak = Streak::new("cache sync", Backoff::infrastructure());
+        let config = ConsumerConfig {
+            stream: CACHE_SYNC.into(),
+            group: CACHE_GROUP.into(),
+            consumer: self.consumer.clone(),
+            count: READ_COUNT,
+            block: self.block,
+            claim_idle: self.claim_idle,
+        };
+        let mut consumer = loop {
+            match GroupConsumer::connect(&self.queue, config.clone()).await {
+                Ok(c) => break c,
                 Err(e) => {
-                    backoff
+                    if !streak
                         .failed("creating the cache-sync group", &e, &shutdown)
                         .await
+                    {
+                        return;
+                    }
                 }
             }
-        }
-        let mut own_pending = true;
-        let mut last_claim = Instant::now();
-        // Work not yet done: its keys and the ids to acknowledge after.
+        };
+        streak.recovered();
+        // Work not yet done: its keys, and its jobs to acknowledge after.
         let mut keys: BTreeSet<CacheKey> = BTreeSet::new();
-        let mut ids: Vec<String> = Vec::new();
+        let mut pending: Option<Batch> = None;
         while !shutdown.is_cancelled() {
-            let first = if own_pending {
-                own_pending = false;
-                self.queue
-                    .read_pending_own(CACHE_SYNC, CACHE_GROUP, &self.consumer, READ_COUNT)
-                    .await
-            } else if last_claim.elapsed() >= self.claim_idle / 2 {
-                last_claim = Instant::now();
-                match self
-                    .queue
-                    .autoclaim(
-                        CACHE_SYNC,
-                        CACHE_GROUP,
-                        &self.consumer,
-                        self.claim_idle,
-                        READ_COUNT,
-                    )
-                    .await
-                {
-                    Ok(e) if e.is_empty() => self.read(self.first_block(&ids)).await,
-                    other => other,
-                }
-            } else {
-                self.read(self.first_block(&ids)).await
-            };
-            match first {
-                Ok(entries) => {
-                    ids.extend(entries.iter().map(|e| e.id.clone()));
-                    keys.extend(keys_of(&entries));
+            let carried = pending.as_ref().is_some_and(|b| !b.is_empty());
+            match consumer.next_batch_within(self.first_block(carried)).await {
+                Ok(batch) => {
+                    keys.extend(keys_of(batch.entries()));
+                    absorb(&mut pending, batch);
                 }
                 Err(e) => {
-                    if ids.is_empty() {
-                        backoff.failed("reading cache jobs", &e, &shutdown).await;
+                    if !carried {
+                        streak.failed("reading cache jobs", &e, &shutdown).await;
                         continue;
                     }
                 }
             }
-            if ids.is_empty() && !self.throttle.due(Instant::now()) {
+            let jobs = pending.as_ref().map_or(0, Batch::len);
+            if jobs == 0 && !self.throttle.due(Instant::now()) {
                 continue;
             }
             // Coalesce: whatever else arrives within the window joins.
             let deadline = Instant::now() + self.window;
-            while !ids.is_empty() && ids.len() < MAX_BATCH && !shutdown.is_cancelled() {
+            while pending
+                .as_ref()
+                .is_some_and(|b| !b.is_empty() && b.len() < MAX_BATCH)
+                && !shutdown.is_cancelled()
+            {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
                 }
-                match self.read(left.max(Duration::from_millis(1))).await {
-                    Ok(entries) => {
-                        ids.extend(entries.iter().map(|e| e.id.clone()));
-                        keys.extend(keys_of(&entries));
+                match consumer
+                    .next_batch_within(left.max(Duration::from_millis(1)))
+                    .await
+                {
+                    Ok(batch) => {
+                        keys.extend(keys_of(batch.entries()));
+                        absorb(&mut pending, batch);
                     }
                     Err(_) => break,
                 }
             }
-            metrics::counter!("inlet_cache_jobs_total").increment(ids.len() as u64);
+            let jobs = pending.as_ref().map_or(0, Batch::len);
+            metrics::counter!("inlet_cache_jobs_total").increment(jobs as u64);
             self.throttle.hold_back(&mut keys, Instant::now());
             match self.cache.apply(&keys).await {
                 Ok(files) => {
                     self.throttle.applied(&keys, Instant::now());
-                    tracing::debug!(jobs = ids.len(), files, "cache files rewritten");
-                    if let Err(e) = self.queue.ack_delete(CACHE_SYNC, CACHE_GROUP, &ids).await {
-                        // Re-read as own pending later: rewriting twice is
-                        // harmless.
-                        tracing::warn!(error = %e, "acknowledging cache jobs failed");
-                        own_pending = true;
+                    tracing::debug!(jobs, files, "cache files rewritten");
+                    if let Some(batch) = pending.take() {
+                        if let Err(e) = batch.ack_delete().await {
+                            // Re-read as own pending later: rewriting twice
+                            // is harmless.
+                            tracing::warn!(error = %e, "acknowledging cache jobs failed");
+                        }
                     }
-                    ids.clear();
                     keys.clear();
-                    backoff.recovered();
+                    streak.recovered();
                 }
                 Err(e) => {
-                    // Keep the failed keys (and every id: acknowledged only
+                    // Keep the failed keys (and every job: acknowledged only
                     // once all is done); retry after the backoff.
                     keys = e.failed.clone();
-                    backoff.failed("rewriting cache files", &e, &shutdown).await;
+                    streak.failed("rewriting cache files", &e, &shutdown).await;
                 }
             }
         }
@@ -182,8 +170,8 @@ impl CacheConsumer {
 
     /// How long the first read of a cycle may wait: not at all when work is
     /// waiting for a retry, at most until an owed summary is due.
-    fn first_block(&self, carried: &[String]) -> Duration {
-        if carried.is_empty() {
+    fn first_block(&self, carried: bool) -> Duration {
+        if !carried {
             self.throttle
                 .due_in(Instant::now())
                 .map_or(self.block, |d| {
@@ -193,11 +181,13 @@ impl CacheConsumer {
             Duration::ZERO
         }
     }
+}
 
-    async fn read(&self, block: Duration) -> Result<Vec<StreamEntry>, QueueError> {
-        self.queue
-            .read_group(CACHE_SYNC, CACHE_GROUP, &self.consumer, READ_COUNT, block)
-            .await
+/// Adds a batch to the work carried so far.
+fn absorb(pending: &mut Option<Batch>, batch: Batch) {
+    match pending {
+        Some(p) => p.absorb(batch),
+        None => *pending = Some(batch),
     }
 }
 
@@ -238,7 +228,7 @@ impl LocalCacheSink {
             wake: wake.clone(),
         });
         tokio::spawn(async move {
-            let mut backoff = Backoff::default();
+            let mut streak = Streak::new("cache sync", Backoff::infrastructure());
             let mut throttle = SummaryThrottle::new(summary_interval);
             loop {
                 let owed = throttle.due_in(Instant::now());
@@ -258,11 +248,11 @@ impl LocalCacheSink {
                 }
                 if let Err(e) = cache.apply(&keys).await {
                     lock(&pending).extend(e.failed.iter().cloned());
-                    backoff.failed("rewriting cache files", &e, &shutdown).await;
+                    streak.failed("rewriting cache files", &e, &shutdown).await;
                     wake.notify_one();
                 } else {
                     throttle.applied(&keys, Instant::now());
-                    backoff.recovered();
+                    streak.recovered();
                 }
             }
             // Last flush: an owed summary too.
@@ -270,7 +260,6 @@ impl LocalCacheSink {
             if throttle.due_in(Instant::now()).is_some() {
                 keys.insert(CacheKey::Summary);
             }
-            let keys = std::mem::take(&mut *lock(&pending));
             if !keys.is_empty() {
                 if let Err(e) = cache.apply(&keys).await {
                     tracing::debug!(error = %e, "last cache flush failed");
@@ -317,7 +306,7 @@ pub fn spawn_rebuild(
         if interval.is_zero() {
             return;
         }
-        let mut retry = Duration::from_secs(1);
+        let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         loop {
             // Stopping mid-rebuild is safe: every file is replaced atomically.
             let result = tokio::select! {
@@ -331,13 +320,12 @@ pub fn spawn_rebuild(
                         removed = report.removed,
                         "cache rebuilt"
                     );
-                    retry = Duration::from_secs(1);
+                    retry.reset();
                     interval
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, ?retry, "cache rebuild failed; will retry");
-                    let wait = retry.min(interval);
-                    retry = (retry * 2).min(Duration::from_secs(60));
+                    let wait = retry.next_delay().min(interval);
+                    tracing::warn!(error = %e, ?wait, "cache rebuild failed; will retry");
                     wait
                 }
             };
@@ -409,43 +397,6 @@ impl SummaryThrottle {
     /// Whether an owed rewrite is due now.
     pub fn due(&self, now: Instant) -> bool {
         self.due_in(now) == Some(Duration::ZERO)
-    }
-}
-
-/// Exponential backoff that logs once per failure streak.
-#[derive(Default)]
-struct Backoff {
-    delay: Option<Duration>,
-}
-
-impl Backoff {
-    async fn failed(
-        &mut self,
-        what: &str,
-        e: &(dyn std::fmt::Display + Sync),
-        shutdown: &CancellationToken,
-    ) {
-        let delay = match self.delay {
-            None => {
-                tracing::warn!(error = %e, "{what} failed; backing off");
-                Duration::from_millis(100)
-            }
-            Some(d) => {
-                tracing::debug!(error = %e, delay = ?d, "{what} still failing");
-                (d * 2).min(Duration::from_secs(5))
-            }
-        };
-        self.delay = Some(delay);
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
-
-    fn recovered(&mut self) {
-        if self.delay.take().is_some() {
-            tracing::info!("cache sync recovered");
-        }
     }
 }
 

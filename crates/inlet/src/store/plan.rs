@@ -180,7 +180,7 @@ impl WritePlan {
             }
             for item in &delivery.items {
                 plan.outbox.push(OutboxRow {
-                    stream: crate::queue::INCOMING_NORMALIZED.to_string(),
+                    stream: crate::streams::INCOMING_NORMALIZED.to_string(),
                     fields: BTreeMap::from([
                         ("event_id".into(), event_id(&tenant, item).to_string()),
                         ("trace_id".into(), ev.trace_id.to_string()),

@@ -221,7 +221,7 @@ async fn migrator(
 /// plus the lists and the analytics summary.
 fn cache_jobs(report: &WriteReport) -> Vec<super::plan::OutboxRow> {
     let job = |key: String| super::plan::OutboxRow {
-        stream: crate::queue::CACHE_SYNC.to_string(),
+        stream: crate::streams::CACHE_SYNC.to_string(),
         fields: std::collections::BTreeMap::from([("key".to_string(), key)]),
     };
     let mut jobs: Vec<_> = report

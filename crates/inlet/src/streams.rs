@@ -1,0 +1,35 @@
+//! Every Redis stream and consumer-group name Inlet uses, in one place.
+//!
+//! Names are without the configured key prefix (`stream_prefix`, default
+//! `inlet:`); [`crate::queue::RedisQueue::key`] adds it. The stream *format*
+//! of each lives with the type it carries (raw envelope, dead letter, event,
+//! cache job).
+
+/// Verified raw deliveries, written by the gateway, read by the workers.
+pub const INCOMING_RAW: &str = "incoming.raw";
+/// Normalized items, for downstream consumers (relayed from the outbox).
+pub const INCOMING_NORMALIZED: &str = "incoming.normalized";
+/// Dead letters of the ingest pipeline.
+pub const DLQ: &str = "dlq";
+/// Cache rewrite jobs.
+pub const CACHE_SYNC: &str = "cache.sync";
+/// Committed write events (the event bus across processes).
+pub const EVENTS: &str = "events";
+/// Outbound send commands, read by the sender.
+pub const OUTGOING_COMMAND: &str = "outgoing.command";
+
+/// Consumer group of the workers on [`INCOMING_RAW`].
+pub const WORKER_GROUP: &str = "workers";
+/// Consumer group of the cache-sync consumers on [`CACHE_SYNC`].
+pub const CACHE_GROUP: &str = "cache-sync";
+/// Prefix of the consumer group of each event-bus handler on [`EVENTS`]
+/// (`bus.{handler}`).
+pub const BUS_GROUP_PREFIX: &str = "bus.";
+
+/// The consumer group of an event-bus handler.
+pub fn bus_group(handler: &str) -> String {
+    format!("{BUS_GROUP_PREFIX}{handler}")
+}
+
+/// The streams `inlet status` reports, in this order.
+pub const REPORTED: [&str; 5] = [INCOMING_RAW, INCOMING_NORMALIZED, CACHE_SYNC, EVENTS, DLQ];
