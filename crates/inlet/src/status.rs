@@ -747,61 +747,6 @@ fn export(snapshot: &QueueSnapshot) {
     }
 }
 
-/// The `# HELP` text of every gauge the sampler sets.
-fn describe() {
-    use metrics::{describe_counter, describe_gauge, Unit};
-    describe_gauge!(
-        "inlet_stream_length",
-        Unit::Count,
-        "Entries in a Redis stream; for incoming.raw, the backlog still to process"
-    );
-    describe_gauge!(
-        "inlet_stream_oldest_entry_age_seconds",
-        Unit::Seconds,
-        "Age of the oldest entry of incoming.raw (how far behind the workers are) and of the dlq"
-    );
-    describe_gauge!(
-        "inlet_consumer_group_consumers",
-        Unit::Count,
-        "Consumers registered in a consumer group"
-    );
-    describe_gauge!(
-        "inlet_consumer_pending",
-        Unit::Count,
-        "Entries delivered to a consumer group and not yet acknowledged"
-    );
-    describe_gauge!(
-        "inlet_consumer_oldest_pending_seconds",
-        Unit::Seconds,
-        "Age of the oldest unacknowledged entry of a consumer group (0 when none)"
-    );
-    describe_gauge!(
-        "inlet_consumer_lag",
-        Unit::Count,
-        "Entries not yet delivered to a consumer group (when Redis can tell)"
-    );
-    describe_gauge!(
-        "inlet_dlq_size",
-        Unit::Count,
-        "Dead letters waiting, in the dlq stream or in the store's dead_letters table"
-    );
-    describe_gauge!(
-        "inlet_outbox_pending",
-        Unit::Count,
-        "Outbox entries not yet relayed to Redis"
-    );
-    describe_gauge!(
-        "inlet_last_event_timestamp_seconds",
-        Unit::Seconds,
-        "Unix time of the newest raw event kept in the store"
-    );
-    describe_counter!(
-        "inlet_status_sample_errors_total",
-        Unit::Count,
-        "Failed reads of the gauges sampler, by dependency"
-    );
-}
-
 /// Samples at once and then every [`SAMPLE_INTERVAL`] until `shutdown`.
 pub fn spawn_sampler(
     source: SampleSource,
@@ -809,7 +754,6 @@ pub fn spawn_sampler(
     stall_after: Duration,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
-    describe();
     tokio::spawn(async move {
         loop {
             let queue = source.queue().await;

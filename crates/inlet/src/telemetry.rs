@@ -9,6 +9,7 @@
 
 use std::sync::OnceLock;
 
+use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{fmt, EnvFilter};
@@ -64,10 +65,90 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder is installed; keep ours usable.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                describe_metrics();
+            }
             handle
         })
         .clone()
+}
+
+/// What a metric is, for its `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Monotonic count (`*_total`).
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// A distribution of observations (`*_seconds`).
+    Histogram,
+}
+
+/// Every metric the crate records, described once: kind, name, unit and the
+/// `# HELP` text. A metric added anywhere in `crates/` gets its line here
+/// (the `metrics` test checks that every family on `/metrics` has help text).
+pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
+    // Gateway (HTTP intake).
+    (C, "inlet_gateway_handshakes_total", Unit::Count, "Webhook verification handshakes (GET hub.challenge), by source and outcome"),
+    (C, "inlet_gateway_deliveries_total", Unit::Count, "Webhook deliveries received, by source and outcome (queued, direct, dead_lettered, rejected, unavailable ...)"),
+    (C, "inlet_gateway_signature_failures_total", Unit::Count, "Deliveries rejected because X-Hub-Signature-256 did not verify, by source and reason"),
+    (H, "inlet_gateway_ack_seconds", Unit::Seconds, "Time from receiving a delivery to answering Meta, by source and mode (queue or direct)"),
+    (C, "inlet_gateway_rejected_headers_total", Unit::Count, "Requests whose forwarding headers were rejected as untrusted"),
+    (G, "inlet_gateway_queue_mode", Unit::Count, "1 while the gateway enqueues into Redis, 0 while it stores directly (Redis down)"),
+    (C, "inlet_gateway_mode_switches_total", Unit::Count, "Switches between queue and direct mode, by the mode switched to"),
+    // Read API.
+    (C, "inlet_api_requests_total", Unit::Count, "Read API requests, by cache file and outcome"),
+    // Worker and store pipeline.
+    (C, "inlet_worker_events_total", Unit::Count, "Raw events handled by the worker, by outcome (stored or dead_lettered)"),
+    (H, "inlet_worker_batch_seconds", Unit::Seconds, "Time the worker took for one batch of raw events"),
+    (C, "inlet_worker_queue_errors_total", Unit::Count, "Failed reads or acknowledgements of the incoming stream by the worker"),
+    (C, "inlet_events_malformed_total", Unit::Count, "Raw events that could not be parsed and went to the dead-letter queue"),
+    (H, "inlet_store_batch_seconds", Unit::Seconds, "Time to write one normalized batch to the store, by stage"),
+    (C, "inlet_store_retries_total", Unit::Count, "Retried store writes after a transient failure, by stage"),
+    (C, "inlet_messages_stored_total", Unit::Count, "New messages written to the store"),
+    (C, "inlet_statuses_stored_total", Unit::Count, "New delivery statuses written to the store"),
+    (C, "inlet_page_changes_stored_total", Unit::Count, "New page changes (feed, comments) written to the store"),
+    (C, "inlet_dead_letters_total", Unit::Count, "Entries sent to the dead-letter queue, by reason"),
+    // Consumer protocol.
+    (C, "inlet_stream_reclaimed_total", Unit::Count, "Stalled stream entries reclaimed from another consumer (XAUTOCLAIM), by group"),
+    (C, "inlet_stream_group_recreated_total", Unit::Count, "Consumer groups recreated after they vanished (NOGROUP), by group"),
+    // Events, outbox and webhooks out.
+    (C, "inlet_events_total", Unit::Count, "Change events emitted, by event type"),
+    (C, "inlet_event_handler_total", Unit::Count, "Event handler runs, by handler and outcome"),
+    (C, "inlet_outbox_published_total", Unit::Count, "Outbox entries relayed to Redis"),
+    (C, "inlet_outbox_discarded_total", Unit::Count, "Outbox entries discarded instead of relayed, by stream"),
+    (C, "inlet_webhook_deliveries_total", Unit::Count, "Outgoing event webhook deliveries to subscribers, by outcome (ok, retry, failed)"),
+    // Cache.
+    (C, "inlet_cache_jobs_total", Unit::Count, "Cache update jobs processed"),
+    (C, "inlet_cache_rewrites_total", Unit::Count, "Cache files rewritten, by file"),
+    (C, "inlet_cache_errors_total", Unit::Count, "Failed cache file writes, by file"),
+    (C, "inlet_cache_rebuilds_total", Unit::Count, "Full cache rebuilds from the store"),
+    // Audit.
+    (C, "inlet_audit_write_errors_total", Unit::Count, "Audit lines that could not be written"),
+    // Status sampler (gauges read from Redis and the store).
+    (G, "inlet_stream_length", Unit::Count, "Entries in a Redis stream; for incoming.raw, the backlog still to process"),
+    (G, "inlet_stream_oldest_entry_age_seconds", Unit::Seconds, "Age of the oldest entry of incoming.raw (how far behind the workers are) and of the dlq"),
+    (G, "inlet_consumer_group_consumers", Unit::Count, "Consumers registered in a consumer group"),
+    (G, "inlet_consumer_pending", Unit::Count, "Entries delivered to a consumer group and not yet acknowledged"),
+    (G, "inlet_consumer_oldest_pending_seconds", Unit::Seconds, "Age of the oldest unacknowledged entry of a consumer group (0 when none)"),
+    (G, "inlet_consumer_lag", Unit::Count, "Entries not yet delivered to a consumer group (when Redis can tell)"),
+    (G, "inlet_dlq_size", Unit::Count, "Dead letters waiting, in the dlq stream or in the store's dead_letters table"),
+    (G, "inlet_outbox_pending", Unit::Count, "Outbox entries not yet relayed to Redis"),
+    (G, "inlet_last_event_timestamp_seconds", Unit::Seconds, "Unix time of the newest raw event kept in the store"),
+    (C, "inlet_status_sample_errors_total", Unit::Count, "Failed reads of the gauges sampler, by dependency"),
+];
+
+use MetricKind::{Counter as C, Gauge as G, Histogram as H};
+
+/// Registers [`METRICS`] with the installed recorder (their `# HELP` lines).
+fn describe_metrics() {
+    for &(kind, name, unit, help) in METRICS {
+        match kind {
+            MetricKind::Counter => metrics::describe_counter!(name, unit, help),
+            MetricKind::Gauge => metrics::describe_gauge!(name, unit, help),
+            MetricKind::Histogram => metrics::describe_histogram!(name, unit, help),
+        }
+    }
 }
 
 /// A small listener serving `GET /metrics` (the process' Prometheus
@@ -131,4 +212,67 @@ pub fn shutdown_signal() -> CancellationToken {
         trigger.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_described_once_with_a_fitting_name() {
+        let mut seen = std::collections::HashSet::new();
+        for &(kind, name, unit, help) in METRICS {
+            assert!(seen.insert(name), "{name} described twice");
+            assert!(!help.is_empty(), "{name} has no help");
+            if kind == MetricKind::Counter {
+                assert!(
+                    name.ends_with("_total"),
+                    "counter {name} must end in _total"
+                );
+            }
+            if name.ends_with("_seconds") {
+                assert_eq!(unit, Unit::Seconds, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_metric_recorded_in_the_crate_is_described() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut missing = Vec::new();
+        let mut stack = vec![src];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                // This file holds the table (and this test's patterns).
+                if path.ends_with("telemetry.rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                for mac in ["counter!(", "gauge!(", "histogram!("] {
+                    for (i, _) in text.match_indices(mac) {
+                        if text[..i].ends_with("describe_") {
+                            continue;
+                        }
+                        let rest = text[i + mac.len()..].trim_start();
+                        let Some(rest) = rest.strip_prefix('"') else {
+                            continue;
+                        };
+                        let name = &rest[..rest.find('"').unwrap()];
+                        if !METRICS.iter().any(|m| m.1 == name) {
+                            missing.push(format!("{name} ({})", path.display()));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "metrics without a description in telemetry::METRICS: {missing:?}"
+        );
+    }
 }
