@@ -55,6 +55,58 @@ pub struct DlqItem {
     pub letter: DeadLetter,
 }
 
+/// A dead letter as the HTTP API shows it (JSON). The body (the exact bytes
+/// Meta signed, possibly a message text) is included only on request.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DlqView {
+    /// `1700000000000-0` (stream entry) or `db-N` (store row).
+    pub id: String,
+    /// Trace id of the delivery.
+    pub trace_id: uuid::Uuid,
+    /// `whatsapp`, `messenger` or `instagram`.
+    pub source: String,
+    /// Tenant of the app whose secret verified it.
+    pub tenant: String,
+    /// Receipt time at the gateway (RFC 3339).
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    /// When it was dead-lettered (RFC 3339).
+    pub failed_at: chrono::DateTime<chrono::Utc>,
+    /// Short reason code (`not_json`, `transient_exhausted`, …).
+    pub reason: String,
+    /// Error text (never the body).
+    pub error: String,
+    /// Attempts made before giving up.
+    pub attempts: u32,
+    /// Stage that gave up (`gateway`, `worker`, `direct`).
+    pub stage: String,
+    /// Size of the body in bytes.
+    pub body_bytes: usize,
+    /// The body (lossy UTF-8), only when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+impl DlqItem {
+    /// The API view; `with_body` adds the raw body.
+    pub fn view(&self, with_body: bool) -> DlqView {
+        let l = &self.letter;
+        DlqView {
+            id: self.id.to_string(),
+            trace_id: l.event.trace_id,
+            source: l.event.source.as_str().to_string(),
+            tenant: l.event.tenant.clone(),
+            received_at: l.event.received_at,
+            failed_at: l.failed_at,
+            reason: l.reason.clone(),
+            error: l.error.clone(),
+            attempts: l.attempts,
+            stage: l.stage.clone(),
+            body_bytes: l.event.body.len(),
+            body: with_body.then(|| String::from_utf8_lossy(&l.event.body).into_owned()),
+        }
+    }
+}
+
 /// A DLQ operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {

@@ -9,6 +9,13 @@
 //! | `GET /api/analytics/summary` | `analytics/summary.json` |
 //! | `GET /api/events/stats?days=7` | event counts per type per day (database) |
 //! | `GET /api/events/failed?limit=50` | failed write events and handler failures (database) |
+//! | `GET /api/dlq?limit=50` | dead letters (stream and store), oldest first |
+//! | `GET /api/dlq/{id}?body=true` | one dead letter (`body` adds the raw body) |
+//! | `POST /api/dlq/{id}/replay` | replays it; the letter is removed once the replay is durable |
+//!
+//! The DLQ endpoints use [`crate::dlq::Dlq`], the same code as `inlet dlq`:
+//! a replay goes into the raw stream when Redis is up, else through the
+//! pipeline in-process, and the letter is deleted only after that succeeded.
 //!
 //! A request is served from the cache file. A file older than `cache.ttl` is
 //! served as is and refreshed in the background; a missing file is built from
@@ -18,7 +25,8 @@
 //! `miss`. Errors are JSON `{"code", "detail"}`: 401 `unauthorized` (no or
 //! wrong token), 404 `api_disabled` (no token configured), 404 `not_found`,
 //! 400 `bad_request`, 503 `store_unavailable` (a miss while the database is
-//! down).
+//! down), 503 `dlq_unavailable` (Redis or the store failed while reading the
+//! DLQ), 503 `replay_failed` (the letter is kept).
 
 use std::time::SystemTime;
 
@@ -26,7 +34,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -34,6 +42,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use crate::cache::{CacheError, CacheKey};
+use crate::dlq::{Dlq, DlqError, DlqId, DlqItem};
 
 /// The `/api` routes, behind the bearer-token check.
 pub fn routes(state: AppState) -> Router<AppState> {
@@ -47,6 +56,9 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/api/analytics/summary", get(summary))
         .route("/api/events/stats", get(event_stats))
         .route("/api/events/failed", get(events_failed))
+        .route("/api/dlq", get(dlq_list))
+        .route("/api/dlq/{id}", get(dlq_show))
+        .route("/api/dlq/{id}/replay", post(dlq_replay))
         .route("/api", get(unknown))
         .route("/api/{*rest}", get(unknown))
         .route_layer(middleware::from_fn_with_state(state, authorize))
@@ -185,6 +197,121 @@ async fn events_failed(
             "store_unavailable",
             e.to_string(),
         ),
+    }
+}
+
+/// Query of the DLQ endpoints.
+#[derive(Debug, serde::Deserialize)]
+struct DlqQuery {
+    limit: Option<usize>,
+    body: Option<bool>,
+}
+
+/// The DLQ over this gateway's Redis connection (when up) and store.
+async fn dlq_of(state: &AppState) -> Dlq {
+    Dlq::new(
+        state.ingest.queue().await,
+        state.cache.as_ref().map(|c| c.store().clone()),
+        state.audit.clone(),
+    )
+}
+
+fn dlq_error(e: &DlqError) -> Response {
+    tracing::warn!(error = %e, "DLQ access failed");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "dlq_unavailable",
+        format!("the dead-letter queue could not be read: {e}"),
+    )
+}
+
+/// Why one letter could not be looked up.
+enum LetterError {
+    BadId(String),
+    NotFound(DlqId),
+    Dlq(DlqError),
+}
+
+impl IntoResponse for LetterError {
+    fn into_response(self) -> Response {
+        match self {
+            LetterError::BadId(raw) => error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("{raw:?} is not a dead-letter id (1700000000000-0 or db-N)"),
+            ),
+            LetterError::NotFound(id) => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no dead letter {id}"),
+            ),
+            LetterError::Dlq(e) => dlq_error(&e),
+        }
+    }
+}
+
+/// Finds one letter.
+async fn find_letter(dlq: &Dlq, raw: &str) -> Result<DlqItem, LetterError> {
+    let id = DlqId::parse(raw).ok_or_else(|| LetterError::BadId(raw.to_string()))?;
+    match dlq.get(&id).await {
+        Ok(Some(item)) => Ok(item),
+        Ok(None) => Err(LetterError::NotFound(id)),
+        Err(e) => Err(LetterError::Dlq(e)),
+    }
+}
+
+async fn dlq_list(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<DlqQuery>,
+) -> Response {
+    let dlq = dlq_of(&state).await;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let (items, len) = match (dlq.list(limit).await, dlq.len().await) {
+        (Ok(items), Ok(len)) => (items, len),
+        (Err(e), _) | (_, Err(e)) => return dlq_error(&e),
+    };
+    let with_body = q.body.unwrap_or(false);
+    let views: Vec<_> = items.iter().map(|i| i.view(with_body)).collect();
+    Json(json!({
+        "dead_letters": views,
+        "total": {"stream": len.0, "store": len.1},
+    }))
+    .into_response()
+}
+
+async fn dlq_show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<DlqQuery>,
+) -> Response {
+    let dlq = dlq_of(&state).await;
+    match find_letter(&dlq, &id).await {
+        Ok(item) => Json(item.view(q.body.unwrap_or(false))).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dlq_replay(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let dlq = dlq_of(&state).await;
+    let item = match find_letter(&dlq, &id).await {
+        Ok(item) => item,
+        Err(e) => return e.into_response(),
+    };
+    match dlq.replay(&item).await {
+        Ok(()) => Json(json!({
+            "replayed": item.id.to_string(),
+            "trace_id": item.letter.event.trace_id,
+        }))
+        .into_response(),
+        Err(e @ DlqError::Replay(..)) => {
+            tracing::warn!(error = %e, "DLQ replay failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "replay_failed",
+                format!("{e}; the dead letter is kept"),
+            )
+        }
+        Err(e) => dlq_error(&e),
     }
 }
 
