@@ -8,7 +8,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use inlet::cache::{Cache, CacheKey};
 use inlet::envelope::{RawEvent, Source};
-use inlet::store::{Delivery, Store};
+use inlet::plan::Delivery;
+use inlet::store::Store;
 use inlet_suite::*;
 use serde_json::{json, Value};
 

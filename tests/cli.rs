@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use inlet::audit::AuditRecord;
+use inlet::dlq::DeadLetter;
 use inlet::envelope::{RawEvent, Source};
 use inlet::model::NormalizedItem;
-use inlet::queue::DeadLetter;
 use inlet::streams::{DLQ, INCOMING_RAW, WORKER_GROUP};
 use inlet_suite::*;
 use serde_json::Value;
@@ -95,7 +95,7 @@ async fn status_shows_backlog_pending_entries_and_dead_letters() {
     store.put_dead_letter(&dead_letter()).await.unwrap();
     let items = inlet::normalize::normalize(&first.body).unwrap();
     store
-        .write(&[inlet::store::Delivery {
+        .write(&[inlet::plan::Delivery {
             event: first.clone(),
             items,
         }])

@@ -618,7 +618,7 @@ async fn events_a_dead_worker_left_pending_still_reach_subscribers_once() {
         "meta:whatsapp",
         serde_json::json!({"channel": "whatsapp", "direction": "inbound"}),
     );
-    let row = inlet::bus::outbox_row(&event);
+    let row = inlet::events::outbox_row(&event);
     let fields: Vec<(&str, Vec<u8>)> = row
         .fields
         .iter()
@@ -692,7 +692,7 @@ async fn claim_ids(store: &inlet::store::Store) -> Vec<String> {
         .map(|e| {
             assert_eq!(e.stream, "events");
             let event = e.fields.iter().find(|(k, _)| k == "event").unwrap();
-            inlet::bus::parse_event(&event.1).unwrap().id.to_string()
+            inlet::events::parse_event(&event.1).unwrap().id.to_string()
         })
         .collect();
     claim.complete().await.unwrap();

@@ -12,7 +12,6 @@
 //! handler idempotent per event id; replays carry a marker and a key of
 //! their own, so dedup does not swallow them.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -23,32 +22,12 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{Audit, AuditRecord};
 use crate::backoff::{Backoff, Streak};
 use crate::config::EventSettings;
-use crate::events::{Event, EventSink};
+use crate::events::{outbox_row, parse_event, Event, EventSink};
+use crate::plan::OutboxRow;
 use crate::queue::{ConsumerConfig, GroupConsumer, RedisQueue};
 use crate::relay::LocalSink;
-use crate::store::plan::OutboxRow;
 use crate::store::{OutboxEntry, Store};
 use crate::streams::{bus_group, EVENTS};
-
-/// The outbox row that relays `event` to [`EVENTS`].
-pub fn outbox_row(event: &Event) -> OutboxRow {
-    OutboxRow {
-        stream: EVENTS.to_string(),
-        fields: BTreeMap::from([
-            ("event_id".to_string(), event.id.to_string()),
-            ("type".to_string(), event.event_type.clone()),
-            (
-                "event".to_string(),
-                serde_json::to_string(event).unwrap_or_else(|_| "null".into()),
-            ),
-        ]),
-    }
-}
-
-/// Parses the `event` field of an outbox entry or stream entry.
-pub fn parse_event(json: &str) -> Option<Event> {
-    serde_json::from_str(json).ok()
-}
 
 /// A subscriber.
 pub trait Handler: Send + Sync + 'static {

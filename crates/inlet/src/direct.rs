@@ -15,10 +15,10 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::dlq::letter::DeadLetter;
 use crate::envelope::RawEvent;
 use crate::ingest::DirectHandler;
 use crate::pipeline::{OnExhausted, Pipeline, RetryPolicy};
-use crate::queue::DeadLetter;
 
 type Reply = oneshot::Sender<Result<(), String>>;
 

@@ -9,10 +9,14 @@
 
 use std::fmt;
 
+pub mod letter;
+
+pub use letter::DeadLetter;
+
 use crate::audit::{Audit, AuditRecord};
 use crate::envelope::RawEvent;
 use crate::pipeline::{OnExhausted, Pipeline, RetryPolicy};
-use crate::queue::{DeadLetter, RedisQueue};
+use crate::queue::RedisQueue;
 use crate::store::{RawFilter, Store};
 use crate::streams::DLQ;
 
@@ -143,7 +147,7 @@ impl Dlq {
         let mut out = Vec::new();
         if let Some(q) = &self.queue {
             for entry in q.range(DLQ, "-", limit).await? {
-                let letter = match DeadLetter::from_entry(&entry) {
+                let letter = match DeadLetter::from_fields(entry.pairs()) {
                     Ok(l) => l,
                     Err(e) => DeadLetter {
                         event: RawEvent::new(
@@ -196,10 +200,12 @@ impl Dlq {
                     return Ok(None);
                 };
                 Ok(q.get(DLQ, sid).await?.and_then(|entry| {
-                    DeadLetter::from_entry(&entry).ok().map(|letter| DlqItem {
-                        id: id.clone(),
-                        letter,
-                    })
+                    DeadLetter::from_fields(entry.pairs())
+                        .ok()
+                        .map(|letter| DlqItem {
+                            id: id.clone(),
+                            letter,
+                        })
                 }))
             }
             DlqId::Store(n) => {

@@ -4,8 +4,9 @@
 //! (committed; appended to the immutable `event_log` in the same transaction
 //! as the data and relayed to `{prefix}events`) and `failed` (the write was
 //! rolled back; logged in a transaction of its own). This module is pure: it
-//! derives the events of a write plan and its results. The one place that
-//! emits them is the store's write path ([`crate::store::sql`]).
+//! derives the events of a write plan and its results, and owns their wire
+//! format on the events stream ([`outbox_row`], [`parse_event`]). The one
+//! place that emits them is the store's write path ([`crate::store::sql`]).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -14,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::store::plan::{event_id as item_event_id, WritePlan, EVENT_NAMESPACE};
+use crate::plan::{event_id as item_event_id, OutboxRow, WritePlan, EVENT_NAMESPACE};
+use crate::streams::EVENTS;
 
 /// Version of the event payload layout.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -131,6 +133,27 @@ pub fn type_matches(event_type: &str, pattern: &str) -> bool {
         }
     }
     parts.next().is_none()
+}
+
+/// The outbox row that relays `event` to [`EVENTS`]: its wire format on the
+/// stream (`event_id`, `type`, and the event as JSON in `event`).
+pub fn outbox_row(event: &Event) -> OutboxRow {
+    OutboxRow {
+        stream: EVENTS.to_string(),
+        fields: BTreeMap::from([
+            ("event_id".to_string(), event.id.to_string()),
+            ("type".to_string(), event.event_type.clone()),
+            (
+                "event".to_string(),
+                serde_json::to_string(event).unwrap_or_else(|_| "null".into()),
+            ),
+        ]),
+    }
+}
+
+/// Parses the `event` field of an outbox entry or stream entry.
+pub fn parse_event(json: &str) -> Option<Event> {
+    serde_json::from_str(json).ok()
 }
 
 /// Receives events in process, fire and forget (the in-memory bus).

@@ -17,8 +17,9 @@ use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Audit, AuditRecord};
+use crate::dlq::letter::DeadLetter;
 use crate::envelope::RawEvent;
-use crate::queue::{DeadLetter, QueueError, RedisQueue};
+use crate::queue::{QueueError, RedisQueue};
 
 /// Which path accepts events right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

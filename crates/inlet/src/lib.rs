@@ -43,6 +43,7 @@ pub mod ingest;
 pub mod model;
 pub mod normalize;
 pub mod pipeline;
+pub mod plan;
 pub mod queue;
 pub mod relay;
 pub mod service;

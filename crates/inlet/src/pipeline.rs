@@ -16,11 +16,12 @@ use uuid::Uuid;
 
 use crate::audit::{id_ref, Audit, AuditRecord};
 use crate::backoff::Backoff;
+use crate::dlq::letter::DeadLetter;
 use crate::envelope::RawEvent;
 use crate::model::NormalizedItem;
 use crate::normalize::{normalize, NormalizeError};
-use crate::queue::DeadLetter;
-use crate::store::{Delivery, Store, StoreError, WriteReport};
+use crate::plan::Delivery;
+use crate::store::{Store, StoreError, WriteReport};
 
 /// How transient store failures are retried.
 #[derive(Debug, Clone)]

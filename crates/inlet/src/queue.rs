@@ -14,13 +14,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamId;
 use redis::{RedisError, Value};
-use uuid::Uuid;
 
-use crate::envelope::{format_ts, RawEvent};
+use crate::dlq::letter::DeadLetter;
+use crate::envelope::RawEvent;
 use crate::streams::{DLQ, INCOMING_RAW};
 
 mod admin;
@@ -96,61 +95,6 @@ fn value_bytes(v: Value) -> Vec<u8> {
         Value::SimpleString(s) => s.into_bytes(),
         Value::Int(i) => i.to_string().into_bytes(),
         other => format!("{other:?}").into_bytes(),
-    }
-}
-
-/// An event that could not be processed, with everything needed to replay it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
-    /// The delivery as received.
-    pub event: RawEvent,
-    /// Short reason code: `not_json`, `not_meta_shape`, `malformed_entry`,
-    /// `transient_exhausted`, `store_rejected`, …
-    pub reason: String,
-    /// Error text (never contains the body).
-    pub error: String,
-    /// Attempts made before giving up.
-    pub attempts: u32,
-    /// Stage that gave up (`gateway`, `worker`, `direct`).
-    pub stage: String,
-    /// When it was dead-lettered.
-    pub failed_at: DateTime<Utc>,
-}
-
-impl DeadLetter {
-    /// Stream fields: the envelope fields plus reason, error, attempts, stage
-    /// and failed_at.
-    pub fn to_fields(&self) -> Vec<(&'static str, Vec<u8>)> {
-        let mut fields = self.event.to_fields();
-        fields.push(("reason", self.reason.clone().into_bytes()));
-        fields.push(("error", self.error.clone().into_bytes()));
-        fields.push(("attempts", self.attempts.to_string().into_bytes()));
-        fields.push(("stage", self.stage.clone().into_bytes()));
-        fields.push(("failed_at", format_ts(self.failed_at).into_bytes()));
-        fields
-    }
-
-    /// Reads a dead letter back from a stream entry. Entries written by an
-    /// older layout without a valid envelope are still returned, with a
-    /// placeholder trace id, so an operator can see and purge them.
-    pub fn from_entry(entry: &StreamEntry) -> Result<Self, crate::envelope::EnvelopeError> {
-        let event = RawEvent::from_fields(entry.pairs())?;
-        let failed_at = entry
-            .text("failed_at")
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or(event.received_at);
-        Ok(Self {
-            event,
-            reason: entry.text("reason").unwrap_or_default(),
-            error: entry.text("error").unwrap_or_default(),
-            attempts: entry
-                .text("attempts")
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(0),
-            stage: entry.text("stage").unwrap_or_default(),
-            failed_at,
-        })
     }
 }
 
@@ -315,25 +259,6 @@ impl RedisQueue {
         let _: () = pipe.query_async(&mut conn).await?;
         Ok(())
     }
-}
-
-/// A normalized-stream entry: deterministic event id, trace id, tenant, item.
-pub fn normalized_fields(
-    event_id: Uuid,
-    trace_id: Uuid,
-    tenant: &str,
-    item: &crate::model::NormalizedItem,
-) -> Vec<(&'static str, Vec<u8>)> {
-    vec![
-        ("event_id", event_id.to_string().into_bytes()),
-        ("trace_id", trace_id.to_string().into_bytes()),
-        ("tenant", tenant.as_bytes().to_vec()),
-        ("type", item.kind_name().as_bytes().to_vec()),
-        (
-            "data",
-            serde_json::to_vec(item).unwrap_or_else(|_| b"null".to_vec()),
-        ),
-    ]
 }
 
 /// Body bytes of an entry as [`Bytes`].

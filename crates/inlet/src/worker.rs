@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::AuditRecord;
 use crate::backoff::{Backoff, Streak};
 use crate::config::Settings;
+use crate::dlq::letter::DeadLetter;
 use crate::envelope::RawEvent;
 use crate::pipeline::{OnExhausted, Pipeline, RetryPolicy};
-use crate::queue::{Batch, ConsumerConfig, DeadLetter, GroupConsumer, QueueError, RedisQueue};
+use crate::queue::{Batch, ConsumerConfig, GroupConsumer, QueueError, RedisQueue};
 use crate::streams::{INCOMING_RAW, WORKER_GROUP};
 
 /// The default consumer name: host name and process id.

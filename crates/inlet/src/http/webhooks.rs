@@ -22,9 +22,9 @@ use uuid::Uuid;
 
 use super::AppState;
 use crate::audit::AuditRecord;
+use crate::dlq::letter::DeadLetter;
 use crate::envelope::{RawEvent, Source, KEPT_HEADERS};
 use crate::ingest::Accepted;
-use crate::queue::DeadLetter;
 use crate::signature;
 
 /// Header carrying the trace id on every webhook response.

@@ -341,7 +341,7 @@ macro_rules! impl_event_log {
                     for chunk in events.chunks(400) {
                         let mut qb = QueryBuilder::<$db>::new("INSERT INTO outbox (stream, fields, created_at) ");
                         qb.push_values(chunk, |mut b, e| {
-                            let row = crate::bus::outbox_row(e);
+                            let row = crate::events::outbox_row(e);
                             b.push_bind(row.stream)
                                 .push_bind(super::sql::fields_text(&row.fields))
                                 .push_bind(Utc::now());

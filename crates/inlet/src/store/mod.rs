@@ -3,14 +3,13 @@
 //! [`EventStore`] is the storage trait; [`sql::SqlStore`] implements it for
 //! Postgres (production) and SQLite (the embedded default) from one body of
 //! SQL, chosen by the database URL in [`open`]. A batch is written in one
-//! transaction from a pure [`plan::WritePlan`]: raw events, contacts and
+//! transaction from a pure [`crate::plan::WritePlan`]: raw events, contacts and
 //! conversations (atomic upserts on unique keys, so concurrent deliveries
 //! converge), messages and receipts (insert-or-ignore on provider ids: the
 //! same message is stored once), the forward-only current status, page
 //! changes and outbox entries.
 
 pub mod events;
-pub mod plan;
 pub mod read;
 pub mod sql;
 
@@ -21,9 +20,9 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::dlq::letter::DeadLetter;
 use crate::envelope::{RawEvent, Source};
-use crate::queue::DeadLetter;
-pub use plan::Delivery;
+use crate::plan::Delivery;
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]

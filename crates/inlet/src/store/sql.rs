@@ -21,17 +21,17 @@ use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
 use uuid::Uuid;
 
-use super::plan::{errors_json, ContactKey, ConversationKey, WritePlan};
 use super::{
     Activity, Counts, CurrentStatus, Delivery, EventStore, OutboxEntry, RawFilter, StoreError,
     StoredDeadLetter, StoredMessage, WriteReport,
 };
+use crate::dlq::letter::DeadLetter;
 use crate::envelope::{RawEvent, Source};
 use crate::events::{
     after_events, before_events, failed_events, Event, EventFilter, EventSink, WriteResults,
 };
 use crate::model::Channel;
-use crate::queue::DeadLetter;
+use crate::plan::{errors_json, ContactKey, ConversationKey, OutboxRow, WritePlan};
 
 /// Rows per multi-row statement (keeps bind counts far below both databases'
 /// limits).
@@ -219,8 +219,8 @@ async fn migrator(
 
 /// Outbox entries for the cache-sync consumer: one per touched conversation,
 /// plus the lists and the analytics summary.
-fn cache_jobs(report: &WriteReport) -> Vec<super::plan::OutboxRow> {
-    let job = |key: String| super::plan::OutboxRow {
+fn cache_jobs(report: &WriteReport) -> Vec<OutboxRow> {
+    let job = |key: String| OutboxRow {
         stream: crate::streams::CACHE_SYNC.to_string(),
         fields: std::collections::BTreeMap::from([("key".to_string(), key)]),
     };
@@ -697,7 +697,7 @@ macro_rules! impl_sql_store {
             async fn insert_status_history(
                 &self,
                 tx: &mut sqlx::Transaction<'_, $db>,
-                rows: &[super::plan::StatusRow],
+                rows: &[crate::plan::StatusRow],
                 now: DateTime<Utc>,
             ) -> Result<Vec<(String, String)>, StoreError> {
                 let mut qb = QueryBuilder::<$db>::new(
@@ -1069,7 +1069,7 @@ macro_rules! impl_sql_store {
                     for row in &rows {
                         let (seq, event) = super::events::event_from_row(row).map_err(classify)?;
                         let tx_text: String = row.try_get("tx_text").map_err(classify)?;
-                        let out = crate::bus::outbox_row(&event);
+                        let out = crate::events::outbox_row(&event);
                         entries.push(OutboxEntry {
                             id: seq,
                             stream: out.stream,
