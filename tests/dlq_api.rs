@@ -119,7 +119,7 @@ async fn a_dead_letter_kept_in_the_store_is_replayed_into_the_stream_and_deleted
         fixture("wa_text.json").into(),
     );
     let trace_id = event.trace_id.to_string();
-    let letter = inlet::queue::DeadLetter {
+    let letter = inlet::dlq::DeadLetter {
         event,
         reason: "transient_exhausted".into(),
         error: "database unreachable".into(),

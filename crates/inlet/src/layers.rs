@@ -125,7 +125,9 @@ fn code_only(source: &str) -> String {
 
 /// Whether `r` at `i` starts a raw string (not the end of an identifier).
 fn is_raw_start(chars: &[char], i: usize) -> bool {
-    let before_ok = i == 0 || !(chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+    let ident = |k: usize| chars[k].is_alphanumeric() || chars[k] == '_';
+    // `r"…"`, `r#"…"#`, and the byte form `br"…"`.
+    let before_ok = i == 0 || !ident(i - 1) || (chars[i - 1] == 'b' && (i < 2 || !ident(i - 2)));
     let mut j = i + 1;
     while chars.get(j) == Some(&'#') {
         j += 1;

@@ -8,6 +8,7 @@
 //! - [`envelope`]: the raw delivery as it travels and is kept.
 //! - [`model`]: the normalized domain types every other module speaks.
 //! - [`normalize`]: pure functions turning a webhook body into model items.
+//! - [`plan`]: the pure write plan of a batch (rows, dedup, status folding).
 //! - [`backoff`]: the one retry delay (exponential, capped, full jitter).
 //! - [`streams`]: every Redis stream and consumer-group name.
 //! - [`queue`]: Redis Streams: connection and appends, the shared
@@ -16,8 +17,10 @@
 //! - [`pipeline`]: normalize + store + dead-letter, shared by both modes.
 //! - [`worker`]: the queue-mode consumer of the raw stream.
 //! - [`direct`]: the in-process, group-committing pipeline of direct mode.
-//! - [`dlq`]: dead-letter inspection and replay (stream and store).
-//! - [`events`]: write events (`{entity}.{phase}.{operation}`), derived purely.
+//! - [`dlq`]: the dead letter and its wire format ([`dlq::letter`]);
+//!   dead-letter inspection and replay (stream and store).
+//! - [`events`]: write events (`{entity}.{phase}.{operation}`), derived
+//!   purely, and their wire format on the events stream.
 //! - [`bus`]: the event bus (in-memory and Redis Streams) and built-in handlers.
 //! - [`webhooks`]: outgoing signed webhooks and the Slack formatter.
 //! - [`relay`]: the outbox relay to the derived Redis streams.
@@ -40,6 +43,8 @@ pub mod envelope;
 pub mod events;
 pub mod http;
 pub mod ingest;
+#[cfg(test)]
+mod layers;
 pub mod model;
 pub mod normalize;
 pub mod pipeline;
