@@ -116,7 +116,7 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (C, "inlet_events_total", Unit::Count, "Change events emitted, by event type"),
     (C, "inlet_event_handler_total", Unit::Count, "Event handler runs, by handler and outcome"),
     (C, "inlet_outbox_published_total", Unit::Count, "Outbox entries relayed to Redis"),
-    (C, "inlet_outbox_discarded_total", Unit::Count, "Outbox entries discarded instead of relayed, by stream"),
+    (C, "inlet_outbox_discarded_total", Unit::Count, "Outbox entries dropped because no Redis is configured, by stream"),
     (C, "inlet_webhook_deliveries_total", Unit::Count, "Outgoing event webhook deliveries to subscribers, by outcome (ok, retry, failed)"),
     // Cache.
     (C, "inlet_cache_jobs_total", Unit::Count, "Cache update jobs processed"),
@@ -133,7 +133,7 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (G, "inlet_consumer_oldest_pending_seconds", Unit::Seconds, "Age of the oldest unacknowledged entry of a consumer group (0 when none)"),
     (G, "inlet_consumer_lag", Unit::Count, "Entries not yet delivered to a consumer group (when Redis can tell)"),
     (G, "inlet_dlq_size", Unit::Count, "Dead letters waiting, in the dlq stream or in the store's dead_letters table"),
-    (G, "inlet_outbox_pending", Unit::Count, "Outbox entries not yet relayed to Redis"),
+    (G, "inlet_outbox_pending", Unit::Count, "Outbox entries and event-log rows not yet relayed to Redis"),
     (G, "inlet_last_event_timestamp_seconds", Unit::Seconds, "Unix time of the newest raw event kept in the store"),
     (C, "inlet_status_sample_errors_total", Unit::Count, "Failed reads of the gauges sampler, by dependency"),
 ];
