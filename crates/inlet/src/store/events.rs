@@ -1,15 +1,15 @@
 //! Store side of the event bus: handler idempotency, handler failures,
 //! outgoing-webhook subscriptions, and reads of the immutable `event_log`
 //! (stats, failed events, replay). Same one-body-two-databases pattern as
-//! [`super::sql`].
+//! [`super::sql`], differences from the backend's dialect.
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use sqlx::types::Json;
-use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row};
 
-use super::sql::{classify, SqlStore};
+use super::sql::{classify, for_each_backend, Backend, SqlStore};
 use super::StoreError;
 use crate::events::Event;
 
@@ -227,7 +227,7 @@ fn subscription_event(sub: &Subscription, op: &str, actor: &str) -> Event {
 }
 
 macro_rules! impl_event_log {
-    ($db:ty, $day:literal) => {
+    ($db:ty) => {
         impl EventLogStore for SqlStore<$db> {
             fn is_processed<'a>(&'a self, key: &'a str, handler: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
                 Box::pin(async move {
@@ -287,8 +287,9 @@ macro_rules! impl_event_log {
 
             fn event_stats(&self, since: DateTime<Utc>) -> BoxFuture<'_, Result<Vec<EventStat>, StoreError>> {
                 Box::pin(async move {
-                    let mut qb = QueryBuilder::<$db>::new(concat!(
-                        "SELECT ", $day, " AS day, event_type, count(*) AS n FROM event_log WHERE occurred_at >= "
+                    let mut qb = QueryBuilder::<$db>::new(format!(
+                        "SELECT {} AS day, event_type, count(*) AS n FROM event_log WHERE occurred_at >= ",
+                        <$db as Backend>::DIALECT.day("occurred_at")
                     ));
                     qb.push_bind(since)
                         .push(" GROUP BY day, event_type ORDER BY day DESC, event_type");
@@ -468,8 +469,4 @@ macro_rules! impl_event_log {
     };
 }
 
-impl_event_log!(
-    Postgres,
-    "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-);
-impl_event_log!(Sqlite, "substr(occurred_at, 1, 10)");
+for_each_backend!(impl_event_log);

@@ -1,10 +1,9 @@
 //! The read model: the queries behind the JSON cache and the read API.
 //!
 //! [`ReadModel`] is implemented for [`SqlStore`] on Postgres and SQLite from
-//! one body of SQL in [`impl_read_model!`], like the write side in
-//! [`super::sql`]. The one spelling that differs is how a timestamp becomes a
-//! UTC day (`YYYY-MM-DD`): Postgres formats the `timestamptz`, SQLite takes
-//! the first ten characters of the RFC 3339 text it stores. Everything the
+//! one body of SQL, like the write side in [`super::sql`]; what differs (how
+//! a timestamp becomes a UTC day, the lowest timestamp, how a read sees one
+//! snapshot) comes from the backend's [`Dialect`]. Everything the
 //! analytics need is fetched as small aggregates; the KPIs themselves are
 //! computed by pure code in [`crate::cache::analytics`].
 
@@ -12,9 +11,9 @@ use chrono::{DateTime, Duration, Utc};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
-use sqlx::{Postgres, QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row};
 
-use super::sql::{classify, SqlStore};
+use super::sql::{classify, for_each_backend, Backend, Dialect, SqlStore};
 use super::StoreError;
 
 /// The customer of a conversation, as listed.
@@ -247,27 +246,24 @@ pub trait ReadModel: Send + Sync {
     ) -> BoxFuture<'_, Result<StatusChanges, StoreError>>;
 }
 
-/// The conversation list query. `$floor` is a timestamp below every other
-/// one, for a conversation without outbound messages. Unread = inbound
-/// messages after the newest outbound one (one index lookup and one range
-/// count with `messages_direction_timeline`).
-macro_rules! conversation_select {
-    ($floor:literal) => {
-        concat!(
-            "SELECT v.id, v.tenant, v.channel, v.business_id, v.started_at, \
+/// The conversation list query. A conversation without outbound messages
+/// compares with the dialect's lowest timestamp. Unread = inbound messages
+/// after the newest outbound one (one index lookup and one range count with
+/// `messages_direction_timeline`).
+fn conversation_select(d: &Dialect) -> String {
+    format!(
+        "SELECT v.id, v.tenant, v.channel, v.business_id, v.started_at, \
  v.last_message_at, c.id AS contact_id, c.external_id AS contact_external_id, c.name AS contact_name, \
  (SELECT count(*) FROM messages i WHERE i.conversation_id = v.id AND i.direction = 'inbound' \
    AND i.sent_at > COALESCE((SELECT max(o.sent_at) FROM messages o WHERE o.conversation_id = v.id \
-     AND o.direction = 'outbound'), ",
-            $floor,
-            ")) AS unread_count, \
+     AND o.direction = 'outbound'), {floor})) AS unread_count, \
  (SELECT m.id FROM messages m WHERE m.conversation_id = v.id \
    ORDER BY m.sent_at DESC, m.id DESC LIMIT 1) AS last_message_id, \
  (SELECT m.id FROM messages m WHERE m.conversation_id = v.id AND m.direction = 'outbound' \
    ORDER BY m.sent_at DESC, m.id DESC LIMIT 1) AS last_outbound_id \
- FROM conversations v JOIN contacts c ON c.id = v.contact_id"
-        )
-    };
+ FROM conversations v JOIN contacts c ON c.id = v.contact_id",
+        floor = d.min_timestamp
+    )
 }
 
 const STATUS_JOIN: &str = " LEFT JOIN message_status_current s ON s.tenant = m.tenant \
@@ -337,13 +333,14 @@ fn attach(heads: Vec<ConversationHead>, rows: Vec<PreviewRow>) -> Vec<Conversati
 }
 
 macro_rules! impl_read_model {
-    ($db:ty, $snapshot:literal, $floor:literal, $day_open:literal, $day_close:literal) => {
+    ($db:ty) => {
         impl SqlStore<$db> {
             /// A read-only transaction whose queries all see one snapshot.
             async fn snapshot(&self) -> Result<sqlx::Transaction<'static, $db>, StoreError> {
                 let mut tx = self.pool.begin().await.map_err(classify)?;
-                if !$snapshot.is_empty() {
-                    sqlx::query($snapshot)
+                let snapshot = <$db as Backend>::DIALECT.snapshot;
+                if !snapshot.is_empty() {
+                    sqlx::query(snapshot)
                         .execute(&mut *tx)
                         .await
                         .map_err(classify)?;
@@ -356,7 +353,7 @@ macro_rules! impl_read_model {
                 id: Option<i64>,
                 limit: i64,
             ) -> Result<Vec<ConversationSummary>, StoreError> {
-                let mut qb = QueryBuilder::<$db>::new(conversation_select!($floor));
+                let mut qb = QueryBuilder::<$db>::new(conversation_select(<$db as Backend>::DIALECT));
                 if let Some(id) = id {
                     qb.push(" WHERE v.id = ").push_bind(id);
                 }
@@ -438,9 +435,7 @@ macro_rules! impl_read_model {
                 now: DateTime<Utc>,
             ) -> Result<Vec<(String, i64)>, StoreError> {
                 let mut qb = QueryBuilder::<$db>::new("SELECT ");
-                qb.push($day_open)
-                    .push(day_column)
-                    .push($day_close)
+                qb.push(<$db as Backend>::DIALECT.day(day_column))
                     .push(" AS day, count(*) AS n FROM ")
                     .push(table_expr)
                     .push(" WHERE ")
@@ -582,9 +577,7 @@ macro_rules! impl_read_model {
                     let mut out = SummaryRows::default();
 
                     let mut qb = QueryBuilder::<$db>::new("SELECT ");
-                    qb.push($day_open)
-                        .push("sent_at")
-                        .push($day_close)
+                    qb.push(<$db as Backend>::DIALECT.day("sent_at"))
                         .push(" AS day, channel, direction, count(*) AS n FROM messages WHERE sent_at >= ")
                         .push_bind(from)
                         .push(" AND sent_at <= ")
@@ -718,16 +711,7 @@ macro_rules! impl_read_model {
     };
 }
 
-impl_read_model!(
-    Postgres,
-    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-    "'-infinity'::timestamptz",
-    "to_char(",
-    " AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
-);
-// A SQLite read transaction sees one snapshot from its first read on.
-// SQLite stores timestamps as RFC 3339 text: '' sorts before all of them.
-impl_read_model!(Sqlite, "", "''", "substr(", ", 1, 10)");
+for_each_backend!(impl_read_model);
 
 #[cfg(test)]
 mod tests {
