@@ -316,10 +316,21 @@ pub fn parse_time(s: &str) -> anyhow::Result<DateTime<Utc>> {
         .with_timezone(&Utc))
 }
 
+/// Opens the configured store. A SQLite store (the embedded default) is
+/// migrated as the gateway would, so a command run before the gateway ever
+/// started finds its tables; a Postgres schema is changed only by the
+/// services or `inlet migrate`.
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    inlet::store::open(&settings.database_url, 2)
+    let store = inlet::store::open(&settings.database_url, 2)
         .await
-        .with_context(|| "opening the store".to_string())
+        .with_context(|| "opening the store".to_string())?;
+    if !settings.uses_postgres() && settings.worker.migrate_on_start {
+        store
+            .migrate()
+            .await
+            .context("applying migrations to the SQLite store")?;
+    }
+    Ok(store)
 }
 
 async fn connect_queue(settings: &Settings) -> anyhow::Result<Option<RedisQueue>> {

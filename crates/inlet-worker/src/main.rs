@@ -9,8 +9,21 @@ use anyhow::Context;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Runs the service; a startup error is printed as one paragraph (the
+/// error and its causes, no backtrace whatever `RUST_BACKTRACE` says) and
+/// the process exits with status 2.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("inlet-worker: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     inlet::telemetry::init_tracing("worker");
     let settings = inlet::config::Settings::load().context("loading configuration")?;
     let shutdown = inlet::telemetry::shutdown_signal();

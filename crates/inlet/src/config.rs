@@ -1,4 +1,5 @@
-//! Configuration: `config/default.toml`, then the file named by `INLET_CONFIG`,
+//! Configuration: the built-in defaults (`config/default.toml`, compiled in),
+//! then the file named by `INLET_CONFIG`,
 //! then `INLET_*` environment variables, validated once at startup.
 //!
 //! Top-level keys map to `INLET_<KEY>` (`INLET_REDIS_URL`), nested ones use a
@@ -206,6 +207,10 @@ pub struct CacheSettings {
     pub summary_interval: Duration,
 }
 
+/// `config/default.toml`, compiled in: the first configuration layer. The
+/// file in the repository stays the documented reference of every key.
+pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
 impl Settings {
     /// The Redis key for a stream or set, with the configured prefix.
     pub fn key(&self, name: &str) -> String {
@@ -228,15 +233,16 @@ impl Settings {
             || self.database_url.starts_with("postgresql://")
     }
 
-    /// Loads settings from `config/default.toml` (searched from the current
-    /// directory upwards, so it works from any crate directory), the file in
+    /// Loads settings from the built-in defaults ([`DEFAULT_TOML`], compiled
+    /// in, so a binary starts from any directory), the file in
     /// `INLET_CONFIG`, and the process environment.
     pub fn load() -> Result<Self, ConfigError> {
         let env: Vec<(String, String)> = std::env::vars().collect();
-        Self::load_from(find_default_file().as_deref(), env)
+        Self::load_from(None, env)
     }
 
-    /// Loads settings from an explicit default file and environment: what
+    /// Loads settings from the built-in defaults, then `default_file` when
+    /// given (a layer over them), then `INLET_CONFIG` and `env`: what
     /// [`Settings::load`] does, without touching the process environment
     /// (tests build their settings this way).
     pub fn load_from(
@@ -247,7 +253,10 @@ impl Settings {
             .into_iter()
             .filter(|(k, _)| k.starts_with("INLET_"))
             .collect();
-        let mut builder = config::Config::builder();
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
         if let Some(path) = default_file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
@@ -264,19 +273,6 @@ impl Settings {
             ));
         let raw: RawSettings = builder.add_source(env_source).build()?.try_deserialize()?;
         raw.validate()
-    }
-}
-
-fn find_default_file() -> Option<PathBuf> {
-    let mut dir = std::env::current_dir().ok()?;
-    loop {
-        let candidate = dir.join("config").join("default.toml");
-        if candidate.is_file() {
-            return Some(candidate);
-        }
-        if !dir.pop() {
-            return None;
-        }
     }
 }
 
