@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     // Foundations: no domain types.
     &["envelope", "signature", "backoff", "streams", "telemetry"],
     &["model"],
-    &["normalize"],
+    &["normalize", "outbound"],
     &["plan"],
     &["events"],
     &["dlq::letter", "audit", "config"],

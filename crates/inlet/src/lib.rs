@@ -47,6 +47,7 @@ pub mod ingest;
 mod layers;
 pub mod model;
 pub mod normalize;
+pub mod outbound;
 pub mod pipeline;
 pub mod plan;
 pub mod queue;
