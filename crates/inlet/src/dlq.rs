@@ -61,7 +61,7 @@ pub struct DlqItem {
 
 /// A dead letter as the HTTP API shows it (JSON). The body (the exact bytes
 /// Meta signed, possibly a message text) is included only on request.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DlqView {
     /// `1700000000000-0` (stream entry) or `db-N` (store row).
     pub id: String,

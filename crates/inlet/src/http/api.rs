@@ -12,6 +12,7 @@
 //! | `GET /api/dlq?limit=50` | dead letters (stream and store), oldest first |
 //! | `GET /api/dlq/{id}?body=true` | one dead letter (`body` adds the raw body) |
 //! | `POST /api/dlq/{id}/replay` | replays it; the letter is removed once the replay is durable |
+//! | `GET /api/openapi.json` | the OpenAPI 3.1 document ([`ApiDoc`], committed as `docs/openapi.json`) |
 //!
 //! The DLQ endpoints use [`crate::dlq::Dlq`], the same code as `inlet dlq`:
 //! a replay goes into the raw stream when Redis is up, else through the
@@ -42,7 +43,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use crate::cache::{CacheError, CacheKey};
-use crate::dlq::{Dlq, DlqError, DlqId, DlqItem};
+use crate::dlq::{Dlq, DlqError, DlqId, DlqItem, DlqView};
 
 /// The `/api` routes, behind the bearer-token check.
 pub fn routes(state: AppState) -> Router<AppState> {
@@ -56,6 +57,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/api/analytics/summary", get(summary))
         .route("/api/events/stats", get(event_stats))
         .route("/api/events/failed", get(events_failed))
+        .route("/api/openapi.json", get(openapi_json))
         .route("/api/dlq", get(dlq_list))
         .route("/api/dlq/{id}", get(dlq_show))
         .route("/api/dlq/{id}/replay", post(dlq_replay))
@@ -110,10 +112,22 @@ async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> R
     }
 }
 
+#[utoipa::path(get, path = "/api/conversations", tag = "read",
+    responses((status = 200, description = "conversations.json (cache document; ETag, X-Inlet-Cache)", content_type = "application/json"),
+        (status = 304, description = "If-None-Match matched"),
+        (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
+        (status = 503, description = "not cached and the store is unreachable", body = ApiError)),
+    security(("bearer" = [])))]
 async fn conversations(State(state): State<AppState>, headers: HeaderMap) -> Response {
     serve(&state, CacheKey::Conversations, &headers).await
 }
 
+#[utoipa::path(get, path = "/api/conversations/{id}/messages", tag = "read", params(("id" = i64, Path, description = "conversation id")),
+    responses((status = 200, description = "conversations/{id}.json (cache document; ETag, X-Inlet-Cache)", content_type = "application/json"),
+        (status = 304, description = "If-None-Match matched"),
+        (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
+        (status = 503, description = "not cached and the store is unreachable", body = ApiError)),
+    security(("bearer" = [])))]
 async fn conversation_messages(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -129,10 +143,22 @@ async fn conversation_messages(
     }
 }
 
+#[utoipa::path(get, path = "/api/contacts", tag = "read",
+    responses((status = 200, description = "contacts.json (cache document; ETag, X-Inlet-Cache)", content_type = "application/json"),
+        (status = 304, description = "If-None-Match matched"),
+        (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
+        (status = 503, description = "not cached and the store is unreachable", body = ApiError)),
+    security(("bearer" = [])))]
 async fn contacts(State(state): State<AppState>, headers: HeaderMap) -> Response {
     serve(&state, CacheKey::Contacts, &headers).await
 }
 
+#[utoipa::path(get, path = "/api/analytics/summary", tag = "read",
+    responses((status = 200, description = "analytics/summary.json (cache document; ETag, X-Inlet-Cache)", content_type = "application/json"),
+        (status = 304, description = "If-None-Match matched"),
+        (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
+        (status = 503, description = "not cached and the store is unreachable", body = ApiError)),
+    security(("bearer" = [])))]
 async fn summary(State(state): State<AppState>, headers: HeaderMap) -> Response {
     serve(&state, CacheKey::Summary, &headers).await
 }
@@ -152,6 +178,12 @@ fn no_store() -> Response {
     )
 }
 
+#[utoipa::path(get, path = "/api/events/stats", tag = "events",
+    params(("days" = Option<u32>, Query, description = "days back, 1..=366, default 7")),
+    responses((status = 200, description = "event counts per type per day", content_type = "application/json"),
+        (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
+        (status = 503, description = "store unavailable", body = ApiError)),
+    security(("bearer" = [])))]
 async fn event_stats(
     State(state): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<EventsQuery>,
@@ -174,6 +206,12 @@ async fn event_stats(
     }
 }
 
+#[utoipa::path(get, path = "/api/events/failed", tag = "events",
+    params(("limit" = Option<i64>, Query, description = "1..=1000, default 50")),
+    responses((status = 200, description = "failed write events and handler failures", content_type = "application/json"),
+        (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
+        (status = 503, description = "store unavailable", body = ApiError)),
+    security(("bearer" = [])))]
 async fn events_failed(
     State(state): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<EventsQuery>,
@@ -198,6 +236,86 @@ async fn events_failed(
             e.to_string(),
         ),
     }
+}
+
+/// A JSON error: every non-2xx answer of the API.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ApiError {
+    /// Machine-readable code (`unauthorized`, `not_found`, …).
+    pub code: String,
+    /// What went wrong, for a human.
+    pub detail: String,
+}
+
+/// `GET /api/dlq`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DlqList {
+    /// Letters from the stream, then from the store, oldest first.
+    pub dead_letters: Vec<DlqView>,
+    /// How many are waiting in each place.
+    pub total: DlqTotals,
+}
+
+/// Dead letters waiting, by place.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DlqTotals {
+    /// In the `{prefix}dlq` stream.
+    pub stream: u64,
+    /// In the store's `dead_letters` table.
+    pub store: u64,
+}
+
+/// `POST /api/dlq/{id}/replay`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Replayed {
+    /// The letter replayed (and removed).
+    pub replayed: String,
+    /// Trace id of the event.
+    pub trace_id: uuid::Uuid,
+}
+
+/// The OpenAPI 3.1 document of the API.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Inlet API", description = "Cache-first read API and dead-letter queue of the Inlet gateway. Every endpoint needs `Authorization: Bearer $INLET_API_TOKEN`."),
+    paths(conversations, conversation_messages, contacts, summary, event_stats, events_failed, dlq_list, dlq_show, dlq_replay, openapi_json),
+    components(schemas(ApiError, DlqList, DlqTotals, Replayed, DlqView)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The document as served and as committed in `docs/openapi.json` (pretty
+/// JSON, trailing newline).
+pub fn openapi_document() -> String {
+    let doc = <ApiDoc as utoipa::OpenApi>::openapi();
+    let mut text = doc
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    text.push('\n');
+    text
+}
+
+#[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
+    responses((status = 200, description = "this document", content_type = "application/json"),
+        (status = 401, description = "missing or wrong bearer token", body = ApiError)),
+    security(("bearer" = [])))]
+async fn openapi_json() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let body = DOC.get_or_init(openapi_document).clone();
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Query of the DLQ endpoints.
@@ -260,6 +378,13 @@ async fn find_letter(dlq: &Dlq, raw: &str) -> Result<DlqItem, LetterError> {
     }
 }
 
+#[utoipa::path(get, path = "/api/dlq", tag = "dlq",
+    params(("limit" = Option<usize>, Query, description = "per place, 1..=1000, default 50"),
+        ("body" = Option<bool>, Query, description = "include raw bodies")),
+    responses((status = 200, description = "dead letters, oldest first", body = DlqList),
+        (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
+        (status = 503, description = "Redis or the store failed", body = ApiError)),
+    security(("bearer" = [])))]
 async fn dlq_list(
     State(state): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<DlqQuery>,
@@ -271,14 +396,24 @@ async fn dlq_list(
         (Err(e), _) | (_, Err(e)) => return dlq_error(&e),
     };
     let with_body = q.body.unwrap_or(false);
-    let views: Vec<_> = items.iter().map(|i| i.view(with_body)).collect();
-    Json(json!({
-        "dead_letters": views,
-        "total": {"stream": len.0, "store": len.1},
-    }))
+    Json(DlqList {
+        dead_letters: items.iter().map(|i| i.view(with_body)).collect(),
+        total: DlqTotals {
+            stream: len.0,
+            store: len.1,
+        },
+    })
     .into_response()
 }
 
+#[utoipa::path(get, path = "/api/dlq/{id}", tag = "dlq",
+    params(("id" = String, Path, description = "stream entry id (1700000000000-0) or db-N"),
+        ("body" = Option<bool>, Query, description = "include the raw body")),
+    responses((status = 200, description = "one dead letter", body = DlqView),
+        (status = 400, description = "not a dead-letter id", body = ApiError),
+        (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
+        (status = 503, description = "Redis or the store failed", body = ApiError)),
+    security(("bearer" = [])))]
 async fn dlq_show(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -291,6 +426,13 @@ async fn dlq_show(
     }
 }
 
+#[utoipa::path(post, path = "/api/dlq/{id}/replay", tag = "dlq",
+    params(("id" = String, Path, description = "stream entry id (1700000000000-0) or db-N")),
+    responses((status = 200, description = "replayed; the letter is removed", body = Replayed),
+        (status = 400, description = "not a dead-letter id", body = ApiError),
+        (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
+        (status = 503, description = "the replay failed (the letter is kept) or Redis/the store failed", body = ApiError)),
+    security(("bearer" = [])))]
 async fn dlq_replay(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let dlq = dlq_of(&state).await;
     let item = match find_letter(&dlq, &id).await {
@@ -298,10 +440,10 @@ async fn dlq_replay(State(state): State<AppState>, Path(id): Path<String>) -> Re
         Err(e) => return e.into_response(),
     };
     match dlq.replay(&item).await {
-        Ok(()) => Json(json!({
-            "replayed": item.id.to_string(),
-            "trace_id": item.letter.event.trace_id,
-        }))
+        Ok(()) => Json(Replayed {
+            replayed: item.id.to_string(),
+            trace_id: item.letter.event.trace_id,
+        })
         .into_response(),
         Err(e @ DlqError::Replay(..)) => {
             tracing::warn!(error = %e, "DLQ replay failed");
