@@ -79,6 +79,14 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    /// Every status, in rank order after `failed`.
+    pub const ALL: [DeliveryStatus; 4] = [
+        DeliveryStatus::Failed,
+        DeliveryStatus::Sent,
+        DeliveryStatus::Delivered,
+        DeliveryStatus::Read,
+    ];
+
     /// Stable lowercase name, as stored in the database.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -118,7 +126,8 @@ impl DeliveryStatus {
     /// Meta delivers them in. `failed` never undoes `read`; it replaces `sent`,
     /// and replaces `delivered` unless the delivery happened later. Nothing
     /// undoes `failed` except a `read`, or a `delivered` that happened after
-    /// the failure. The stores implement this same table in SQL.
+    /// the failure. The stores implement this same table in SQL
+    /// (`tests/status_order.rs` checks that both agree on every pair).
     pub fn supersedes(
         self,
         at: DateTime<Utc>,
@@ -369,5 +378,19 @@ mod tests {
         assert!(!Delivered.supersedes(t(4), Some((Failed, t(5)))));
         assert!(!Sent.supersedes(t(6), Some((Failed, t(5)))));
         assert!(Sent.supersedes(t(1), None));
+    }
+
+    #[test]
+    fn all_lists_every_status_once() {
+        use DeliveryStatus::*;
+        // A new variant fails to compile here until it is listed in ALL.
+        let listed = |s: DeliveryStatus| match s {
+            Sent | Delivered | Read | Failed => DeliveryStatus::ALL.contains(&s),
+        };
+        assert!(DeliveryStatus::ALL.iter().all(|s| listed(*s)));
+        assert_eq!(DeliveryStatus::ALL.len(), 4);
+        for s in DeliveryStatus::ALL {
+            assert_eq!(DeliveryStatus::parse(s.as_str()), Some(s));
+        }
     }
 }
