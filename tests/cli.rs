@@ -533,3 +533,58 @@ async fn gateway_metrics_carry_the_queue_gauges_in_queue_mode() {
     gw.stop().await;
     cleanup_prefix(&prefix).await;
 }
+
+/// Event types `inlet replay` logged for the raw events kept in the store of
+/// `cfg` (SQLite, no Redis): the deliveries are kept raw only, as if the
+/// gateway had stored them and processing had never run, then replayed.
+async fn replayed_event_types(cfg: &TestConfig) -> Vec<String> {
+    let settings = cfg.settings();
+    let store = inlet::store::from_settings(&settings).await.unwrap();
+    store.migrate().await.unwrap();
+    for name in ["wa_text.json", "wa_status_read.json"] {
+        store
+            .write(&[inlet::plan::Delivery {
+                event: raw_event(name),
+                items: Vec::new(),
+            }])
+            .await
+            .unwrap();
+    }
+    let (ok, out) = cli(settings, &["replay", "--from", "2000-01-01"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("replayed 2 raw events"), "{out}");
+    assert_eq!(store.messages(None, 10).await.unwrap().len(), 1);
+    let stats = store
+        .event_log()
+        .event_stats(chrono::DateTime::UNIX_EPOCH)
+        .await
+        .unwrap();
+    stats.into_iter().map(|s| s.event_type).collect()
+}
+
+#[tokio::test]
+async fn replay_honours_the_configured_event_filter() {
+    let no_redis = || {
+        let mut cfg = TestConfig::new();
+        cfg.env.remove("INLET_REDIS_URL");
+        cfg
+    };
+    let all = replayed_event_types(&no_redis()).await;
+    assert!(
+        all.iter().any(|t| t.starts_with("message.")),
+        "by default a replay emits message events: {all:?}"
+    );
+
+    let cfg = no_redis().set("INLET_EVENTS__DISABLED_ENTITIES", "message,message_status");
+    let filtered = replayed_event_types(&cfg).await;
+    assert!(
+        !filtered
+            .iter()
+            .any(|t| t.starts_with("message.") || t.starts_with("message_status.")),
+        "events disabled for message and message_status: {filtered:?}"
+    );
+    assert!(
+        filtered.iter().any(|t| t.starts_with("contact.")),
+        "other entities still emit: {filtered:?}"
+    );
+}

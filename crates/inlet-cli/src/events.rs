@@ -81,7 +81,7 @@ pub enum EventsAction {
 }
 
 async fn store(settings: &Settings) -> anyhow::Result<inlet::store::Store> {
-    let store = inlet::store::open_with(&settings.database_url, 2, settings.events.filter.clone())
+    let store = inlet::store::from_settings(settings)
         .await
         .context("opening the store")?;
     store.ping().await.context("the store is unreachable")?;

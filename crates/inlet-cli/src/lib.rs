@@ -321,7 +321,7 @@ pub fn parse_time(s: &str) -> anyhow::Result<DateTime<Utc>> {
 /// started finds its tables; a Postgres schema is changed only by the
 /// services or `inlet migrate`.
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    let store = inlet::store::open(&settings.database_url, 2)
+    let store = inlet::store::from_settings(settings)
         .await
         .with_context(|| "opening the store".to_string())?;
     if !settings.uses_postgres() && settings.worker.migrate_on_start {
@@ -333,20 +333,11 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// Connects to the configured Redis, if any.
 async fn connect_queue(settings: &Settings) -> anyhow::Result<Option<RedisQueue>> {
-    match &settings.redis_url {
-        None => Ok(None),
-        Some(url) => Ok(Some(
-            RedisQueue::connect(
-                url,
-                &settings.stream_prefix,
-                settings.redis.timeout,
-                settings.redis.derived_stream_maxlen,
-            )
-            .await
-            .context("connecting to Redis")?,
-        )),
-    }
+    RedisQueue::from_settings(settings)
+        .await
+        .context("connecting to Redis")
 }
 
 fn cli_audit(settings: &Settings) -> anyhow::Result<Audit> {

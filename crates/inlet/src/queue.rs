@@ -145,6 +145,26 @@ impl std::fmt::Debug for RedisQueue {
 }
 
 impl RedisQueue {
+    /// Connects to the Redis `settings` name (`redis_url`, with the
+    /// configured prefix, timeout and derived-stream length); `Ok(None)` when
+    /// no Redis is configured. The one way the services, `inlet status` and
+    /// the CLI connect; retrying or pinging is the caller's policy.
+    pub async fn from_settings(
+        settings: &crate::config::Settings,
+    ) -> Result<Option<Self>, QueueError> {
+        let Some(url) = settings.redis_url.as_deref() else {
+            return Ok(None);
+        };
+        Self::connect(
+            url,
+            &settings.stream_prefix,
+            settings.redis.timeout,
+            settings.redis.derived_stream_maxlen,
+        )
+        .await
+        .map(Some)
+    }
+
     /// Connects (failing within `timeout` when Redis is down).
     pub async fn connect(
         url: &str,

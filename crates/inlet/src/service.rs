@@ -57,12 +57,7 @@ pub async fn open_store(
     settings: &Settings,
     shutdown: &CancellationToken,
 ) -> Result<Store, StartError> {
-    let store = crate::store::open_with(
-        &settings.database_url,
-        settings.database_max_connections,
-        settings.events.filter.clone(),
-    )
-    .await?;
+    let store = crate::store::from_settings(settings).await?;
     if settings.worker.migrate_on_start {
         match store.migrate().await {
             Ok(()) => {}
@@ -273,22 +268,19 @@ pub async fn connect_queue(
     settings: &Settings,
     shutdown: &CancellationToken,
 ) -> Result<RedisQueue, StartError> {
-    let url = settings.redis_url.as_deref().ok_or_else(|| {
+    let not_configured = || {
         StartError::Config(
             "redis_url: the worker needs INLET_REDIS_URL (without Redis the gateway processes events itself, in direct mode)".into(),
         )
-    })?;
+    };
+    if settings.redis_url.is_none() {
+        return Err(not_configured());
+    }
     let mut delay = Duration::from_millis(200);
     loop {
-        match RedisQueue::connect(
-            url,
-            &settings.stream_prefix,
-            settings.redis.timeout,
-            settings.redis.derived_stream_maxlen,
-        )
-        .await
-        {
-            Ok(q) => return Ok(q),
+        match RedisQueue::from_settings(settings).await {
+            Ok(Some(q)) => return Ok(q),
+            Ok(None) => return Err(not_configured()),
             Err(e) => {
                 tracing::warn!(error = %e, ?delay, "redis unavailable; retrying");
                 tokio::select! {

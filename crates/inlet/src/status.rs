@@ -308,17 +308,12 @@ pub fn stall_threshold(settings: &Settings) -> Duration {
 /// Connects to the configured Redis and pings it; `Ok(None)` when no Redis
 /// is configured.
 pub async fn connect_queue(settings: &Settings) -> Result<Option<RedisQueue>, String> {
-    let Some(url) = &settings.redis_url else {
+    let Some(queue) = RedisQueue::from_settings(settings)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
         return Ok(None);
     };
-    let queue = RedisQueue::connect(
-        url,
-        &settings.stream_prefix,
-        settings.redis.timeout,
-        settings.redis.derived_stream_maxlen,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
     queue.ping().await.map_err(|e| e.to_string())?;
     Ok(Some(queue))
 }
@@ -345,7 +340,7 @@ pub async fn open_store(settings: &Settings) -> Result<Store, String> {
             }
         }
     }
-    let store = crate::store::open(&settings.database_url, 2)
+    let store = crate::store::from_settings(settings)
         .await
         .map_err(|e| e.to_string())?;
     store.ping().await.map_err(|e| e.to_string())?;

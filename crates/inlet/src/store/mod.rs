@@ -310,7 +310,21 @@ pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> 
     open_with(url, max_connections, crate::events::EventFilter::default()).await
 }
 
-/// [`open`] with the configured event filter.
+/// Opens the store `settings` name: `database_url`, with
+/// `database_max_connections` and the configured event filter
+/// (`events.enabled`, `events.disabled_entities`). The one way the services,
+/// `inlet status` and the CLI open it; migrating or pinging is the caller's
+/// policy.
+pub async fn from_settings(settings: &crate::config::Settings) -> Result<Store, StoreError> {
+    open_with(
+        &settings.database_url,
+        settings.database_max_connections,
+        settings.events.filter.clone(),
+    )
+    .await
+}
+
+/// [`open`] with an event filter.
 pub async fn open_with(
     url: &str,
     max_connections: u32,
