@@ -632,6 +632,30 @@ pub const MESSAGE_EXPECTATIONS: &[Expectation] = &[
         Some("Hi! I saw your ad about the winter sale"),
     ),
     (
+        "wa_bsuid_phone_only.json",
+        "message",
+        "inbound",
+        "15550005555",
+        "text",
+        Some("Hello, is the shop open on Sunday?"),
+    ),
+    (
+        "wa_bsuid_phone_and_user_id.json",
+        "message",
+        "inbound",
+        "15550005555",
+        "text",
+        Some("And do you have gift cards?"),
+    ),
+    (
+        "wa_bsuid_user_id_only.json",
+        "message",
+        "inbound",
+        "15550005555",
+        "text",
+        Some("I hid my number, it is still me"),
+    ),
+    (
         "fb_message_text.json",
         "message",
         "inbound",
@@ -794,13 +818,52 @@ pub async fn assert_fixture_rows(store: &inlet::store::Store) {
         Some("Hello, I need help with my return")
     );
 
+    // One person (Elif) first by phone, then phone and BSUID, then BSUID
+    // only: one contact, one conversation; the read by BSUID is stored.
+    let mut elif = Vec::new();
+    for name in [
+        "wa_bsuid_phone_only.json",
+        "wa_bsuid_phone_and_user_id.json",
+        "wa_bsuid_user_id_only.json",
+    ] {
+        let Some(NormalizedItem::Message(m)) = inlet::normalize::normalize(&fixture(name))
+            .unwrap()
+            .into_iter()
+            .next()
+        else {
+            panic!("{name}: a message");
+        };
+        elif.push(
+            store
+                .message_by_provider_id(&m.provider_message_id)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(
+        elif.windows(2)
+            .all(|w| w[0].conversation_id == w[1].conversation_id),
+        "one conversation for one person"
+    );
+    let read = store
+        .current_status(
+            "default",
+            "wamid.HBgLMTU1NTAwMDU1NTUVAgARGBJCMEIwMDAwMDAwMDAwMDAwNTQA",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.status, "read");
+
     let counts = store.counts().await.unwrap();
     let files = fixtures().len() as i64;
     assert_eq!(counts.raw_events, files, "one raw event per delivery");
-    // 26 message fixtures + 3 batch messages.
+    // 29 message fixtures + 3 batch messages.
     assert_eq!(counts.messages, MESSAGE_EXPECTATIONS.len() as i64 + 3);
-    // wa sent/delivered/read/failed (4) + batch (3) + fb delivery (2 mids) + fb read (1).
-    assert_eq!(counts.statuses, 10);
+    // wa sent/delivered/read/failed (4) + batch (3) + fb delivery (2 mids) + fb read (1)
+    // + the read by BSUID (1).
+    assert_eq!(counts.statuses, 11);
     // leadgen + feed comment.
     assert_eq!(counts.page_changes, 2);
     assert_eq!(counts.dead_letters, 0);

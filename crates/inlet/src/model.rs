@@ -152,14 +152,126 @@ impl DeliveryStatus {
 }
 
 /// The customer side of a conversation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// A WhatsApp user may be known by several identifiers, each optional: the
+/// phone number (`wa_id`), the business-scoped user id (BSUID, `user_id`),
+/// the parent BSUID (`parent_user_id`) and a `username`. `external_id` is the
+/// one a contact row is created with (the phone number when present — as
+/// before BSUIDs, so existing rows and phone-first people keep their key
+/// whatever the batching —, else the BSUID, else the parent BSUID, else the
+/// username); the store links every identifier to one contact (see
+/// [`ContactRef::identities`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ContactRef {
-    /// Channel-scoped id: WhatsApp `wa_id`, Messenger PSID, Instagram IGSID,
-    /// or a page commenter's user id.
+    /// Channel-scoped id: WhatsApp BSUID or `wa_id`, Messenger PSID,
+    /// Instagram IGSID, or a page commenter's user id.
     pub external_id: String,
     /// Display name when the payload carries one (WhatsApp profile name,
     /// commenter name).
     pub name: Option<String>,
+    /// WhatsApp phone number (`wa_id`, `from`, `recipient_id`), when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wa_id: Option<String>,
+    /// WhatsApp business-scoped user id (`user_id`, `from_user_id`,
+    /// `recipient_user_id`), when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// WhatsApp parent BSUID (`parent_user_id`, `from_parent_user_id`), when
+    /// given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_user_id: Option<String>,
+    /// WhatsApp username (`profile.username`), when given. Shown instead of
+    /// a phone number; not a stable key (users may change it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+/// The kind of a contact identifier, as stored in `contact_identities.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityKind {
+    /// The channel's single id (Messenger PSID, Instagram IGSID).
+    Id,
+    /// WhatsApp phone number.
+    WaId,
+    /// WhatsApp business-scoped user id.
+    UserId,
+    /// WhatsApp parent business-scoped user id.
+    ParentUserId,
+    /// WhatsApp username, used as a key only when nothing else is known.
+    Username,
+}
+
+impl IdentityKind {
+    /// Stable name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityKind::Id => "id",
+            IdentityKind::WaId => "wa_id",
+            IdentityKind::UserId => "user_id",
+            IdentityKind::ParentUserId => "parent_user_id",
+            IdentityKind::Username => "username",
+        }
+    }
+}
+
+impl ContactRef {
+    /// A contact known by one channel id (Messenger, Instagram, commenters).
+    pub fn by_id(external_id: String, name: Option<String>) -> Self {
+        ContactRef {
+            external_id,
+            name,
+            ..ContactRef::default()
+        }
+    }
+
+    /// A WhatsApp contact from whichever identifiers a payload carries;
+    /// `None` when it carries none. `external_id` is the phone number when
+    /// present, else the BSUID, else the parent BSUID, else the username.
+    pub fn whatsapp(
+        wa_id: Option<String>,
+        user_id: Option<String>,
+        parent_user_id: Option<String>,
+        username: Option<String>,
+        name: Option<String>,
+    ) -> Option<Self> {
+        let external_id = wa_id
+            .clone()
+            .or_else(|| user_id.clone())
+            .or_else(|| parent_user_id.clone())
+            .or_else(|| username.clone())?;
+        Some(ContactRef {
+            external_id,
+            name,
+            wa_id,
+            user_id,
+            parent_user_id,
+            username,
+        })
+    }
+
+    /// The identifiers the store links to one contact, in a stable order.
+    /// WhatsApp: phone, BSUID and parent BSUID (the username only when none
+    /// of them is known: usernames change hands). Other channels: the id.
+    pub fn identities(&self) -> Vec<(IdentityKind, String)> {
+        let mut out = Vec::new();
+        if let Some(v) = &self.wa_id {
+            out.push((IdentityKind::WaId, v.clone()));
+        }
+        if let Some(v) = &self.user_id {
+            out.push((IdentityKind::UserId, v.clone()));
+        }
+        if let Some(v) = &self.parent_user_id {
+            out.push((IdentityKind::ParentUserId, v.clone()));
+        }
+        if out.is_empty() {
+            match &self.username {
+                Some(v) if self.external_id == *v => out.push((IdentityKind::Username, v.clone())),
+                _ => out.push((IdentityKind::Id, self.external_id.clone())),
+            }
+        }
+        out
+    }
 }
 
 /// A media object attached to a message (downloaded later by id or URL).

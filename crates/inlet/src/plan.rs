@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::envelope::RawEvent;
 use crate::model::{
-    Channel, DeliveryStatus, NormalizedItem, NormalizedMessage, PageChange, ProviderError,
-    StatusUpdate,
+    Channel, ContactRef, DeliveryStatus, IdentityKind, NormalizedItem, NormalizedMessage,
+    PageChange, ProviderError, StatusUpdate,
 };
 
 /// Namespace of deterministic event ids (UUIDv5 of tenant + item identity).
@@ -41,11 +41,26 @@ pub type ContactKey = (String, Channel, String);
 /// Key of a conversation row: tenant, channel, business id, contact key.
 pub type ConversationKey = (String, Channel, String, ContactKey);
 
-/// A contact upsert.
+/// One identifier of a contact: (kind, value).
+pub type Identity = (IdentityKind, String);
+
+/// A contact upsert: one person, with every identifier the batch links to
+/// them (the store links them all to one contact row).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContactRow {
-    /// (tenant, channel, external id).
+    /// (tenant, channel, external id): the key the batch knows the person
+    /// by, and the external id a new contact row is created with.
     pub key: ContactKey,
+    /// Every identifier of the person seen in the batch, sorted.
+    pub identities: Vec<Identity>,
+    /// Latest known WhatsApp phone number.
+    pub wa_id: Option<String>,
+    /// Latest known BSUID.
+    pub user_id: Option<String>,
+    /// Latest known parent BSUID.
+    pub parent_user_id: Option<String>,
+    /// Latest known username.
+    pub username: Option<String>,
     /// Latest known name.
     pub name: Option<String>,
     /// Earliest activity in the batch.
@@ -170,6 +185,7 @@ impl WritePlan {
         let mut watermarks: BTreeMap<(String, String), StatusRow> = BTreeMap::new();
         let mut changes: BTreeMap<(String, String), ChangeRow> = BTreeMap::new();
         let mut seen_raw = std::collections::HashSet::new();
+        let people = People::of(deliveries);
 
         for delivery in deliveries {
             let ev = &delivery.event;
@@ -194,17 +210,21 @@ impl WritePlan {
                 });
                 match item {
                     NormalizedItem::Message(m) => {
-                        let ckey: ContactKey =
-                            (tenant.clone(), m.channel, m.contact.external_id.clone());
+                        let Some(person) = people.of_contact(&tenant, m.channel, &m.contact) else {
+                            continue;
+                        };
+                        let ckey: ContactKey = person.key.clone();
                         let contact = contacts.entry(ckey.clone()).or_insert_with(|| ContactRow {
                             key: ckey.clone(),
-                            name: None,
+                            identities: person.identities.clone(),
+                            wa_id: person.contact.wa_id.clone(),
+                            user_id: person.contact.user_id.clone(),
+                            parent_user_id: person.contact.parent_user_id.clone(),
+                            username: person.contact.username.clone(),
+                            name: person.contact.name.clone(),
                             first_seen: m.sent_at,
                             last_seen: m.sent_at,
                         });
-                        if m.contact.name.is_some() {
-                            contact.name.clone_from(&m.contact.name);
-                        }
                         contact.first_seen = contact.first_seen.min(m.sent_at);
                         contact.last_seen = contact.last_seen.max(m.sent_at);
 
@@ -293,6 +313,120 @@ impl WritePlan {
     }
 }
 
+/// One person of a batch: what the batch knows of them, merged over every
+/// item whose contact shares an identifier with another's.
+#[derive(Debug, Clone)]
+struct Person {
+    key: ContactKey,
+    identities: Vec<Identity>,
+    contact: ContactRef,
+}
+
+/// The people of a batch: contacts of messages grouped by shared
+/// identifiers (union-find), so a phone-only, a phone-and-BSUID and a
+/// BSUID-only message of one person plan one contact.
+struct People {
+    /// (tenant, channel, identity) → index into `people`.
+    index: BTreeMap<(String, Channel, Identity), usize>,
+    people: Vec<Person>,
+}
+
+impl People {
+    fn of(deliveries: &[Delivery]) -> People {
+        // Union-find over the message contacts of the batch, in batch order.
+        let mut refs: Vec<(String, Channel, &ContactRef)> = Vec::new();
+        for d in deliveries {
+            for item in &d.items {
+                if let NormalizedItem::Message(m) = item {
+                    refs.push((d.event.tenant.clone(), m.channel, &m.contact));
+                }
+            }
+        }
+        let mut parent: Vec<usize> = (0..refs.len()).collect();
+        fn root(parent: &mut [usize], mut i: usize) -> usize {
+            while parent[i] != i {
+                parent[i] = parent[parent[i]];
+                i = parent[i];
+            }
+            i
+        }
+        let mut first: BTreeMap<(String, Channel, Identity), usize> = BTreeMap::new();
+        for (i, (tenant, channel, c)) in refs.iter().enumerate() {
+            for id in c.identities() {
+                match first.get(&(tenant.clone(), *channel, id.clone())) {
+                    Some(&j) => {
+                        let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                        if a != b {
+                            parent[a.max(b)] = a.min(b);
+                        }
+                    }
+                    None => {
+                        first.insert((tenant.clone(), *channel, id), i);
+                    }
+                }
+            }
+        }
+        // Merge each group, later items overriding earlier ones.
+        let mut merged: BTreeMap<usize, (String, Channel, ContactRef, Vec<Identity>)> =
+            BTreeMap::new();
+        for (i, (tenant, channel, c)) in refs.iter().enumerate() {
+            let r = root(&mut parent, i);
+            let entry = merged
+                .entry(r)
+                .or_insert_with(|| (tenant.clone(), *channel, ContactRef::default(), Vec::new()));
+            let acc = &mut entry.2;
+            acc.external_id.clone_from(&c.external_id);
+            for (mine, theirs) in [
+                (&mut acc.name, &c.name),
+                (&mut acc.wa_id, &c.wa_id),
+                (&mut acc.user_id, &c.user_id),
+                (&mut acc.parent_user_id, &c.parent_user_id),
+                (&mut acc.username, &c.username),
+            ] {
+                if theirs.is_some() {
+                    mine.clone_from(theirs);
+                }
+            }
+            entry.3.extend(c.identities());
+        }
+        let mut people = Vec::new();
+        let mut by_root = BTreeMap::new();
+        for (r, (tenant, channel, mut contact, mut identities)) in merged {
+            identities.sort();
+            identities.dedup();
+            if channel == Channel::Whatsapp {
+                if let Some(canonical) = contact
+                    .wa_id
+                    .clone()
+                    .or_else(|| contact.user_id.clone())
+                    .or_else(|| contact.parent_user_id.clone())
+                {
+                    contact.external_id = canonical;
+                }
+            }
+            by_root.insert(r, people.len());
+            people.push(Person {
+                key: (tenant, channel, contact.external_id.clone()),
+                identities,
+                contact,
+            });
+        }
+        let mut index = BTreeMap::new();
+        for (key, i) in first {
+            let r = root(&mut parent, i);
+            index.insert(key, by_root[&r]);
+        }
+        People { index, people }
+    }
+
+    /// The person `contact` (of a message of the batch) belongs to.
+    fn of_contact(&self, tenant: &str, channel: Channel, contact: &ContactRef) -> Option<&Person> {
+        let id = contact.identities().into_iter().next()?;
+        let i = self.index.get(&(tenant.to_owned(), channel, id))?;
+        self.people.get(*i)
+    }
+}
+
 /// JSON of provider errors, as stored.
 pub fn errors_json(errors: &[ProviderError]) -> Value {
     serde_json::to_value(errors).unwrap_or(Value::Array(Vec::new()))
@@ -348,6 +482,51 @@ mod tests {
         assert_eq!(plan.conversations.len(), 2);
         assert_eq!(plan.statuses.len(), 3);
         assert_eq!(plan.outbox.len(), 6);
+    }
+
+    #[test]
+    fn phone_then_both_then_bsuid_only_plan_one_contact_and_conversation() {
+        let plan = WritePlan::build(&[
+            delivery("wa_bsuid_user_id_only.json"),
+            delivery("wa_bsuid_phone_only.json"),
+            delivery("wa_bsuid_phone_and_user_id.json"),
+        ]);
+        assert_eq!(plan.messages.len(), 3);
+        assert_eq!(plan.contacts.len(), 1, "{:?}", plan.contacts);
+        assert_eq!(plan.conversations.len(), 1);
+        let c = &plan.contacts[0];
+        assert_eq!(c.key.2, "15550005555", "keyed by phone whatever the order");
+        assert_eq!(c.user_id.as_deref(), Some("US.10000000000000000055"));
+        assert_eq!(
+            c.parent_user_id.as_deref(),
+            Some("US.ENT.10000000000000000056")
+        );
+        assert_eq!(c.username.as_deref(), Some("elif.sample"));
+        assert_eq!(
+            c.identities,
+            vec![
+                (IdentityKind::WaId, "15550005555".to_owned()),
+                (IdentityKind::UserId, "US.10000000000000000055".to_owned()),
+                (
+                    IdentityKind::ParentUserId,
+                    "US.ENT.10000000000000000056".to_owned()
+                ),
+            ]
+        );
+        assert!(plan
+            .messages
+            .iter()
+            .all(|m| m.conversation == plan.conversations[0].key));
+    }
+
+    #[test]
+    fn people_with_no_shared_identifier_stay_apart() {
+        let plan = WritePlan::build(&[
+            delivery("wa_bsuid_user_id_only.json"),
+            delivery("wa_text.json"),
+        ]);
+        assert_eq!(plan.contacts.len(), 2);
+        assert_eq!(plan.conversations.len(), 2);
     }
 
     #[test]

@@ -49,12 +49,9 @@ fn leadgen(ctx: &EntryCtx, value: &Value) -> NormalizedItem {
 /// A Page feed change: comment, post, reaction, like, share, …
 fn feed(ctx: &EntryCtx, value: &Value) -> NormalizedItem {
     let item = text_at(value, "item");
-    let from = value.get("from").and_then(|f| {
-        Some(ContactRef {
-            external_id: id_at(f, "id")?,
-            name: text_at(f, "name"),
-        })
-    });
+    let from = value
+        .get("from")
+        .and_then(|f| Some(ContactRef::by_id(id_at(f, "id")?, text_at(f, "name"))));
     let target = id_at(value, "comment_id").or_else(|| id_at(value, "post_id"));
     let external_id = match item.as_deref() {
         // A reaction has no id of its own: target + who reacted (the verb —

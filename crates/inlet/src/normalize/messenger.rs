@@ -103,10 +103,7 @@ impl Event<'_> {
             business_id: self.business_id(self.recipient.as_ref()),
             provider_message_id,
             direction: Direction::Inbound,
-            contact: ContactRef {
-                external_id: sender.to_owned(),
-                name: None,
-            },
+            contact: ContactRef::by_id(sender.to_owned(), None),
             kind: kind.to_owned(),
             message_type: message_type.to_owned(),
             text: None,
@@ -132,10 +129,7 @@ impl Event<'_> {
             account_id: self.ctx.account_id.clone(),
             business_id: self.business_id(self.recipient.as_ref()),
             provider_message_id,
-            contact: ContactRef {
-                external_id: sender.to_owned(),
-                name: None,
-            },
+            contact: ContactRef::by_id(sender.to_owned(), None),
             status,
             at: self.at,
             watermark,

@@ -41,6 +41,10 @@ pub(super) const FIXTURES: &[(&str, &[u8])] = &[
     fixture!("ig_story_reply"),
     fixture!("wa_audio"),
     fixture!("wa_batch_multi"),
+    fixture!("wa_bsuid_phone_and_user_id"),
+    fixture!("wa_bsuid_phone_only"),
+    fixture!("wa_bsuid_status_read"),
+    fixture!("wa_bsuid_user_id_only"),
     fixture!("wa_button"),
     fixture!("wa_contacts"),
     fixture!("wa_document"),
@@ -1026,4 +1030,133 @@ fn feed_reaction_and_unknown_change() {
     let mention = change(&items[2]);
     assert_eq!(mention.field, "mention");
     assert_eq!(mention.kind, "unsupported");
+}
+
+// ---------------------------------------------------------------------------
+// WhatsApp identities: phone, BSUID, parent BSUID, username.
+
+const ELIF_PHONE: &str = "15550005555";
+const ELIF_BSUID: &str = "US.10000000000000000055";
+const ELIF_PARENT: &str = "US.ENT.10000000000000000056";
+
+#[test]
+fn wa_bsuid_phone_only_is_keyed_by_phone() {
+    let m = only_message("wa_bsuid_phone_only");
+    assert_eq!(m.contact.external_id, ELIF_PHONE);
+    assert_eq!(m.contact.wa_id.as_deref(), Some(ELIF_PHONE));
+    assert_eq!(m.contact.user_id, None);
+    assert_eq!(m.contact.name.as_deref(), Some("Elif Sample"));
+}
+
+#[test]
+fn wa_bsuid_phone_and_user_id_carries_both_and_the_username() {
+    let m = only_message("wa_bsuid_phone_and_user_id");
+    assert_eq!(m.contact.external_id, ELIF_PHONE);
+    assert_eq!(m.contact.wa_id.as_deref(), Some(ELIF_PHONE));
+    assert_eq!(m.contact.user_id.as_deref(), Some(ELIF_BSUID));
+    assert_eq!(m.contact.username.as_deref(), Some("elif.sample"));
+}
+
+#[test]
+fn wa_bsuid_user_id_only_is_a_message_keyed_by_bsuid() {
+    let m = only_message("wa_bsuid_user_id_only");
+    assert_eq!(m.direction, Direction::Inbound);
+    assert_eq!(m.message_type, "text");
+    assert_eq!(m.text.as_deref(), Some("I hid my number, it is still me"));
+    assert_eq!(m.contact.external_id, ELIF_BSUID);
+    assert_eq!(m.contact.wa_id, None);
+    assert_eq!(m.contact.user_id.as_deref(), Some(ELIF_BSUID));
+    assert_eq!(m.contact.parent_user_id.as_deref(), Some(ELIF_PARENT));
+    assert_eq!(m.contact.username.as_deref(), Some("elif.sample"));
+    assert_eq!(m.contact.name.as_deref(), Some("Elif Sample"));
+}
+
+#[test]
+fn wa_bsuid_status_by_recipient_user_id_is_a_status() {
+    let s = status(&only("wa_bsuid_status_read")).clone();
+    assert_eq!(s.status, DeliveryStatus::Read);
+    assert_eq!(s.contact.external_id, ELIF_BSUID);
+    assert_eq!(s.contact.user_id.as_deref(), Some(ELIF_BSUID));
+    assert_eq!(s.contact.username.as_deref(), Some("elif.sample"));
+}
+
+#[test]
+fn a_status_without_any_recipient_is_still_a_status() {
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{
+        "field": "messages", "value": {"metadata": {"phone_number_id": "2"},
+        "statuses": [{"id": "wamid.X", "status": "failed", "timestamp": "1795170000",
+                      "errors": [{"code": 131047}]}]}}]}]});
+    let items = normalize(&serde_json::to_vec(&body).expect("ser")).expect("ok");
+    let s = status(&items[0]);
+    assert_eq!(s.status, DeliveryStatus::Failed);
+    assert_eq!(s.contact.external_id, "");
+}
+
+/// Every `messages[]` item of every WhatsApp fixture, its sender's
+/// identifier fields stripped or swapped (as long as one identifier is
+/// left), still normalizes to a message.
+#[test]
+fn stripping_or_swapping_sender_identifiers_never_unmakes_a_message() {
+    type Edit = fn(&mut serde_json::Map<String, Value>);
+    let edits: &[(&str, Edit)] = &[
+        ("phone only", |m| {
+            if m.get("from").is_some() {
+                m.remove("from_user_id");
+                m.remove("from_parent_user_id");
+            }
+        }),
+        ("bsuid instead of phone", |m| {
+            if let Some(from) = m.remove("from") {
+                m.entry("from_user_id")
+                    .or_insert(json!(format!("US.{}", from.as_str().unwrap_or("1"))));
+            }
+        }),
+        ("parent bsuid only", |m| {
+            let id = m
+                .remove("from_user_id")
+                .or_else(|| m.remove("from"))
+                .unwrap_or(json!("9"));
+            m.insert(
+                "from_parent_user_id".into(),
+                json!(format!("US.ENT.{}", id.as_str().unwrap_or("9"))),
+            );
+        }),
+        ("swapped", |m| {
+            let from = m.remove("from");
+            let user = m.remove("from_user_id");
+            if let Some(v) = from.clone().or(user.clone()) {
+                m.insert("from_user_id".into(), v);
+            }
+            if let Some(v) = user.or(from) {
+                m.insert("from".into(), v);
+            }
+        }),
+    ];
+    let count = |items: &[NormalizedItem]| {
+        items
+            .iter()
+            .filter(|i| matches!(i, NormalizedItem::Message(_)))
+            .count()
+    };
+    for (name, bytes) in FIXTURES.iter().filter(|(n, _)| n.starts_with("wa_")) {
+        let original = count(&normalize(bytes).expect(name));
+        for (what, edit) in edits {
+            let mut root: Value = serde_json::from_slice(bytes).expect(name);
+            for entry in root["entry"].as_array_mut().into_iter().flatten() {
+                for change in entry["changes"].as_array_mut().into_iter().flatten() {
+                    for msg in change["value"]["messages"]
+                        .as_array_mut()
+                        .into_iter()
+                        .flatten()
+                    {
+                        if let Value::Object(m) = msg {
+                            edit(m);
+                        }
+                    }
+                }
+            }
+            let edited = normalize(&serde_json::to_vec(&root).expect("ser")).expect(name);
+            assert_eq!(count(&edited), original, "{name}: {what}");
+        }
+    }
 }

@@ -90,34 +90,102 @@ fn messages_value(ctx: &EntryCtx, value: &Value, out: &mut Vec<NormalizedItem>) 
     }
 }
 
-/// `value.contacts[]` as `wa_id` → profile name (the first entry for a
-/// `wa_id` wins), built once per change so lookups stay cheap on big batches.
-type Contacts = HashMap<String, Option<String>>;
+/// One `value.contacts[]` entry: whichever identifiers it carries, and the
+/// profile name and username.
+#[derive(Debug, Clone, Default)]
+struct ContactEntry {
+    wa_id: Option<String>,
+    user_id: Option<String>,
+    parent_user_id: Option<String>,
+    username: Option<String>,
+    name: Option<String>,
+}
+
+/// `value.contacts[]`, built once per change so lookups stay cheap on big
+/// batches. An entry is found by any identifier it carries (the first entry
+/// for an identifier wins).
+#[derive(Debug, Default)]
+struct Contacts {
+    entries: Vec<ContactEntry>,
+    by_id: HashMap<String, usize>,
+}
 
 fn contact_names(contacts: Option<&Value>) -> Contacts {
-    let mut names = Contacts::new();
+    let mut out = Contacts::default();
     if let Some(Value::Array(contacts)) = contacts {
-        for contact in contacts {
-            if let Some(wa_id) = id_at(contact, "wa_id") {
-                names
-                    .entry(wa_id)
-                    .or_insert_with(|| contact.get("profile").and_then(|p| text_at(p, "name")));
+        for contact in contacts.iter().filter(|c| c.is_object()) {
+            let profile = contact.get("profile");
+            let entry = ContactEntry {
+                wa_id: id_at(contact, "wa_id"),
+                user_id: id_at(contact, "user_id"),
+                parent_user_id: id_at(contact, "parent_user_id"),
+                username: profile.and_then(|p| id_at(p, "username")),
+                name: profile.and_then(|p| text_at(p, "name")),
+            };
+            let index = out.entries.len();
+            for id in [&entry.wa_id, &entry.user_id, &entry.parent_user_id]
+                .into_iter()
+                .flatten()
+            {
+                out.by_id.entry(id.clone()).or_insert(index);
             }
+            out.entries.push(entry);
         }
     }
-    names
+    out
 }
 
-/// The profile name of `wa_id`, if the change carries one.
-fn contact_name(contacts: &Contacts, wa_id: &str) -> Option<String> {
-    contacts.get(wa_id).cloned().flatten()
+impl Contacts {
+    /// The entry naming any of `ids`; else the only entry, when there is
+    /// exactly one and `ids` is empty (a sender known only from `contacts`).
+    fn find(&self, ids: &[&Option<String>]) -> Option<&ContactEntry> {
+        let known: Vec<&String> = ids.iter().filter_map(|id| id.as_ref()).collect();
+        if known.is_empty() {
+            return match self.entries.as_slice() {
+                [only] => Some(only),
+                _ => None,
+            };
+        }
+        known
+            .iter()
+            .find_map(|id| self.by_id.get(*id))
+            .and_then(|i| self.entries.get(*i))
+    }
+
+    /// The contact of a message or status: the identifiers the item carries,
+    /// completed from its `contacts[]` entry. `None` when neither carries any.
+    fn resolve(
+        &self,
+        wa_id: Option<String>,
+        user_id: Option<String>,
+        parent_user_id: Option<String>,
+    ) -> Option<ContactRef> {
+        let entry = self
+            .find(&[&wa_id, &user_id, &parent_user_id])
+            .cloned()
+            .unwrap_or_default();
+        ContactRef::whatsapp(
+            wa_id.or(entry.wa_id),
+            user_id.or(entry.user_id),
+            parent_user_id.or(entry.parent_user_id),
+            entry.username,
+            entry.name,
+        )
+    }
 }
 
-/// One `value.messages[]` element. A message without `id` or `from` becomes
-/// an unsupported page change (field `messages`) carrying it verbatim.
+/// One `value.messages[]` element. A message needs an `id` and a sender
+/// known by any identifier (`from`, `from_user_id`, `from_parent_user_id`,
+/// or its `contacts[]` entry); otherwise it becomes an unsupported page
+/// change (field `messages`) carrying it verbatim.
 fn message(ctx: &EntryCtx, business_id: &str, contacts: &Contacts, msg: &Value) -> NormalizedItem {
     let timestamp = secs_at(msg, "timestamp");
-    let (Some(id), Some(from)) = (id_at(msg, "id"), id_at(msg, "from")) else {
+    let sender = contacts.resolve(
+        id_at(msg, "from"),
+        id_at(msg, "from_user_id"),
+        id_at(msg, "from_parent_user_id"),
+    );
+    let (Some(id), Some(contact)) = (id_at(msg, "id"), sender) else {
         return ctx.unsupported("messages", msg.clone(), timestamp);
     };
     let mut m = NormalizedMessage {
@@ -126,10 +194,7 @@ fn message(ctx: &EntryCtx, business_id: &str, contacts: &Contacts, msg: &Value) 
         business_id: business_id.to_owned(),
         provider_message_id: id,
         direction: Direction::Inbound,
-        contact: ContactRef {
-            name: contact_name(contacts, &from),
-            external_id: from,
-        },
+        contact,
         kind: "message".to_owned(),
         message_type: "unsupported".to_owned(),
         text: None,
@@ -297,27 +362,33 @@ fn fill_type(m: &mut NormalizedMessage, ty: &str, msg: &Value) -> bool {
     true
 }
 
-/// One `value.statuses[]` element. A status without `id` or `recipient_id`,
-/// or with an unknown `status`, becomes an unsupported page change (field
+/// One `value.statuses[]` element. A status needs an `id` and a known
+/// `status`; the recipient is whichever identifier it carries
+/// (`recipient_id`, `recipient_user_id`, `recipient_parent_user_id` — or
+/// `parent_recipient_user_id` —, its `contacts[]` entry), possibly none (a
+/// failed status of a message sent by BSUID-less phone carries only the
+/// phone). Otherwise it becomes an unsupported page change (field
 /// `statuses`) carrying it verbatim.
 fn status(ctx: &EntryCtx, business_id: &str, contacts: &Contacts, st: &Value) -> NormalizedItem {
     let timestamp = secs_at(st, "timestamp");
     let parsed =
         string_at(st, "status").and_then(|s| DeliveryStatus::parse(&s.to_ascii_lowercase()));
-    let (Some(id), Some(recipient), Some(status)) =
-        (id_at(st, "id"), id_at(st, "recipient_id"), parsed)
-    else {
+    let (Some(id), Some(status)) = (id_at(st, "id"), parsed) else {
         return ctx.unsupported("statuses", st.clone(), timestamp);
     };
+    let contact = contacts
+        .resolve(
+            id_at(st, "recipient_id"),
+            id_at(st, "recipient_user_id"),
+            id_at(st, "recipient_parent_user_id").or_else(|| id_at(st, "parent_recipient_user_id")),
+        )
+        .unwrap_or_default();
     NormalizedItem::Status(StatusUpdate {
         channel: ctx.channel,
         account_id: ctx.account_id.clone(),
         business_id: business_id.to_owned(),
         provider_message_id: Some(id),
-        contact: ContactRef {
-            name: contact_name(contacts, &recipient),
-            external_id: recipient,
-        },
+        contact,
         status,
         at: ctx.at(timestamp),
         watermark: None,

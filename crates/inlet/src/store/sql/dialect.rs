@@ -143,6 +143,11 @@ const PG_MIGRATIONS: Migrations = &[
         "event relay",
         include_str!("../../../../../migrations/postgres/0004_event_relay.sql"),
     ),
+    (
+        6,
+        "contact identities",
+        include_str!("../../../../../migrations/postgres/0006_contact_identities.sql"),
+    ),
 ];
 
 const SQLITE_MIGRATIONS: Migrations = &[
@@ -165,6 +170,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         4,
         "event relay",
         include_str!("../../../../../migrations/sqlite/0004_event_relay.sql"),
+    ),
+    (
+        6,
+        "contact identities",
+        include_str!("../../../../../migrations/sqlite/0006_contact_identities.sql"),
     ),
 ];
 

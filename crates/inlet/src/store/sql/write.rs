@@ -17,7 +17,6 @@ use super::{classify, fields_text, for_each_backend, Backend, SqlStore, CHUNK};
 use crate::dlq::letter::DeadLetter;
 use crate::envelope::RawEvent;
 use crate::events::{after_events, before_events, failed_events, Event, WriteResults};
-use crate::model::Channel;
 use crate::plan::{errors_json, ContactKey, ConversationKey, OutboxRow, StatusRow, WritePlan};
 use crate::store::{StoreError, WriteReport};
 
@@ -49,10 +48,6 @@ fn cache_jobs(report: &WriteReport) -> Vec<OutboxRow> {
     }
     jobs.push(job("summary".into()));
     jobs
-}
-
-fn channel_of(s: &str) -> Channel {
-    Channel::parse(s).unwrap_or(Channel::Messenger)
 }
 
 /// Headers as stored: a JSON object.
@@ -136,41 +131,7 @@ macro_rules! impl_writes {
                     report.raw_new += qb.build().execute(&mut *tx).await.map_err(classify)?.rows_affected();
                 }
 
-                let mut contact_ids: HashMap<ContactKey, i64> = HashMap::new();
-                for chunk in plan.contacts.chunks(CHUNK) {
-                    let mut qb = QueryBuilder::<$db>::new(
-                        "INSERT INTO contacts (tenant, channel, external_id, name, first_seen_at, last_seen_at) ",
-                    );
-                    qb.push_values(chunk, |mut b, c| {
-                        b.push_bind(&c.key.0)
-                            .push_bind(c.key.1.as_str())
-                            .push_bind(&c.key.2)
-                            .push_bind(&c.name)
-                            .push_bind(c.first_seen)
-                            .push_bind(c.last_seen);
-                    });
-                    qb.push(format!(
-                        " ON CONFLICT (tenant, channel, external_id) DO UPDATE SET \
-                         name = COALESCE(excluded.name, contacts.name), \
-                         first_seen_at = {least}(contacts.first_seen_at, excluded.first_seen_at), \
-                         last_seen_at = {greatest}(contacts.last_seen_at, excluded.last_seen_at) \
-                         RETURNING id, tenant, channel, external_id",
-                        least = d.least,
-                        greatest = d.greatest,
-                    ));
-                    for row in qb.build().fetch_all(&mut *tx).await.map_err(classify)? {
-                        let key: ContactKey = (
-                            row.try_get("tenant").map_err(classify)?,
-                            channel_of(row.try_get::<&str, _>("channel").map_err(classify)?),
-                            row.try_get("external_id").map_err(classify)?,
-                        );
-                        let id: i64 = row.try_get("id").map_err(classify)?;
-                        results
-                            .contacts
-                            .insert((key.0.clone(), key.1.as_str().to_string(), key.2.clone()), id);
-                        contact_ids.insert(key, id);
-                    }
-                }
+                let contact_ids = self.write_contacts(&mut tx, plan, &mut results).await?;
                 report.contact_ids = contact_ids.values().copied().collect();
                 report.contact_ids.sort_unstable();
 
@@ -402,6 +363,287 @@ macro_rules! impl_writes {
 
                 tx.commit().await.map_err(classify)?;
                 Ok(report)
+            }
+
+            /// Contacts of a batch, one per person whatever identifiers
+            /// each item carried: a person already known by any identifier
+            /// is upserted under that contact's row, a new one under the
+            /// plan's key; then every identifier is linked
+            /// (`contact_identities`, insert-or-ignore on its unique key).
+            /// When an identifier turns out to belong to another contact
+            /// (two deliveries raced, or a phone-only and a BSUID-only
+            /// contact meet in one webhook), the newer contact is merged
+            /// into the older one, so one person stays one contact.
+            async fn write_contacts(
+                &self,
+                tx: &mut sqlx::Transaction<'_, $db>,
+                plan: &WritePlan,
+                results: &mut WriteResults,
+            ) -> Result<HashMap<ContactKey, i64>, StoreError> {
+                let d = <$db as Backend>::DIALECT;
+                let mut contact_ids: HashMap<ContactKey, i64> = HashMap::new();
+                if plan.contacts.is_empty() {
+                    return Ok(contact_ids);
+                }
+                let known = Self::identity_owners(tx, plan).await?;
+                // Upsert each person under the external id of the oldest
+                // contact that already owns one of its identifiers.
+                let targets: Vec<String> = plan
+                    .contacts
+                    .iter()
+                    .map(|c| {
+                        c.identities
+                            .iter()
+                            .filter_map(|(kind, value)| {
+                                known.get(&(c.key.0.clone(), c.key.1.as_str().to_owned(), kind.as_str().to_owned(), value.clone()))
+                            })
+                            .min_by_key(|(id, _)| *id)
+                            .map(|(_, external_id)| external_id.clone())
+                            .unwrap_or_else(|| c.key.2.clone())
+                    })
+                    .collect();
+                let mut by_external: HashMap<(String, String, String), i64> = HashMap::new();
+                let rows: Vec<_> = plan.contacts.iter().zip(&targets).collect();
+                for chunk in rows.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO contacts (tenant, channel, external_id, name, wa_id, user_id, parent_user_id, \
+                         username, first_seen_at, last_seen_at) ",
+                    );
+                    qb.push_values(chunk, |mut b, (c, target)| {
+                        b.push_bind(&c.key.0)
+                            .push_bind(c.key.1.as_str())
+                            .push_bind(*target)
+                            .push_bind(&c.name)
+                            .push_bind(&c.wa_id)
+                            .push_bind(&c.user_id)
+                            .push_bind(&c.parent_user_id)
+                            .push_bind(&c.username)
+                            .push_bind(c.first_seen)
+                            .push_bind(c.last_seen);
+                    });
+                    qb.push(format!(
+                        " ON CONFLICT (tenant, channel, external_id) DO UPDATE SET \
+                         name = COALESCE(excluded.name, contacts.name), \
+                         wa_id = COALESCE(excluded.wa_id, contacts.wa_id), \
+                         user_id = COALESCE(excluded.user_id, contacts.user_id), \
+                         parent_user_id = COALESCE(excluded.parent_user_id, contacts.parent_user_id), \
+                         username = COALESCE(excluded.username, contacts.username), \
+                         first_seen_at = {least}(contacts.first_seen_at, excluded.first_seen_at), \
+                         last_seen_at = {greatest}(contacts.last_seen_at, excluded.last_seen_at) \
+                         RETURNING id, tenant, channel, external_id",
+                        least = d.least,
+                        greatest = d.greatest,
+                    ));
+                    for row in qb.build().fetch_all(&mut **tx).await.map_err(classify)? {
+                        by_external.insert(
+                            (
+                                row.try_get("tenant").map_err(classify)?,
+                                row.try_get("channel").map_err(classify)?,
+                                row.try_get("external_id").map_err(classify)?,
+                            ),
+                            row.try_get("id").map_err(classify)?,
+                        );
+                    }
+                }
+                for (c, target) in &rows {
+                    let id = by_external
+                        .get(&(c.key.0.clone(), c.key.1.as_str().to_owned(), (*target).clone()))
+                        .copied()
+                        .ok_or_else(|| StoreError::Rejected(format!("contact {:?} missing after upsert", c.key)))?;
+                    contact_ids.insert(c.key.clone(), id);
+                }
+
+                // Link every identifier; the unique key decides who owns it.
+                let links: Vec<(&String, &'static str, &'static str, &String, i64)> = plan
+                    .contacts
+                    .iter()
+                    .flat_map(|c| {
+                        let id = contact_ids.get(&c.key).copied().unwrap_or_default();
+                        c.identities
+                            .iter()
+                            .map(move |(kind, value)| (&c.key.0, c.key.1.as_str(), kind.as_str(), value, id))
+                    })
+                    .collect();
+                for chunk in links.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO contact_identities (tenant, channel, kind, value, contact_id) ",
+                    );
+                    qb.push_values(chunk, |mut b, (tenant, channel, kind, value, id)| {
+                        b.push_bind(*tenant)
+                            .push_bind(*channel)
+                            .push_bind(*kind)
+                            .push_bind(*value)
+                            .push_bind(*id);
+                    });
+                    qb.push(" ON CONFLICT (tenant, channel, kind, value) DO NOTHING");
+                    qb.build().execute(&mut **tx).await.map_err(classify)?;
+                }
+
+                // Whoever owns an identifier of a person now is that person.
+                let owners = Self::identity_owners(tx, plan).await?;
+                for c in &plan.contacts {
+                    let Some(mine) = contact_ids.get(&c.key).copied() else {
+                        continue;
+                    };
+                    let mut ids: Vec<i64> = c
+                        .identities
+                        .iter()
+                        .filter_map(|(kind, value)| {
+                            owners
+                                .get(&(c.key.0.clone(), c.key.1.as_str().to_owned(), kind.as_str().to_owned(), value.clone()))
+                                .map(|(id, _)| *id)
+                        })
+                        .chain([mine])
+                        .collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    let survivor = ids[0];
+                    for loser in ids.into_iter().skip(1) {
+                        Self::merge_contact(tx, loser, survivor).await?;
+                        for id in contact_ids.values_mut() {
+                            if *id == loser {
+                                *id = survivor;
+                            }
+                        }
+                    }
+                }
+                for c in &plan.contacts {
+                    if let Some(id) = contact_ids.get(&c.key) {
+                        results
+                            .contacts
+                            .insert((c.key.0.clone(), c.key.1.as_str().to_string(), c.key.2.clone()), *id);
+                    }
+                }
+                Ok(contact_ids)
+            }
+
+            /// Which contact (id, external id) owns each identifier of the
+            /// plan's contacts that is already linked.
+            async fn identity_owners(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                plan: &WritePlan,
+            ) -> Result<HashMap<(String, String, String, String), (i64, String)>, StoreError> {
+                let wanted: Vec<(&String, &'static str, &'static str, &String)> = plan
+                    .contacts
+                    .iter()
+                    .flat_map(|c| {
+                        c.identities
+                            .iter()
+                            .map(move |(kind, value)| (&c.key.0, c.key.1.as_str(), kind.as_str(), value))
+                    })
+                    .collect();
+                let mut out = HashMap::new();
+                for chunk in wanted.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT i.tenant, i.channel, i.kind, i.value, i.contact_id, c.external_id \
+                         FROM contact_identities i JOIN contacts c ON c.id = i.contact_id \
+                         WHERE (i.tenant, i.channel, i.kind, i.value) IN (VALUES ",
+                    );
+                    let mut sep = qb.separated(", ");
+                    for (tenant, channel, kind, value) in chunk {
+                        sep.push("(")
+                            .push_bind_unseparated(*tenant)
+                            .push_unseparated(", ")
+                            .push_bind_unseparated(*channel)
+                            .push_unseparated(", ")
+                            .push_bind_unseparated(*kind)
+                            .push_unseparated(", ")
+                            .push_bind_unseparated(*value)
+                            .push_unseparated(")");
+                    }
+                    qb.push(")");
+                    for row in qb.build().fetch_all(&mut **tx).await.map_err(classify)? {
+                        out.insert(
+                            (
+                                row.try_get("tenant").map_err(classify)?,
+                                row.try_get("channel").map_err(classify)?,
+                                row.try_get("kind").map_err(classify)?,
+                                row.try_get("value").map_err(classify)?,
+                            ),
+                            (
+                                row.try_get("contact_id").map_err(classify)?,
+                                row.try_get("external_id").map_err(classify)?,
+                            ),
+                        );
+                    }
+                }
+                Ok(out)
+            }
+
+            /// Merges contact `loser` into `survivor`: its conversations
+            /// (folded into the survivor's conversation with the same
+            /// business endpoint, if any), messages, identifiers, and the
+            /// details only it knew; then deletes it. History is kept.
+            async fn merge_contact(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                loser: i64,
+                survivor: i64,
+            ) -> Result<(), StoreError> {
+                let d = <$db as Backend>::DIALECT;
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT l.id AS loser_conv, s.id AS survivor_conv, l.started_at, l.last_message_at \
+                     FROM conversations l JOIN conversations s ON s.tenant = l.tenant AND s.channel = l.channel \
+                     AND s.business_id = l.business_id AND s.contact_id = ",
+                );
+                qb.push_bind(survivor).push(" WHERE l.contact_id = ").push_bind(loser);
+                let pairs = qb.build().fetch_all(&mut **tx).await.map_err(classify)?;
+                for row in pairs {
+                    let l: i64 = row.try_get("loser_conv").map_err(classify)?;
+                    let s: i64 = row.try_get("survivor_conv").map_err(classify)?;
+                    let started: DateTime<Utc> = row.try_get("started_at").map_err(classify)?;
+                    let last: DateTime<Utc> = row.try_get("last_message_at").map_err(classify)?;
+                    let mut qb = QueryBuilder::<$db>::new("UPDATE messages SET conversation_id = ");
+                    qb.push_bind(s).push(" WHERE conversation_id = ").push_bind(l);
+                    qb.build().execute(&mut **tx).await.map_err(classify)?;
+                    let mut qb = QueryBuilder::<$db>::new(format!(
+                        "UPDATE conversations SET started_at = {}(started_at, ",
+                        d.least
+                    ));
+                    qb.push_bind(started)
+                        .push(format!("), last_message_at = {}(last_message_at, ", d.greatest))
+                        .push_bind(last)
+                        .push(") WHERE id = ")
+                        .push_bind(s);
+                    qb.build().execute(&mut **tx).await.map_err(classify)?;
+                    let mut qb = QueryBuilder::<$db>::new("DELETE FROM conversations WHERE id = ");
+                    qb.push_bind(l);
+                    qb.build().execute(&mut **tx).await.map_err(classify)?;
+                }
+                for table in ["conversations", "messages", "contact_identities"] {
+                    let mut qb = QueryBuilder::<$db>::new(format!("UPDATE {table} SET contact_id = "));
+                    qb.push_bind(survivor).push(" WHERE contact_id = ").push_bind(loser);
+                    qb.build().execute(&mut **tx).await.map_err(classify)?;
+                }
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT name, wa_id, user_id, parent_user_id, username, first_seen_at, last_seen_at \
+                     FROM contacts WHERE id = ",
+                );
+                qb.push_bind(loser);
+                let old = qb.build().fetch_optional(&mut **tx).await.map_err(classify)?;
+                if let Some(old) = old {
+                    let text = |col: &str| old.try_get::<Option<String>, _>(col).map_err(classify);
+                    let first: DateTime<Utc> = old.try_get("first_seen_at").map_err(classify)?;
+                    let last: DateTime<Utc> = old.try_get("last_seen_at").map_err(classify)?;
+                    let mut qb = QueryBuilder::<$db>::new("UPDATE contacts SET ");
+                    for (i, col) in ["name", "wa_id", "user_id", "parent_user_id", "username"].into_iter().enumerate() {
+                        if i > 0 {
+                            qb.push(", ");
+                        }
+                        qb.push(format!("{col} = COALESCE({col}, ")).push_bind(text(col)?).push(")");
+                    }
+                    qb.push(format!(", first_seen_at = {}(first_seen_at, ", d.least))
+                        .push_bind(first)
+                        .push(format!("), last_seen_at = {}(last_seen_at, ", d.greatest))
+                        .push_bind(last)
+                        .push(") WHERE id = ")
+                        .push_bind(survivor);
+                    qb.build().execute(&mut **tx).await.map_err(classify)?;
+                    let mut qb = QueryBuilder::<$db>::new("DELETE FROM contacts WHERE id = ");
+                    qb.push_bind(loser);
+                    qb.build().execute(&mut **tx).await.map_err(classify)?;
+                }
+                tracing::info!(loser, survivor, "contacts merged: identifiers of one person");
+                Ok(())
             }
 
             async fn insert_status_history(
