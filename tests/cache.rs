@@ -94,8 +94,9 @@ fn tracing_note(msg: &str) {
 async fn assert_fixture_content(cache: &Cache) {
     let list = read_json(cache, &CacheKey::Conversations);
     let convs = list["conversations"].as_array().unwrap();
-    // Ana and Bruno on WhatsApp, the PSID on Messenger, the IGSID on Instagram.
-    assert_eq!(convs.len(), 4, "{list:#}");
+    // Ana, Bruno and Elif (by phone, then BSUID: one person) on WhatsApp,
+    // the PSID on Messenger, the IGSID on Instagram.
+    assert_eq!(convs.len(), 5, "{list:#}");
     let find = |external: &str| {
         convs
             .iter()
@@ -116,6 +117,9 @@ async fn assert_fixture_content(cache: &Cache) {
         "Hello, I need help with my return"
     );
     assert_eq!(bruno["unread_count"], 1);
+    let elif = find("15550005555");
+    assert_eq!(elif["contact"]["name"], "Elif Sample");
+    assert_eq!(elif["unread_count"], 3, "phone, phone+BSUID, BSUID only");
     let messenger = find("4000000000000004");
     assert_eq!(messenger["channel"], "messenger");
     // The page's echo is the last outbound message; the read watermark is
@@ -158,7 +162,7 @@ async fn assert_fixture_content(cache: &Cache) {
 
     let contacts = read_json(cache, &CacheKey::Contacts);
     let contacts = contacts["contacts"].as_array().unwrap();
-    assert_eq!(contacts.len(), 4);
+    assert_eq!(contacts.len(), 5, "Elif once, by phone and by BSUID");
     let ids: BTreeSet<&str> = contacts
         .iter()
         .map(|c| c["external_id"].as_str().unwrap())
@@ -168,6 +172,7 @@ async fn assert_fixture_content(cache: &Cache) {
         BTreeSet::from([
             "15550001111",
             "15550002222",
+            "15550005555",
             "4000000000000004",
             "6000000000000007"
         ])
@@ -182,7 +187,7 @@ async fn assert_fixture_content(cache: &Cache) {
     );
 
     // The summary as of the day after the fixtures (they are dated
-    // 2026-11-20): 29 messages, 26 + 3 from the batch.
+    // 2026-11-20): 32 messages, 29 + 3 from the batch.
     let bytes = cache
         .build(&CacheKey::Summary, at("2026-11-21T00:00:00Z"))
         .await
@@ -195,13 +200,13 @@ async fn assert_fixture_content(cache: &Cache) {
         .iter()
         .map(|d| d["count"].as_i64().unwrap())
         .sum();
-    assert_eq!(total, 29, "{summary:#}");
+    assert_eq!(total, 32, "{summary:#}");
     // WhatsApp: sent→delivered→read (read), failed; batch: sent, delivered,
     // read; Messenger delivery receipt: 2 mids delivered.
     assert_eq!(summary["outbound"]["failed"], 1);
     assert_eq!(summary["top_failure_codes"][0]["code"], 131047);
     assert_eq!(summary["leads_per_day"][0]["count"], 1);
-    assert_eq!(summary["active_conversations"]["last_24h"], 4);
+    assert_eq!(summary["active_conversations"]["last_24h"], 5);
 }
 
 #[tokio::test]

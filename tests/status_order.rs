@@ -52,7 +52,8 @@ fn receipt(pmid: &str, (status, at): (DeliveryStatus, DateTime<Utc>)) -> Normali
         provider_message_id: Some(pmid.to_string()),
         contact: ContactRef {
             external_id: "15550000001".into(),
-            name: None,
+            wa_id: Some("15550000001".into()),
+            ..ContactRef::default()
         },
         status,
         at,

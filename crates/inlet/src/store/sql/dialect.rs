@@ -25,6 +25,9 @@ pub struct Dialect {
     /// Appended to a claim's `SELECT` so concurrent relays take disjoint rows
     /// (empty where one writer serializes them anyway).
     pub skip_locked: &'static str,
+    /// Appended to a `SELECT` that must lock its rows until the transaction
+    /// ends (empty where one writer serializes transactions anyway).
+    pub for_update: &'static str,
     /// SQL type of `event_log.tx` and `relay_cursors.tx`.
     pub tx_type: &'static str,
     /// Condition (starting with ` AND`) that limits event-log reads to rows
@@ -93,6 +96,7 @@ pub const POSTGRES: Dialect = Dialect {
     greatest: "GREATEST",
     least: "LEAST",
     skip_locked: " FOR UPDATE SKIP LOCKED",
+    for_update: " FOR UPDATE",
     tx_type: "xid8",
     horizon: " AND tx < pg_snapshot_xmin(pg_current_snapshot())",
     hold_claim: true,
@@ -112,6 +116,7 @@ pub const SQLITE: Dialect = Dialect {
     greatest: "MAX",
     least: "MIN",
     skip_locked: "",
+    for_update: "",
     tx_type: "INTEGER",
     horizon: "",
     hold_claim: false,

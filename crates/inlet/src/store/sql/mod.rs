@@ -151,8 +151,14 @@ pub fn classify(e: sqlx::Error) -> StoreError {
             // Postgres: serialization failure, deadlock, connection and
             // availability classes. SQLite: BUSY (5) and LOCKED (6) and their
             // extended codes.
-            let transient = matches!(code.as_ref(), "40001" | "40P01" | "53300" | "55P03")
-                || code.starts_with("08")
+            // A foreign-key violation (23503) is transient too: the write
+            // path only references rows it has just upserted, so it means a
+            // concurrent merge of two contacts of one person removed one;
+            // the retry resolves the person again and finds the survivor.
+            let transient = matches!(
+                code.as_ref(),
+                "40001" | "40P01" | "53300" | "55P03" | "23503"
+            ) || code.starts_with("08")
                 || code.starts_with("57P")
                 || matches!(code.as_ref(), "5" | "6" | "261" | "262" | "517" | "773");
             if transient {

@@ -580,6 +580,17 @@ macro_rules! impl_writes {
                 survivor: i64,
             ) -> Result<(), StoreError> {
                 let d = <$db as Backend>::DIALECT;
+                // Lock the loser's rows first: a concurrent write that is
+                // adding a message to them finishes before we move messages
+                // (so we see it); one that starts later fails its foreign
+                // key once we commit, which is transient, and its retry
+                // finds the survivor.
+                for table in ["conversations", "contacts"] {
+                    let column = if table == "contacts" { "id" } else { "contact_id" };
+                    let mut qb = QueryBuilder::<$db>::new(format!("SELECT id FROM {table} WHERE {column} = "));
+                    qb.push_bind(loser).push(d.for_update);
+                    qb.build().fetch_all(&mut **tx).await.map_err(classify)?;
+                }
                 let mut qb = QueryBuilder::<$db>::new(
                     "SELECT l.id AS loser_conv, s.id AS survivor_conv, l.started_at, l.last_message_at \
                      FROM conversations l JOIN conversations s ON s.tenant = l.tenant AND s.channel = l.channel \
