@@ -119,7 +119,8 @@ async fn assert_fixture_content(cache: &Cache) {
     assert_eq!(bruno["unread_count"], 1);
     let elif = find("15550005555");
     assert_eq!(elif["contact"]["name"], "Elif Sample");
-    assert_eq!(elif["unread_count"], 3, "phone, phone+BSUID, BSUID only");
+    // Phone, phone+BSUID, BSUID only, BSUID changed; after the app's echo.
+    assert_eq!(elif["unread_count"], 4);
     let messenger = find("4000000000000004");
     assert_eq!(messenger["channel"], "messenger");
     // The page's echo is the last outbound message; the read watermark is
@@ -187,7 +188,7 @@ async fn assert_fixture_content(cache: &Cache) {
     );
 
     // The summary as of the day after the fixtures (they are dated
-    // 2026-11-20): 32 messages, 29 + 3 from the batch.
+    // 2026-11-20): 34 messages, 31 + 3 from the batch.
     let bytes = cache
         .build(&CacheKey::Summary, at("2026-11-21T00:00:00Z"))
         .await
@@ -200,7 +201,7 @@ async fn assert_fixture_content(cache: &Cache) {
         .iter()
         .map(|d| d["count"].as_i64().unwrap())
         .sum();
-    assert_eq!(total, 32, "{summary:#}");
+    assert_eq!(total, 34, "{summary:#}");
     // WhatsApp: sent→delivered→read (read), failed; batch: sent, delivered,
     // read; Messenger delivery receipt: 2 mids delivered.
     assert_eq!(summary["outbound"]["failed"], 1);

@@ -77,6 +77,35 @@ async fn one_person_in_order(store: Store) {
     assert_eq!(read.status, "read");
 }
 
+/// `user_changed_user_id`: the contact moves to its new BSUID; messages by
+/// the new one and by the old one stay in its one conversation.
+async fn changed_bsuid_keeps_the_contact(store: Store) {
+    for name in [BOTH, "wa_bsuid_user_changed_user_id.json"] {
+        store.write(&[delivery(fixture(name))]).await.unwrap();
+    }
+    let by_new = String::from_utf8(variant(BSUID_ONLY, 1))
+        .unwrap()
+        .replace("US.10000000000000000055", "US.10000000000000000057")
+        .replace("\"parent_user_id\"", "\"x_parent\"")
+        .replace("\"from_parent_user_id\"", "\"x_from_parent\"");
+    store.write(&[delivery(by_new.into_bytes())]).await.unwrap();
+    let (contacts, conversations, messages) = shape(&store).await;
+    assert_eq!((contacts, conversations.len(), messages), (1, 1, 3));
+}
+
+#[tokio::test]
+async fn sqlite_changed_bsuid_keeps_the_contact() {
+    let dir = tempfile::tempdir().unwrap();
+    changed_bsuid_keeps_the_contact(sqlite_store(&dir).await).await;
+}
+
+#[tokio::test]
+async fn postgres_changed_bsuid_keeps_the_contact() {
+    let db = TestDb::create().await;
+    changed_bsuid_keeps_the_contact(pg_store(&db).await).await;
+    db.drop_db().await;
+}
+
 /// A phone-only and a BSUID-only contact (nothing linked them yet), then a
 /// message carrying both: merged into the older one, history kept.
 async fn separate_contacts_merge_when_linked(store: Store) {

@@ -656,6 +656,22 @@ pub const MESSAGE_EXPECTATIONS: &[Expectation] = &[
         Some("I hid my number, it is still me"),
     ),
     (
+        "wa_bsuid_user_changed_user_id.json",
+        "system",
+        "inbound",
+        "15550005555",
+        "system.user_changed_user_id",
+        Some("User Elif Sample changed their business-scoped user ID"),
+    ),
+    (
+        "wa_smb_echo.json",
+        "message",
+        "outbound",
+        "15550005555",
+        "text",
+        Some("Welcome! We open at 10 on Sundays."),
+    ),
+    (
         "fb_message_text.json",
         "message",
         "inbound",
@@ -859,7 +875,7 @@ pub async fn assert_fixture_rows(store: &inlet::store::Store) {
     let counts = store.counts().await.unwrap();
     let files = fixtures().len() as i64;
     assert_eq!(counts.raw_events, files, "one raw event per delivery");
-    // 29 message fixtures + 3 batch messages.
+    // 31 message fixtures + 3 batch messages.
     assert_eq!(counts.messages, MESSAGE_EXPECTATIONS.len() as i64 + 3);
     // wa sent/delivered/read/failed (4) + batch (3) + fb delivery (2 mids) + fb read (1)
     // + the read by BSUID (1).

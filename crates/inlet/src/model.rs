@@ -184,6 +184,11 @@ pub struct ContactRef {
     /// a phone number; not a stable key (users may change it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// The BSUID the user had before (a `user_changed_user_id` system
+    /// message): still linked to the contact, so its history stays theirs,
+    /// while `user_id` is the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub former_user_id: Option<String>,
 }
 
 /// The kind of a contact identifier, as stored in `contact_identities.kind`.
@@ -247,6 +252,7 @@ impl ContactRef {
             user_id,
             parent_user_id,
             username,
+            former_user_id: None,
         })
     }
 
@@ -258,7 +264,7 @@ impl ContactRef {
         if let Some(v) = &self.wa_id {
             out.push((IdentityKind::WaId, v.clone()));
         }
-        if let Some(v) = &self.user_id {
+        for v in [&self.user_id, &self.former_user_id].into_iter().flatten() {
             out.push((IdentityKind::UserId, v.clone()));
         }
         if let Some(v) = &self.parent_user_id {

@@ -382,6 +382,7 @@ impl People {
                 (&mut acc.user_id, &c.user_id),
                 (&mut acc.parent_user_id, &c.parent_user_id),
                 (&mut acc.username, &c.username),
+                (&mut acc.former_user_id, &c.former_user_id),
             ] {
                 if theirs.is_some() {
                     mine.clone_from(theirs);

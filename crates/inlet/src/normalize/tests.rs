@@ -44,6 +44,7 @@ pub(super) const FIXTURES: &[(&str, &[u8])] = &[
     fixture!("wa_bsuid_phone_and_user_id"),
     fixture!("wa_bsuid_phone_only"),
     fixture!("wa_bsuid_status_read"),
+    fixture!("wa_bsuid_user_changed_user_id"),
     fixture!("wa_bsuid_user_id_only"),
     fixture!("wa_button"),
     fixture!("wa_contacts"),
@@ -54,6 +55,7 @@ pub(super) const FIXTURES: &[(&str, &[u8])] = &[
     fixture!("wa_location"),
     fixture!("wa_order"),
     fixture!("wa_reaction"),
+    fixture!("wa_smb_echo"),
     fixture!("wa_status_delivered"),
     fixture!("wa_status_failed"),
     fixture!("wa_status_read"),
@@ -1159,4 +1161,29 @@ fn stripping_or_swapping_sender_identifiers_never_unmakes_a_message() {
             assert_eq!(count(&edited), original, "{name}: {what}");
         }
     }
+}
+
+#[test]
+fn wa_user_changed_user_id_moves_the_contact_to_the_new_bsuid() {
+    let m = only_message("wa_bsuid_user_changed_user_id");
+    assert_eq!(m.message_type, "system.user_changed_user_id");
+    assert_eq!(
+        m.contact.user_id.as_deref(),
+        Some("US.10000000000000000057")
+    );
+    assert_eq!(m.contact.former_user_id.as_deref(), Some(ELIF_BSUID));
+    let ids = m.contact.identities();
+    assert!(ids.contains(&(crate::model::IdentityKind::UserId, ELIF_BSUID.to_owned())));
+}
+
+#[test]
+fn wa_smb_echo_is_an_outbound_message_sent_from_the_app() {
+    let m = only_message("wa_smb_echo");
+    assert_eq!(m.direction, Direction::Outbound);
+    assert_eq!(m.contact.external_id, ELIF_PHONE);
+    assert_eq!(
+        m.text.as_deref(),
+        Some("Welcome! We open at 10 on Sundays.")
+    );
+    assert_eq!(m.details["sent_from"], "business_app");
 }

@@ -39,6 +39,11 @@ fn change(ctx: &EntryCtx, change: &Value, out: &mut Vec<NormalizedItem>) {
     let field = string_at(change, "field");
     match (field.as_deref(), change.get("value")) {
         (Some("messages"), Some(value @ Value::Object(_))) => messages_value(ctx, value, out),
+        (Some("smb_message_echoes"), Some(value @ Value::Object(_)))
+            if matches!(value.get("message_echoes"), Some(Value::Array(_))) =>
+        {
+            echoes_value(ctx, value, out)
+        }
         (field, value) => {
             let field = field.unwrap_or("changes");
             let at = value.and_then(|v| secs_at(v, "timestamp"));
@@ -179,21 +184,73 @@ impl Contacts {
 /// or its `contacts[]` entry); otherwise it becomes an unsupported page
 /// change (field `messages`) carrying it verbatim.
 fn message(ctx: &EntryCtx, business_id: &str, contacts: &Contacts, msg: &Value) -> NormalizedItem {
-    let timestamp = secs_at(msg, "timestamp");
     let sender = contacts.resolve(
         id_at(msg, "from"),
         id_at(msg, "from_user_id"),
         id_at(msg, "from_parent_user_id"),
     );
-    let (Some(id), Some(contact)) = (id_at(msg, "id"), sender) else {
-        return ctx.unsupported("messages", msg.clone(), timestamp);
+    message_of(
+        ctx,
+        business_id,
+        sender,
+        Direction::Inbound,
+        "messages",
+        msg,
+    )
+}
+
+/// The `value` of an `smb_message_echoes` change (Business-app
+/// coexistence): `message_echoes[]`, messages a person sent from the
+/// WhatsApp Business app on the same number. They are outbound messages of
+/// the customer's conversation (`to`), marked `details.sent_from =
+/// "business_app"`, so the timeline shows both sides.
+fn echoes_value(ctx: &EntryCtx, value: &Value, out: &mut Vec<NormalizedItem>) {
+    let business_id = value
+        .get("metadata")
+        .and_then(|m| id_at(m, "phone_number_id"))
+        .unwrap_or_else(|| ctx.account_id.clone());
+    let Some(Value::Array(echoes)) = value.get("message_echoes") else {
+        return;
+    };
+    for echo in echoes {
+        let customer = ContactRef::whatsapp(id_at(echo, "to"), None, None, None, None);
+        let mut item = message_of(
+            ctx,
+            &business_id,
+            customer,
+            Direction::Outbound,
+            "smb_message_echoes",
+            echo,
+        );
+        if let NormalizedItem::Message(m) = &mut item {
+            if let Value::Object(details) = &mut m.details {
+                details.insert("sent_from".to_owned(), Value::String("business_app".into()));
+            }
+        }
+        out.push(item);
+    }
+}
+
+/// A message of `contact` in `direction`; without an `id` or a contact, an
+/// unsupported page change of `field` carrying it verbatim.
+fn message_of(
+    ctx: &EntryCtx,
+    business_id: &str,
+    contact: Option<ContactRef>,
+    direction: Direction,
+    field: &str,
+    msg: &Value,
+) -> NormalizedItem {
+    let timestamp = secs_at(msg, "timestamp");
+    let (Some(id), Some(contact)) = (id_at(msg, "id"), contact) else {
+        return ctx.unsupported(field, msg.clone(), timestamp);
     };
     let mut m = NormalizedMessage {
         channel: ctx.channel,
         account_id: ctx.account_id.clone(),
         business_id: business_id.to_owned(),
         provider_message_id: id,
-        direction: Direction::Inbound,
+        direction,
         contact,
         kind: "message".to_owned(),
         message_type: "unsupported".to_owned(),
@@ -356,6 +413,18 @@ fn fill_type(m: &mut NormalizedMessage, ty: &str, msg: &Value) -> bool {
             };
             m.text = text_at(system, "body");
             m.details = system.clone();
+            // The user's BSUID changed: the contact moves to the new one
+            // and keeps the old one linked (its history stays theirs).
+            if m.message_type == "system.user_changed_user_id" {
+                if let Some(new) = id_at(system, "user_id") {
+                    if m.contact.user_id.as_deref() != Some(new.as_str()) {
+                        m.contact.former_user_id = m.contact.user_id.replace(new);
+                    }
+                }
+                if let Some(parent) = id_at(system, "parent_user_id") {
+                    m.contact.parent_user_id = Some(parent);
+                }
+            }
         }
         _ => return false,
     }
