@@ -25,9 +25,30 @@ use crate::config::EventSettings;
 use crate::events::{outbox_row, parse_event, Event, EventSink};
 use crate::plan::OutboxRow;
 use crate::queue::{ConsumerConfig, GroupConsumer, RedisQueue};
-use crate::relay::LocalSink;
+use crate::relay::{LocalSink, SinkError};
 use crate::store::{OutboxEntry, Store};
 use crate::streams::{bus_group, EVENTS};
+
+/// Why a handler could not handle an event this time (it is retried, then
+/// recorded in `event_failures` with this message).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct HandlerError(Box<dyn std::error::Error + Send + Sync>);
+
+impl HandlerError {
+    /// Wraps the cause (any error, or a message).
+    pub fn new(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(cause.into())
+    }
+}
+
+/// Publishing events failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The events stream could not be written.
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+}
 
 /// A subscriber.
 pub trait Handler: Send + Sync + 'static {
@@ -36,7 +57,7 @@ pub trait Handler: Send + Sync + 'static {
     /// Whether the handler wants this event at all.
     fn wants(&self, event: &Event) -> bool;
     /// Handles one event; an error is retried.
-    fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), String>>;
+    fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), HandlerError>>;
     /// Whether deliveries are recorded in `processed_events` so the handler
     /// never sees an event twice. Cheap, harmless handlers (metrics, audit)
     /// opt out to spare two round trips per event.
@@ -48,7 +69,7 @@ pub trait Handler: Send + Sync + 'static {
 /// One interface, in-memory or Redis-backed.
 pub trait EventBus: Send + Sync {
     /// Publishes events to every subscriber.
-    fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), String>>;
+    fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), BusError>>;
     /// Adds a subscriber.
     fn subscribe(&self, handler: Arc<dyn Handler>);
 }
@@ -104,7 +125,7 @@ impl Dispatcher {
                     }
                     return;
                 }
-                Ok(Err(e)) => last_error = e,
+                Ok(Err(e)) => last_error = e.to_string(),
                 Err(_) => {
                     last_error = format!("timed out after {:?}", self.settings.handler_timeout)
                 }
@@ -155,7 +176,7 @@ impl MemoryBus {
 }
 
 impl EventBus for MemoryBus {
-    fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), String>> {
+    fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), BusError>> {
         self.send_all(events);
         Box::pin(async { Ok(()) })
     }
@@ -190,7 +211,7 @@ impl LocalSink for MemoryBusSink {
         EVENTS
     }
 
-    fn deliver(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), String>> {
+    fn deliver(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), SinkError>> {
         let events: Vec<Event> = entries
             .iter()
             .filter_map(|e| {
@@ -243,7 +264,7 @@ impl RedisBus {
 }
 
 impl EventBus for RedisBus {
-    fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), String>> {
+    fn publish(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             let rows: Vec<OutboxRow> = events.iter().map(outbox_row).collect();
             let entries: Vec<Vec<(&str, Vec<u8>)>> = rows
@@ -255,10 +276,8 @@ impl EventBus for RedisBus {
                         .collect()
                 })
                 .collect();
-            self.queue
-                .publish_many(EVENTS, &entries)
-                .await
-                .map_err(|e| e.to_string())
+            self.queue.publish_many(EVENTS, &entries).await?;
+            Ok(())
         })
     }
 
@@ -340,7 +359,7 @@ impl Handler for AuditHandler {
         false
     }
 
-    fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), String>> {
+    fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), HandlerError>> {
         let mut rec = AuditRecord::new("event")
             .with("event_type", event.event_type.as_str())
             .with("event_id", event.id.to_string())
@@ -378,7 +397,7 @@ impl Handler for MetricsHandler {
         false
     }
 
-    fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), String>> {
+    fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), HandlerError>> {
         metrics::counter!("inlet_events_total", "type" => event.event_type.clone()).increment(1);
         Box::pin(async { Ok(()) })
     }

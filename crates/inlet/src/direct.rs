@@ -17,10 +17,10 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::dlq::letter::DeadLetter;
 use crate::envelope::RawEvent;
-use crate::ingest::DirectHandler;
+use crate::ingest::{DirectError, DirectHandler};
 use crate::pipeline::{OnExhausted, Pipeline, RetryPolicy};
 
-type Reply = oneshot::Sender<Result<(), String>>;
+type Reply = oneshot::Sender<Result<(), DirectError>>;
 
 /// The in-process pipeline behind [`crate::ingest::Ingest`].
 pub struct DirectPipeline {
@@ -59,20 +59,20 @@ impl DirectPipeline {
                 let mut failed_dead = std::collections::HashMap::new();
                 for letter in &outcome.dead {
                     if let Err(e) = committer.store().put_dead_letter(letter).await {
-                        failed_dead.insert(letter.event.trace_id, e.to_string());
+                        failed_dead.insert(letter.event.trace_id, e);
                     }
                 }
                 let unavailable: std::collections::HashMap<_, _> = outcome
                     .unavailable
                     .iter()
-                    .map(|(ev, e)| (ev.trace_id, e.to_string()))
+                    .map(|(ev, e)| (ev.trace_id, e.clone()))
                     .collect();
                 if !outcome.stored.is_empty() {
                     committed.notify_one();
                 }
                 for (id, reply) in ids.into_iter().zip(replies) {
                     let result = match (unavailable.get(&id), failed_dead.get(&id)) {
-                        (Some(e), _) | (_, Some(e)) => Err(e.clone()),
+                        (Some(e), _) | (_, Some(e)) => Err(DirectError::Store(e.clone())),
                         _ => Ok(()),
                     };
                     let _ = reply.send(result);
@@ -84,26 +84,25 @@ impl DirectPipeline {
 }
 
 impl DirectHandler for DirectPipeline {
-    fn handle(&self, event: RawEvent) -> BoxFuture<'_, Result<(), String>> {
+    fn handle(&self, event: RawEvent) -> BoxFuture<'_, Result<(), DirectError>> {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
             self.tx
                 .send((event, reply))
                 .await
-                .map_err(|_| "direct pipeline stopped".to_string())?;
-            rx.await
-                .map_err(|_| "direct pipeline dropped the event".to_string())?
+                .map_err(|_| DirectError::Stopped)?;
+            rx.await.map_err(|_| DirectError::Dropped)?
         })
     }
 
-    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), String>> {
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), DirectError>> {
         Box::pin(async move {
             self.pipeline
                 .store()
                 .put_dead_letter(&letter)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(DirectError::from)
         })
     }
 

@@ -122,7 +122,29 @@ pub enum DlqError {
     Store(#[from] crate::store::StoreError),
     /// The replayed event could not be processed.
     #[error("replay of {0} failed: {1}")]
-    Replay(String, String),
+    Replay(String, #[source] ReplayError),
+}
+
+/// Why an event could not be sent through processing again.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// Appending to the raw stream failed.
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+    /// The store was unavailable (direct processing).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Processing dead-lettered the event again.
+    #[error("{reason}: {error}")]
+    Dead {
+        /// Dead-letter reason.
+        reason: String,
+        /// The error.
+        error: String,
+    },
+    /// There is nowhere to send it.
+    #[error("neither Redis nor a store is configured")]
+    NotConfigured,
 }
 
 /// Dead letters in both places, plus replay.
@@ -297,11 +319,11 @@ pub async fn replay_event(
     audit: &Audit,
     event: RawEvent,
     origin: &str,
-) -> Result<(), String> {
+) -> Result<(), ReplayError> {
     let trace_id = event.trace_id;
     let (source, tenant) = (event.source.as_str(), event.tenant.clone());
     let via = if let Some(q) = queue {
-        q.enqueue_raw(&event).await.map_err(|e| e.to_string())?;
+        q.enqueue_raw(&event).await?;
         "queue"
     } else if let Some(s) = store {
         let pipeline = Pipeline::new(s.clone(), audit.clone(), "replay");
@@ -313,15 +335,18 @@ pub async fn replay_event(
         let outcome = pipeline
             .process(vec![event], &policy, OnExhausted::GiveBack)
             .await;
-        if let Some((_, e)) = outcome.unavailable.first() {
-            return Err(e.to_string());
+        if let Some((_, e)) = outcome.unavailable.into_iter().next() {
+            return Err(e.into());
         }
-        if let Some(d) = outcome.dead.first() {
-            return Err(format!("{}: {}", d.reason, d.error));
+        if let Some(d) = outcome.dead.into_iter().next() {
+            return Err(ReplayError::Dead {
+                reason: d.reason,
+                error: d.error,
+            });
         }
         "direct"
     } else {
-        return Err("neither Redis nor a store is configured".into());
+        return Err(ReplayError::NotConfigured);
     };
     audit.write(
         AuditRecord::new("replayed")
@@ -370,5 +395,22 @@ mod tests {
         );
         assert_eq!(DlqId::parse("nope"), None);
         assert_eq!(DlqId::Store(4).to_string(), "db-4");
+    }
+
+    #[test]
+    fn replay_errors_keep_their_cause() {
+        use std::error::Error as _;
+        let e = DlqError::Replay(
+            "db-1".into(),
+            ReplayError::Store(crate::store::StoreError::Unavailable(
+                "pool timed out".into(),
+            )),
+        );
+        assert_eq!(
+            e.to_string(),
+            "replay of db-1 failed: store unavailable: pool timed out"
+        );
+        let cause = e.source().expect("the replay error is the source");
+        assert_eq!(cause.to_string(), "store unavailable: pool timed out");
     }
 }

@@ -51,17 +51,47 @@ pub enum Accepted {
 
 /// The event could not be made durable: answer 503.
 #[derive(Debug, thiserror::Error)]
-#[error("event not kept: {0}")]
-pub struct Unavailable(pub String);
+pub enum Unavailable {
+    /// Redis failed and the in-process pipeline could not keep it.
+    #[error("event not kept: {0}")]
+    Direct(#[source] DirectError),
+    /// Redis failed and there is no in-process pipeline.
+    #[error("event not kept: redis unavailable and no direct-mode store")]
+    NoStore,
+}
+
+impl Unavailable {
+    /// Why, without the "event not kept" prefix (audit reason).
+    pub fn detail(&self) -> String {
+        match self {
+            Unavailable::Direct(e) => e.to_string(),
+            Unavailable::NoStore => "redis unavailable and no direct-mode store".into(),
+        }
+    }
+}
+
+/// The in-process pipeline could not keep an event.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DirectError {
+    /// Its committer task has stopped.
+    #[error("direct pipeline stopped")]
+    Stopped,
+    /// Its committer task dropped the event without an answer.
+    #[error("direct pipeline dropped the event")]
+    Dropped,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
 
 /// In-process handling used in direct mode: runs the whole pipeline and
 /// resolves once the store transaction has committed (or dead-lettered the
 /// event durably). An error means nothing was kept.
 pub trait DirectHandler: Send + Sync + 'static {
     /// Processes one event to durability.
-    fn handle(&self, event: RawEvent) -> BoxFuture<'_, Result<(), String>>;
+    fn handle(&self, event: RawEvent) -> BoxFuture<'_, Result<(), DirectError>>;
     /// Keeps a dead letter (the store's DLQ table).
-    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), String>>;
+    fn dead_letter(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), DirectError>>;
     /// Whether the store answers.
     fn ready(&self) -> BoxFuture<'_, bool>;
 }
@@ -256,10 +286,8 @@ impl Ingest {
                 .handle(event)
                 .await
                 .map(|()| Accepted::Direct)
-                .map_err(Unavailable),
-            None => Err(Unavailable(
-                "redis unavailable and no direct-mode store".into(),
-            )),
+                .map_err(Unavailable::Direct),
+            None => Err(Unavailable::NoStore),
         }
     }
 
@@ -274,10 +302,11 @@ impl Ingest {
             }
         }
         match &self.inner.direct {
-            Some(direct) => direct.dead_letter(letter).await.map_err(Unavailable),
-            None => Err(Unavailable(
-                "redis unavailable and no direct-mode store".into(),
-            )),
+            Some(direct) => direct
+                .dead_letter(letter)
+                .await
+                .map_err(Unavailable::Direct),
+            None => Err(Unavailable::NoStore),
         }
     }
 

@@ -348,3 +348,62 @@ fn an_upward_import_is_caught() {
     let paths = crate_paths(&code_only("let row = crate::bus::outbox_row(e);"));
     assert_eq!(module_of(&paths[0]), "bus");
 }
+
+/// The error type of every `Result<T, E>` spelled in `code` (whitespace
+/// removed), where it has two type arguments.
+fn result_error_types(code: &str) -> Vec<String> {
+    let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    let mut out = Vec::new();
+    for (start, _) in code.match_indices("Result<") {
+        let args = &code[start + "Result<".len()..];
+        let (mut depth, mut last_comma, mut end) = (0usize, None, None);
+        for (i, c) in args.char_indices() {
+            match c {
+                '<' | '(' | '[' => depth += 1,
+                '>' if i > 0 && args.as_bytes()[i - 1] == b'-' => {}
+                '>' | ')' | ']' if depth == 0 => {
+                    end = Some(i);
+                    break;
+                }
+                '>' | ')' | ']' => depth -= 1,
+                ',' if depth == 0 => last_comma = Some(i),
+                _ => {}
+            }
+        }
+        if let (Some(comma), Some(end)) = (last_comma, end) {
+            out.push(args[comma + 1..end].to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn library_errors_are_typed() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut bare = Vec::new();
+    for file in files {
+        let code = code_only(&std::fs::read_to_string(&file).expect("reading a source file"));
+        if result_error_types(&code).iter().any(|e| e == "String") {
+            bare.push(file.strip_prefix(&src).unwrap().display().to_string());
+        }
+    }
+    assert!(
+        bare.is_empty(),
+        "Result<_, String> in {bare:?}: return a thiserror type that keeps the source"
+    );
+}
+
+#[test]
+fn result_error_types_are_read() {
+    assert_eq!(
+        result_error_types("fn f() -> Result<Vec<(String, u8)>, String> {}"),
+        ["String"]
+    );
+    assert_eq!(
+        result_error_types("BoxFuture<'a, Result<Option<String>,\n StoreError>>"),
+        ["StoreError"]
+    );
+    assert!(result_error_types("io::Result<String>").is_empty());
+}

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::ingest::{Ingest, Mode};
-use crate::queue::RedisQueue;
-use crate::store::{OutboxClaim, OutboxEntry, Store};
+use crate::queue::{QueueError, RedisQueue};
+use crate::store::{OutboxClaim, OutboxEntry, Store, StoreError};
 use crate::streams::EVENTS;
 
 /// Where the relay gets its Redis connection.
@@ -43,13 +43,39 @@ impl RelayTarget {
     }
 }
 
+/// A local sink could not take entries (they stay in the outbox).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct SinkError(Box<dyn std::error::Error + Send + Sync>);
+
+impl SinkError {
+    /// Wraps the cause (any error, or a message).
+    pub fn new(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(cause.into())
+    }
+}
+
+/// A relay pass failed; the entries stay pending for the next one.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Claiming or completing entries failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Publishing to Redis failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// A local sink refused the entries.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
 /// An in-process consumer of one outbox stream, used when Redis is not
 /// available.
 pub trait LocalSink: Send + Sync + 'static {
     /// The stream it consumes (without prefix).
     fn stream(&self) -> &'static str;
     /// Handles entries; an error leaves them in the outbox for a retry.
-    fn deliver(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), String>>;
+    fn deliver(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), SinkError>>;
 }
 
 /// A local "consumer" that drops what it is handed: with no Redis configured
@@ -64,7 +90,7 @@ impl LocalSink for DiscardSink {
         self.0
     }
 
-    fn deliver(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), String>> {
+    fn deliver(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), SinkError>> {
         metrics::counter!("inlet_outbox_discarded_total", "stream" => self.0)
             .increment(entries.len() as u64);
         Box::pin(async { Ok(()) })
@@ -79,23 +105,24 @@ type Fields<'a> = Vec<(&'a str, Vec<u8>)>;
 /// Publishes one batch of pending outbox entries and one batch of new
 /// event-log rows; returns the larger of the two counts (a full batch means
 /// there may be more).
-pub async fn relay_once(store: &Store, queue: &RedisQueue) -> Result<usize, String> {
-    let outbox = store
-        .outbox_claim(None, BATCH)
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn relay_once(store: &Store, queue: &RedisQueue) -> Result<usize, RelayError> {
+    let outbox = store.outbox_claim(None, BATCH).await?;
     let from_outbox = publish_claim(outbox, queue).await?;
-    let log = store.log_claim(BATCH).await.map_err(|e| e.to_string())?;
+    let log = store.log_claim(BATCH).await?;
     let from_log = publish_claim(log, queue).await?;
     Ok(from_outbox.max(from_log))
 }
 
 /// Publishes a claim's entries to their streams, then completes it (or
 /// releases it when publishing failed).
-async fn publish_claim(claim: Box<dyn OutboxClaim>, queue: &RedisQueue) -> Result<usize, String> {
+async fn publish_claim(
+    claim: Box<dyn OutboxClaim>,
+    queue: &RedisQueue,
+) -> Result<usize, RelayError> {
     let n = claim.entries().len();
     if n == 0 {
-        return claim.release().await.map(|()| 0).map_err(|e| e.to_string());
+        claim.release().await?;
+        return Ok(0);
     }
     let published = {
         let mut by_stream: BTreeMap<&str, Vec<Fields<'_>>> = BTreeMap::new();
@@ -111,7 +138,7 @@ async fn publish_claim(claim: Box<dyn OutboxClaim>, queue: &RedisQueue) -> Resul
         let mut result = Ok(());
         for (stream, entries) in &by_stream {
             if let Err(e) = queue.publish_many(stream, entries).await {
-                result = Err(e.to_string());
+                result = Err(e);
                 break;
             }
         }
@@ -119,9 +146,9 @@ async fn publish_claim(claim: Box<dyn OutboxClaim>, queue: &RedisQueue) -> Resul
     };
     if let Err(e) = published {
         let _ = claim.release().await;
-        return Err(e);
+        return Err(e.into());
     }
-    claim.complete().await.map_err(|e| e.to_string())?;
+    claim.complete().await?;
     metrics::counter!("inlet_outbox_published_total").increment(n as u64);
     Ok(n)
 }
@@ -132,16 +159,13 @@ async fn publish_claim(claim: Box<dyn OutboxClaim>, queue: &RedisQueue) -> Resul
 pub async fn deliver_local_once(
     store: &Store,
     sinks: &[Arc<dyn LocalSink>],
-) -> Result<usize, String> {
+) -> Result<usize, RelayError> {
     let mut n = 0;
     for sink in sinks {
-        let outbox = store
-            .outbox_claim(Some(sink.stream()), BATCH)
-            .await
-            .map_err(|e| e.to_string())?;
+        let outbox = store.outbox_claim(Some(sink.stream()), BATCH).await?;
         n = n.max(deliver_claim(outbox, sink.as_ref()).await?);
         if sink.stream() == EVENTS {
-            let log = store.log_claim(BATCH).await.map_err(|e| e.to_string())?;
+            let log = store.log_claim(BATCH).await?;
             n = n.max(deliver_claim(log, sink.as_ref()).await?);
         }
     }
@@ -150,16 +174,20 @@ pub async fn deliver_local_once(
 
 /// Hands a claim's entries to a local sink, then completes it (or releases
 /// it when the sink failed).
-async fn deliver_claim(claim: Box<dyn OutboxClaim>, sink: &dyn LocalSink) -> Result<usize, String> {
+async fn deliver_claim(
+    claim: Box<dyn OutboxClaim>,
+    sink: &dyn LocalSink,
+) -> Result<usize, RelayError> {
     let count = claim.entries().len();
     if count == 0 {
-        return claim.release().await.map(|()| 0).map_err(|e| e.to_string());
+        claim.release().await?;
+        return Ok(0);
     }
     if let Err(e) = sink.deliver(claim.entries().to_vec()).await {
         let _ = claim.release().await;
-        return Err(e);
+        return Err(e.into());
     }
-    claim.complete().await.map_err(|e| e.to_string())?;
+    claim.complete().await?;
     Ok(count)
 }
 
@@ -202,7 +230,7 @@ async fn drain(
     store: &Store,
     target: &RelayTarget,
     local: &[Arc<dyn LocalSink>],
-) -> Result<(), String> {
+) -> Result<(), RelayError> {
     match target.queue().await {
         Some(queue) => loop {
             if relay_once(store, &queue).await? < BATCH as usize {

@@ -305,16 +305,27 @@ pub fn stall_threshold(settings: &Settings) -> Duration {
     settings.worker.claim_idle * 2
 }
 
+/// Redis or the store could not be looked at.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Redis failed.
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The SQLite file is not there (and looking must not create it).
+    #[error("{0} does not exist yet (the gateway creates it on its first start)")]
+    NoDatabase(String),
+}
+
 /// Connects to the configured Redis and pings it; `Ok(None)` when no Redis
 /// is configured.
-pub async fn connect_queue(settings: &Settings) -> Result<Option<RedisQueue>, String> {
-    let Some(queue) = RedisQueue::from_settings(settings)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
+pub async fn connect_queue(settings: &Settings) -> Result<Option<RedisQueue>, ProbeError> {
+    let Some(queue) = RedisQueue::from_settings(settings).await? else {
         return Ok(None);
     };
-    queue.ping().await.map_err(|e| e.to_string())?;
+    queue.ping().await?;
     Ok(Some(queue))
 }
 
@@ -330,20 +341,16 @@ fn sqlite_file(url: &str) -> Option<&str> {
 /// Opens the configured store and pings it, without creating anything: a
 /// SQLite file that does not exist yet is reported, not created (looking
 /// must not change what is looked at).
-pub async fn open_store(settings: &Settings) -> Result<Store, String> {
+pub async fn open_store(settings: &Settings) -> Result<Store, ProbeError> {
     if !settings.uses_postgres() {
         if let Some(path) = sqlite_file(&settings.database_url) {
             if !Path::new(path).exists() {
-                return Err(format!(
-                    "{path} does not exist yet (the gateway creates it on its first start)"
-                ));
+                return Err(ProbeError::NoDatabase(path.to_string()));
             }
         }
     }
-    let store = crate::store::from_settings(settings)
-        .await
-        .map_err(|e| e.to_string())?;
-    store.ping().await.map_err(|e| e.to_string())?;
+    let store = crate::store::from_settings(settings).await?;
+    store.ping().await?;
     Ok(store)
 }
 
@@ -369,7 +376,7 @@ pub async fn gather(settings: &Settings) -> StatusReport {
             Err(e) => redis.error = Some(e.to_string()),
         },
         Ok(None) => {}
-        Err(e) => redis.error = Some(e),
+        Err(e) => redis.error = Some(e.to_string()),
     }
     let mut store = StoreStatus {
         backend: if settings.uses_postgres() {
@@ -394,7 +401,7 @@ pub async fn gather(settings: &Settings) -> StatusReport {
                 Err(e) => store.error = Some(e.to_string()),
             }
         }
-        Err(e) => store.error = Some(e),
+        Err(e) => store.error = Some(e.to_string()),
     }
     let mut report = StatusReport {
         checked_at: Utc::now(),

@@ -19,7 +19,7 @@ use serde_json::json;
 use sha2::Sha256;
 use tokio::sync::RwLock;
 
-use crate::bus::Handler;
+use crate::bus::{Handler, HandlerError};
 use crate::events::Event;
 use crate::store::events::Subscription;
 use crate::store::Store;
@@ -107,6 +107,16 @@ pub enum Delivery {
     Ok(u16),
     /// Non-2xx or transport error.
     Failed(String),
+}
+
+/// Every attempt to deliver an event to a subscription failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{subscription}: {last}")]
+struct WebhookFailed {
+    /// The subscription's name.
+    subscription: String,
+    /// The last attempt's outcome.
+    last: String,
 }
 
 /// The outgoing-webhook subscriber.
@@ -198,7 +208,7 @@ impl WebhookHandler {
         }
     }
 
-    async fn deliver_to(&self, sub: &Subscription, event: &Event) -> Result<(), String> {
+    async fn deliver_to(&self, sub: &Subscription, event: &Event) -> Result<(), WebhookFailed> {
         let handler = format!("webhook:{}", sub.id);
         let key = match &event.replay {
             Some(r) => format!("{}#replay:{r}", event.id),
@@ -239,7 +249,10 @@ impl WebhookHandler {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not record delivery outcome"),
         }
-        Err(format!("{}: {last}", sub.name))
+        Err(WebhookFailed {
+            subscription: sub.name.clone(),
+            last,
+        })
     }
 }
 
@@ -257,7 +270,7 @@ impl Handler for WebhookHandler {
         false
     }
 
-    fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), String>> {
+    fn handle<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             // Subscription changes are events too, and arrive in order before
             // the events committed after them: drop the cached list so a new

@@ -29,7 +29,7 @@ use super::{Cache, CacheKey};
 use crate::backoff::{Backoff, Streak};
 use crate::config::Settings;
 use crate::queue::{Batch, ConsumerConfig, GroupConsumer, RedisQueue, StreamEntry};
-use crate::relay::LocalSink;
+use crate::relay::{LocalSink, SinkError};
 use crate::store::OutboxEntry;
 use crate::streams::{CACHE_GROUP, CACHE_SYNC};
 
@@ -279,7 +279,7 @@ impl LocalSink for LocalCacheSink {
         CACHE_SYNC
     }
 
-    fn deliver(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), String>> {
+    fn deliver(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
             metrics::counter!("inlet_cache_jobs_total").increment(entries.len() as u64);
             let keys = entries.iter().flat_map(|e| {

@@ -270,7 +270,7 @@ async fn receive_inner(
                 state.audit.write(rec);
                 ack(started, source, "dead_lettered")
             }
-            Err(e) => unavailable(state, source, trace_id, &tenant, started, &e.0),
+            Err(e) => unavailable(state, source, trace_id, &tenant, started, &e.detail()),
         };
     }
 
@@ -295,7 +295,7 @@ async fn receive_inner(
             state.audit.write(rec);
             ack(started, source, outcome)
         }
-        Err(e) => unavailable(state, source, trace_id, &tenant, started, &e.0),
+        Err(e) => unavailable(state, source, trace_id, &tenant, started, &e.detail()),
     }
 }
 

@@ -80,9 +80,7 @@ pub enum NormalizeError {
 /// [`normalize`], and the two always agree on the error variant.
 pub fn check_shape(body: &[u8]) -> Result<(), NormalizeError> {
     match serde_json::from_slice::<Shape>(body) {
-        Ok(Shape::Object { object, entry }) => {
-            shape_verdict(object, entry).map_err(NormalizeError::NotMetaShape)
-        }
+        Ok(Shape::Object { object, entry }) => shape_verdict(object, entry),
         Ok(Shape::NotObject(kind)) => Err(NormalizeError::NotMetaShape(format!(
             "top level is {kind}, not an object"
         ))),
@@ -109,7 +107,7 @@ pub fn normalize(body: &[u8]) -> Result<Vec<NormalizedItem>, NormalizeError> {
     };
     let object = root.get("object").map(JsonKind::of);
     let entry = root.get("entry").map(JsonKind::of);
-    shape_verdict(object, entry).map_err(NormalizeError::NotMetaShape)?;
+    shape_verdict(object, entry)?;
     let (Some(Value::String(object)), Some(Value::Array(entries))) =
         (root.get("object"), root.get("entry"))
     else {
@@ -187,16 +185,17 @@ fn json_kind(value: &Value) -> &'static str {
 }
 
 /// Shared by [`check_shape`] and [`normalize`] so both say the same thing.
-fn shape_verdict(object: Option<JsonKind>, entry: Option<JsonKind>) -> Result<(), String> {
+fn shape_verdict(object: Option<JsonKind>, entry: Option<JsonKind>) -> Result<(), NormalizeError> {
+    let not_meta = |why: String| Err(NormalizeError::NotMetaShape(why));
     match object {
-        None => return Err("missing `object`".to_owned()),
+        None => return not_meta("missing `object`".to_owned()),
         Some(JsonKind::String) => {}
-        Some(kind) => return Err(format!("`object` is {}, not a string", kind.name())),
+        Some(kind) => return not_meta(format!("`object` is {}, not a string", kind.name())),
     }
     match entry {
-        None => Err("missing `entry`".to_owned()),
+        None => not_meta("missing `entry`".to_owned()),
         Some(JsonKind::Array) => Ok(()),
-        Some(kind) => Err(format!("`entry` is {}, not an array", kind.name())),
+        Some(kind) => not_meta(format!("`entry` is {}, not an array", kind.name())),
     }
 }
 

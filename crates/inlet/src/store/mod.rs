@@ -25,7 +25,7 @@ use crate::envelope::{RawEvent, Source};
 use crate::plan::Delivery;
 
 /// A store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database is unreachable or asked for a retry (connection refused,
     /// pool timeout, serialization failure, deadlock, SQLite busy). Retrying
