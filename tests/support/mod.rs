@@ -23,6 +23,8 @@ use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub mod graph;
+
 /// The app secret every test gateway accepts first.
 pub const SECRET: &str = "test-secret-0123456789";
 /// A second accepted secret (rotation).

@@ -18,6 +18,9 @@ use serde::Deserialize;
 use crate::envelope::Source;
 use crate::signature::SigningKey;
 
+mod outbound;
+pub use outbound::{GraphSettings, OutboundSettings, TokenSource, UnknownPolicy};
+
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -87,6 +90,10 @@ pub struct Settings {
     pub processed_events_retention_days: u32,
     /// Event bus behaviour.
     pub events: EventSettings,
+    /// `[graph]`: the Graph API endpoint and the default app's token.
+    pub graph: GraphSettings,
+    /// `[outbound]`: the sender.
+    pub outbound: OutboundSettings,
 }
 
 /// Event bus behaviour (`[events]`).
@@ -117,6 +124,12 @@ pub struct AppSettings {
     pub verify_token: Option<SecretString>,
     /// Sources this app may post to; empty means all.
     pub sources: Vec<Source>,
+    /// Graph access token this app sends with (`access_token` /
+    /// `access_token_file`; the default app: `graph.access_token`).
+    pub access_token: Option<TokenSource>,
+    /// Phone number ids / Page ids / Instagram account ids this app sends
+    /// from (`senders`); the default app sends for any other sender.
+    pub senders: Vec<String>,
 }
 
 impl AppSettings {
@@ -227,7 +240,22 @@ impl Settings {
         self.data_dir.join("cache")
     }
 
-    /// Whether the store is Postgres (else SQLite).
+    /// The app that sends for `sender` (a phone number id or Page id): the
+    /// one listing it in `senders`, else the first app without a `senders`
+    /// list that has a token, else the default app.
+    pub fn sending_app(&self, sender: &str) -> Option<&AppSettings> {
+        self.apps
+            .iter()
+            .find(|a| a.senders.iter().any(|s| s == sender))
+            .or_else(|| {
+                self.apps
+                    .iter()
+                    .find(|a| a.senders.is_empty() && a.access_token.is_some())
+            })
+            .or_else(|| self.apps.first())
+    }
+
+    /// Whether the store is Postgres.
     pub fn uses_postgres(&self) -> bool {
         self.database_url.starts_with("postgres://")
             || self.database_url.starts_with("postgresql://")
@@ -334,6 +362,8 @@ struct RawSettings {
     cache: RawCache,
     database: RawDatabase,
     events: RawEvents,
+    graph: outbound::RawGraph,
+    outbound: outbound::RawOutbound,
 }
 
 #[derive(Debug, Deserialize)]
@@ -371,6 +401,12 @@ struct RawApp {
     verify_token: Option<String>,
     #[serde(default)]
     sources: StringList,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    access_token_file: Option<PathBuf>,
+    #[serde(default)]
+    senders: StringList,
 }
 
 #[derive(Debug, Deserialize)]
@@ -520,6 +556,12 @@ impl RawSettings {
                 secrets: secrets.into_iter().map(SecretString::from).collect(),
                 verify_token: non_empty(app.verify_token).map(SecretString::from),
                 sources: parse_sources(&format!("{key}.sources"), app.sources)?,
+                access_token: outbound::token_source(
+                    &format!("{key}.access_token"),
+                    app.access_token,
+                    app.access_token_file,
+                )?,
+                senders: app.senders.into_vec(),
             });
         }
 
@@ -528,6 +570,8 @@ impl RawSettings {
             default_secrets.extend(read_secret_file("app_secret_file", path)?);
         }
         let verify_token = non_empty(self.verify_token).map(SecretString::from);
+        let graph = self.graph.validate()?;
+        let outbound = self.outbound.validate()?;
         let mut generated_secret = None;
         if default_secrets.is_empty() && apps.is_empty() {
             // Nothing configured: a newcomer running the embedded default.
@@ -548,6 +592,8 @@ impl RawSettings {
                         .collect(),
                     verify_token,
                     sources: Vec::new(),
+                    access_token: graph.access_token.clone(),
+                    senders: Vec::new(),
                 },
             );
         } else if verify_token.is_some() {
@@ -698,6 +744,8 @@ impl RawSettings {
                 rebuild_interval: Duration::from_secs(self.cache.rebuild_interval_s),
                 summary_interval: Duration::from_millis(self.cache.summary_interval_ms),
             },
+            graph,
+            outbound,
         })
     }
 }

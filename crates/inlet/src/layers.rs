@@ -23,7 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["relay"],
     &["bus"],
     &["pipeline", "cache", "webhooks"],
-    &["worker", "direct", "dlq", "status"],
+    &["worker", "direct", "dlq", "status", "sender"],
     &["http"],
     &["service"],
 ];

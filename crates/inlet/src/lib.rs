@@ -31,6 +31,8 @@
 //! - [`store`]: the storage trait and its Postgres/SQLite implementation.
 //! - [`telemetry`]: tracing, Prometheus recorder, shutdown signal.
 //! - [`status`]: deployment health (`inlet status`) and the gauges sampler.
+//! - [`sender`]: the outbound sender (Graph client, shared limiter, the
+//!   claim → pace → send → record loop).
 
 pub mod audit;
 pub mod backoff;
@@ -52,6 +54,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod queue;
 pub mod relay;
+pub mod sender;
 pub mod service;
 pub mod signature;
 pub mod status;

@@ -376,6 +376,10 @@ pub struct StatusUpdate {
     pub conversation: Option<Value>,
     /// WhatsApp `pricing` object, verbatim.
     pub pricing: Option<Value>,
+    /// WhatsApp `biz_opaque_callback_data`: what the sender put in the
+    /// request (Inlet's outbound id), returned on sent/delivered/read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_data: Option<String>,
 }
 
 /// A non-message event on an account: Page `changes` (leadgen, feed), and

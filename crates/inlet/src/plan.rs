@@ -173,6 +173,22 @@ pub struct WritePlan {
 }
 
 impl WritePlan {
+    /// The plan of items Inlet produced itself (an outbound message once
+    /// Meta accepted it): contacts, conversations, messages and their
+    /// events, but no raw event, since none was received.
+    pub fn build_local(
+        tenant: &str,
+        source: crate::envelope::Source,
+        trace_id: Uuid,
+        items: Vec<NormalizedItem>,
+    ) -> WritePlan {
+        let mut event = RawEvent::new(source, tenant, bytes::Bytes::new());
+        event.trace_id = trace_id;
+        let mut plan = WritePlan::build(&[Delivery { event, items }]);
+        plan.raw.clear();
+        plan
+    }
+
     /// Builds the plan of a batch.
     pub fn build(deliveries: &[Delivery]) -> WritePlan {
         let mut plan = WritePlan::default();

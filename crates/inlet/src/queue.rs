@@ -201,6 +201,12 @@ impl RedisQueue {
         format!("{}{}", self.prefix, name)
     }
 
+    /// The shared (multiplexed, self-reconnecting) connection, for
+    /// components that run their own commands (the sender's limiter).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix

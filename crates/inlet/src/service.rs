@@ -135,6 +135,7 @@ pub struct RunningGateway {
     pub cache: crate::cache::Cache,
     task: JoinHandle<std::io::Result<()>>,
     relay: JoinHandle<()>,
+    sender: Option<JoinHandle<()>>,
 }
 
 impl RunningGateway {
@@ -150,6 +151,9 @@ impl RunningGateway {
             Err(e) => Err(std::io::Error::other(e)),
         };
         let _ = self.relay.await;
+        if let Some(sender) = self.sender {
+            let _ = sender.await;
+        }
         res
     }
 }
@@ -211,6 +215,11 @@ pub async fn start_gateway(
         local.push(Arc::new(crate::relay::DiscardSink(
             crate::streams::INCOMING_NORMALIZED,
         )));
+        // The command copy on `outgoing.command` is for Redis consumers; the
+        // in-process sender reads the store.
+        local.push(Arc::new(crate::relay::DiscardSink(
+            crate::streams::OUTGOING_COMMAND,
+        )));
     }
     let relay = spawn_relay(
         store.clone(),
@@ -223,6 +232,25 @@ pub async fn start_gateway(
     if settings.redis_url.is_none() {
         spawn_retention(&settings, Some(store.clone()), shutdown.clone());
     }
+    // Without Redis there is no worker: the gateway sends itself, paced by
+    // an in-process limiter (one process).
+    let sender = if settings.redis_url.is_none() && settings.outbound.enabled {
+        let limiter = Arc::new(crate::sender::limiter::LocalLimiter::new(
+            settings.outbound.limits,
+        ));
+        let owner = format!("gateway-{}", uuid::Uuid::now_v7().simple());
+        let sender = crate::sender::Sender::new(
+            store.clone(),
+            limiter,
+            settings.clone(),
+            owner,
+            Some(audit.clone()),
+        )
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        Some(sender.spawn(shutdown.clone()))
+    } else {
+        None
+    };
     let state = AppState::new(settings.clone(), ingest.clone(), audit).with_cache(cache.clone());
     let gateway = Gateway::bind(state, shutdown)
         .await
@@ -238,6 +266,7 @@ pub async fn start_gateway(
         cache,
         task,
         relay,
+        sender,
     })
 }
 
@@ -366,7 +395,7 @@ pub async fn start_worker(
     for h in &handlers {
         redis_bus.subscribe(h.clone());
     }
-    let pipeline = Pipeline::new(store.clone(), audit, "worker");
+    let pipeline = Pipeline::new(store.clone(), audit.clone(), "worker");
     let consumer = consumer_name.clone();
     let mut tasks = vec![relay, retention];
     // `worker.concurrency` consumer loops, each with one batch in flight:
@@ -386,6 +415,23 @@ pub async fn start_worker(
         .named(name);
         let loop_shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move { worker.run(loop_shutdown).await }));
+    }
+    if settings.outbound.enabled {
+        let limiter = Arc::new(crate::sender::limiter::RedisLimiter::new(
+            queue.connection(),
+            &settings.stream_prefix,
+            settings.outbound.limits,
+        ));
+        let owner = format!("{consumer_name}-{}", uuid::Uuid::now_v7().simple());
+        let sender = crate::sender::Sender::new(
+            store.clone(),
+            limiter,
+            Arc::new(settings.clone()),
+            owner,
+            Some(audit.clone()),
+        )
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        tasks.push(sender.spawn(shutdown.clone()));
     }
     tasks.extend(redis_bus.take_tasks());
     tasks.extend(metrics_tasks);

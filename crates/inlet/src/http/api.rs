@@ -61,6 +61,24 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/api/dlq", get(dlq_list))
         .route("/api/dlq/{id}", get(dlq_show))
         .route("/api/dlq/{id}/replay", post(dlq_replay))
+        .route("/api/messages", post(super::outbound::send_message))
+        .route("/api/messages/{id}", get(super::outbound::get_message))
+        .route(
+            "/api/broadcasts",
+            post(super::outbound::create_broadcast)
+                .get(super::outbound::list_broadcasts)
+                // 100,000 recipients do not fit the default 2 MiB.
+                .layer(axum::extract::DefaultBodyLimit::max(16 << 20)),
+        )
+        .route("/api/broadcasts/{id}", get(super::outbound::get_broadcast))
+        .route(
+            "/api/broadcasts/{id}/pause",
+            post(super::outbound::pause_broadcast),
+        )
+        .route(
+            "/api/broadcasts/{id}/resume",
+            post(super::outbound::resume_broadcast),
+        )
         .route("/api", get(unknown))
         .route("/api/{*rest}", get(unknown))
         .route_layer(middleware::from_fn_with_state(state, authorize))
@@ -278,8 +296,10 @@ pub struct Replayed {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(title = "Inlet API", description = "Cache-first read API and dead-letter queue of the Inlet gateway. Every endpoint needs `Authorization: Bearer $INLET_API_TOKEN`."),
-    paths(conversations, conversation_messages, contacts, summary, event_stats, events_failed, dlq_list, dlq_show, dlq_replay, openapi_json),
-    components(schemas(ApiError, DlqList, DlqTotals, Replayed, DlqView)),
+    paths(conversations, conversation_messages, contacts, summary, event_stats, events_failed, dlq_list, dlq_show, dlq_replay, openapi_json,
+        super::outbound::send_message, super::outbound::get_message, super::outbound::create_broadcast, super::outbound::list_broadcasts,
+        super::outbound::get_broadcast, super::outbound::pause_broadcast, super::outbound::resume_broadcast),
+    components(schemas(ApiError, DlqList, DlqTotals, Replayed, DlqView, super::outbound::Queued, super::outbound::BroadcastQueued, super::outbound::InvalidBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -8,6 +8,7 @@
 
 pub mod api;
 mod health;
+pub mod outbound;
 mod webhooks;
 
 use std::net::{IpAddr, SocketAddr};

@@ -136,6 +136,7 @@ impl Event<'_> {
             errors: Vec::new(),
             conversation: None,
             pricing: None,
+            callback_data: None,
         })
     }
 }

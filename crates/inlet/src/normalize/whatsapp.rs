@@ -464,6 +464,7 @@ fn status(ctx: &EntryCtx, business_id: &str, contacts: &Contacts, st: &Value) ->
         errors: provider_errors(st.get("errors")),
         conversation: present(st, "conversation"),
         pricing: present(st, "pricing"),
+        callback_data: text_at(st, "biz_opaque_callback_data"),
     })
 }
 

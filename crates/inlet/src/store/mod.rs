@@ -10,6 +10,7 @@
 //! changes and outbox entries.
 
 pub mod events;
+pub mod outbound;
 pub mod read;
 pub mod sql;
 
@@ -298,6 +299,8 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// The queries of the read side (cache files, read API).
     fn read_model(&self) -> &dyn read::ReadModel;
+    /// The outbound side: sends, broadcasts, halts.
+    fn outbound(&self) -> &dyn outbound::OutboundStore;
 }
 
 /// Shared store handle.

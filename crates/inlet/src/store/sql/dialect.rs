@@ -149,6 +149,11 @@ const PG_MIGRATIONS: Migrations = &[
         include_str!("../../../../../migrations/postgres/0004_event_relay.sql"),
     ),
     (
+        5,
+        "outbound",
+        include_str!("../../../../../migrations/postgres/0005_outbound.sql"),
+    ),
+    (
         6,
         "contact identities",
         include_str!("../../../../../migrations/postgres/0006_contact_identities.sql"),
@@ -175,6 +180,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         4,
         "event relay",
         include_str!("../../../../../migrations/sqlite/0004_event_relay.sql"),
+    ),
+    (
+        5,
+        "outbound",
+        include_str!("../../../../../migrations/sqlite/0005_outbound.sql"),
     ),
     (
         6,

@@ -10,7 +10,8 @@
 //! - `write`: the batch write (one transaction from a write plan, write
 //!   events), dead letters, idempotency records, pruning;
 //! - `outbox`: the relay's claims of outbox entries and event-log rows;
-//! - `query`: reads of raw events, messages, statuses and counts.
+//! - `query`: reads of raw events, messages, statuses and counts;
+//! - `sends`: the outbound tables (sends, history, broadcasts, halts).
 //!
 //! sqlx's bounds for "a database that encodes and decodes all of these
 //! types" would have to be repeated on every generic function, so each file
@@ -43,6 +44,7 @@ use crate::plan::{Delivery, WritePlan};
 pub mod dialect;
 mod outbox;
 mod query;
+mod sends;
 mod write;
 
 pub use dialect::{Backend, Dialect};
@@ -365,6 +367,10 @@ macro_rules! impl_event_store {
             }
 
             fn read_model(&self) -> &dyn super::read::ReadModel {
+                self
+            }
+
+            fn outbound(&self) -> &dyn super::outbound::OutboundStore {
                 self
             }
         }

@@ -99,11 +99,22 @@ macro_rules! impl_writes {
 
             /// Writes one plan in one transaction.
             async fn write_plan(&self, plan: &WritePlan) -> Result<WriteReport, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(classify)?;
+                let report = self.write_plan_in(&mut tx, plan).await?;
+                tx.commit().await.map_err(classify)?;
+                Ok(report)
+            }
+
+            /// Writes one plan inside a transaction the caller commits.
+            pub(super) async fn write_plan_in(
+                &self,
+                tx: &mut sqlx::Transaction<'_, $db>,
+                plan: &WritePlan,
+            ) -> Result<WriteReport, StoreError> {
                 let d = <$db as Backend>::DIALECT;
                 let now = Utc::now();
                 let mut report = WriteReport::default();
                 let mut results = WriteResults::default();
-                let mut tx = self.pool.begin().await.map_err(classify)?;
 
                 if !plan.tenants.is_empty() {
                     let mut qb = QueryBuilder::<$db>::new("INSERT INTO tenants (name, created_at) ");
@@ -111,7 +122,7 @@ macro_rules! impl_writes {
                         b.push_bind(t).push_bind(now);
                     });
                     qb.push(" ON CONFLICT (name) DO NOTHING");
-                    qb.build().execute(&mut *tx).await.map_err(classify)?;
+                    qb.build().execute(&mut **tx).await.map_err(classify)?;
                 }
 
                 for chunk in plan.raw.chunks(CHUNK) {
@@ -128,10 +139,10 @@ macro_rules! impl_writes {
                             .push_bind(now);
                     });
                     qb.push(" ON CONFLICT (trace_id) DO NOTHING");
-                    report.raw_new += qb.build().execute(&mut *tx).await.map_err(classify)?.rows_affected();
+                    report.raw_new += qb.build().execute(&mut **tx).await.map_err(classify)?.rows_affected();
                 }
 
-                let contact_ids = self.write_contacts(&mut tx, plan, &mut results).await?;
+                let contact_ids = self.write_contacts(tx, plan, &mut results).await?;
                 report.contact_ids = contact_ids.values().copied().collect();
                 report.contact_ids.sort_unstable();
 
@@ -166,7 +177,7 @@ macro_rules! impl_writes {
                         least = d.least,
                         greatest = d.greatest,
                     ));
-                    let rows = qb.build().fetch_all(&mut *tx).await.map_err(classify)?;
+                    let rows = qb.build().fetch_all(&mut **tx).await.map_err(classify)?;
                     let by_contact: HashMap<(i64, String), i64> = rows
                         .iter()
                         .map(|r| {
@@ -227,7 +238,7 @@ macro_rules! impl_writes {
                     });
                     qb.push(" ON CONFLICT (tenant, channel, provider_message_id) DO NOTHING \
                               RETURNING tenant, channel, provider_message_id");
-                    for row in qb.build().fetch_all(&mut *tx).await.map_err(classify)? {
+                    for row in qb.build().fetch_all(&mut **tx).await.map_err(classify)? {
                         report.messages_new += 1;
                         results.new_messages.insert((
                             row.try_get("tenant").map_err(classify)?,
@@ -238,9 +249,29 @@ macro_rules! impl_writes {
                 }
 
                 for chunk in plan.statuses.chunks(CHUNK).chain(plan.watermarks.chunks(CHUNK)) {
-                    for key in self.insert_status_history(&mut tx, chunk, now).await? {
+                    for key in self.insert_status_history(tx, chunk, now).await? {
                         report.statuses_new += 1;
                         results.new_statuses.insert(key);
+                    }
+                }
+
+                // Status webhooks of Inlet's own sends carry its outbound id
+                // (`biz_opaque_callback_data`): join the provider id back to
+                // the send, also when the Graph answer was lost.
+                for row in &plan.statuses {
+                    if let (Some(cb), Some(pmid)) =
+                        (&row.status.callback_data, &row.status.provider_message_id)
+                    {
+                        let mut qb = QueryBuilder::<$db>::new(
+                            "UPDATE outbound_messages SET provider_message_id = ",
+                        );
+                        qb.push_bind(pmid)
+                            .push(" WHERE id = ")
+                            .push_bind(cb)
+                            .push(" AND tenant = ")
+                            .push_bind(&row.tenant)
+                            .push(" AND provider_message_id IS NULL");
+                        qb.build().execute(&mut **tx).await.map_err(classify)?;
                     }
                 }
 
@@ -262,7 +293,7 @@ macro_rules! impl_writes {
                               updated_at = excluded.updated_at WHERE ");
                     qb.push(SUPERSEDES);
                     qb.push(" RETURNING tenant, channel, provider_message_id, status");
-                    for row in qb.build().fetch_all(&mut *tx).await.map_err(classify)? {
+                    for row in qb.build().fetch_all(&mut **tx).await.map_err(classify)? {
                         results.current_changed.insert(
                             (
                                 row.try_get("tenant").map_err(classify)?,
@@ -305,7 +336,7 @@ macro_rules! impl_writes {
                                 status = excluded.status, at = excluded.at, errors = excluded.errors, \
                                 updated_at = excluded.updated_at WHERE ")
                         .push(SUPERSEDES);
-                    qb.build().execute(&mut *tx).await.map_err(classify)?;
+                    qb.build().execute(&mut **tx).await.map_err(classify)?;
                 }
 
                 for chunk in plan.changes.chunks(CHUNK) {
@@ -332,7 +363,7 @@ macro_rules! impl_writes {
                             .push_bind(now);
                     });
                     qb.push(" ON CONFLICT (tenant, change_key) DO NOTHING RETURNING tenant, change_key");
-                    for row in qb.build().fetch_all(&mut *tx).await.map_err(classify)? {
+                    for row in qb.build().fetch_all(&mut **tx).await.map_err(classify)? {
                         report.changes_new += 1;
                         results.new_changes.insert((
                             row.try_get("tenant").map_err(classify)?,
@@ -344,13 +375,13 @@ macro_rules! impl_writes {
                 // Cache jobs name what changed; written with the data, so a
                 // crash between commit and publish cannot lose them.
                 let mut outbox = plan.outbox.clone();
-                if !plan.raw.is_empty() {
+                if !plan.raw.is_empty() || !plan.messages.is_empty() {
                     outbox.extend(cache_jobs(&report));
                 }
                 // `after` events: appended to the log in this transaction; the
                 // relay publishes them from the log by its cursor.
                 let events = after_events(plan, &results, &self.filter);
-                Self::log_events(&mut tx, &events).await?;
+                Self::log_events(tx, &events).await?;
                 for chunk in outbox.chunks(CHUNK) {
                     let mut qb = QueryBuilder::<$db>::new("INSERT INTO outbox (stream, fields, created_at) ");
                     qb.push_values(chunk, |mut b, o| {
@@ -358,10 +389,9 @@ macro_rules! impl_writes {
                             .push_bind(fields_text(&o.fields))
                             .push_bind(now);
                     });
-                    qb.build().execute(&mut *tx).await.map_err(classify)?;
+                    qb.build().execute(&mut **tx).await.map_err(classify)?;
                 }
 
-                tx.commit().await.map_err(classify)?;
                 Ok(report)
             }
 
@@ -697,7 +727,7 @@ macro_rules! impl_writes {
 
             /// Appends events to `event_log` (ignoring ids already there).
             /// The relay publishes them from there (see `log_claim`).
-            async fn log_events(
+            pub(super) async fn log_events(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 events: &[Event],
             ) -> Result<(), StoreError> {

@@ -1,0 +1,368 @@
+//! The send side against a mock Graph API on loopback: the send API,
+//! idempotency, the 24-hour window, BSUID addressing, broadcasts across two
+//! workers at a shared rate, throttling, and an auth halt lifted by a new
+//! token.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use inlet_suite::graph::MockGraph;
+use inlet_suite::{eventually, TestConfig, TestDb, TestGateway, TestWorker, SECRET};
+use serde_json::{json, Value};
+
+const SENDER: &str = "106540352242922";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn config(graph: &MockGraph) -> TestConfig {
+    TestConfig::new()
+        .set("INLET_GRAPH__BASE_URL", graph.base_url.clone())
+        .set("INLET_GRAPH__ACCESS_TOKEN", "test-graph-token")
+        .set("INLET_OUTBOUND__POLL_MS", "20")
+        .set("INLET_OUTBOUND__PAIR_INTERVAL_MS", "1")
+        .set("INLET_OUTBOUND__BACKOFF_BASE_MS", "20")
+        .set("INLET_OUTBOUND__BACKOFF_CAP_MS", "100")
+        .set("INLET_OUTBOUND__THROTTLE_PAUSE_MS", "100")
+}
+
+/// Direct mode: no Redis, the gateway sends itself.
+fn direct(graph: &MockGraph) -> TestConfig {
+    config(graph).set("INLET_REDIS_URL", "")
+}
+
+async fn api(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let url = format!("{}{path}", gw.base);
+    let mut req = match method {
+        "POST" => gw.client.post(url),
+        _ => gw.client.get(url),
+    }
+    .bearer_auth("api-token");
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.expect("request sent");
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let json = res.json::<Value>().await.unwrap_or(Value::Null);
+    (status, json, headers)
+}
+
+fn template(to: &str, name: &str) -> Value {
+    json!({
+        "channel": "whatsapp", "from": SENDER, "to": to, "type": "template",
+        "template": {"name": name, "language": {"code": "en_US"}}
+    })
+}
+
+async fn message(gw: &TestGateway, id: &str) -> Value {
+    let (status, body, _) = api(gw, "GET", &format!("/api/messages/{id}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn wait_status(gw: &TestGateway, id: &str, wanted: &[&str]) -> Value {
+    eventually(WAIT, &format!("message {id} in {wanted:?}"), || async {
+        let m = message(gw, id).await;
+        wanted
+            .contains(&m["status"].as_str().unwrap_or_default())
+            .then_some(m)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn send_api_stores_first_sends_once_and_keeps_the_window() {
+    let graph = MockGraph::start().await;
+    let gw = TestGateway::start(direct(&graph)).await;
+
+    // Invalid bodies name the field; nothing is stored.
+    let (status, body, headers) = api(
+        &gw,
+        "POST",
+        "/api/messages",
+        Some(
+            json!({"channel": "whatsapp", "from": SENDER, "type": "text", "text": {"body": "hi"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "to", "{body}");
+    assert!(headers.contains_key("x-trace-id"));
+
+    // The same idempotency key twice: one id, one send.
+    let mut req = template("16505551234", "order_update");
+    req["idempotency_key"] = json!("order-42");
+    let (s1, b1, h1) = api(&gw, "POST", "/api/messages", Some(req.clone())).await;
+    let (s2, b2, _) = api(&gw, "POST", "/api/messages", Some(req.clone())).await;
+    assert_eq!((s1, s2), (202, 202), "{b1} {b2}");
+    assert_eq!(b1["status"], "queued");
+    assert_eq!(b1["id"], b2["id"]);
+    assert!(h1.contains_key("x-trace-id"));
+    let id = b1["id"].as_str().unwrap().to_string();
+    // The key with another body is a conflict, not a second send.
+    let mut other = template("16505551234", "another_template");
+    other["idempotency_key"] = json!("order-42");
+    let (s3, b3, _) = api(&gw, "POST", "/api/messages", Some(other)).await;
+    assert_eq!(s3, 409, "{b3}");
+
+    let m = wait_status(&gw, &id, &["accepted"]).await;
+    assert!(
+        m["provider_message_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("wamid."),
+        "{m}"
+    );
+    assert_eq!(m["attempts"], 1);
+    let steps: Vec<&str> = m["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["queued", "sending", "accepted"], "{m}");
+    let seen = graph.seen();
+    assert_eq!(
+        seen.iter().filter(|s| s.recipient == "16505551234").count(),
+        1
+    );
+    assert_eq!(seen[0].field, "to");
+    assert_eq!(seen[0].body["biz_opaque_callback_data"], id.as_str());
+
+    // The send is an outbound message of the conversation's timeline.
+    let store = gw.store();
+    let wamid = m["provider_message_id"].as_str().unwrap().to_string();
+    let stored = eventually(WAIT, "timeline row", || async {
+        store.message_by_provider_id(&wamid).await.unwrap()
+    })
+    .await;
+    assert_eq!(stored.direction, "outbound");
+    assert_eq!(stored.contact_external_id, "16505551234");
+
+    // A BSUID goes out as `recipient` (in `to` Meta drops it).
+    let (_, b, _) = api(
+        &gw,
+        "POST",
+        "/api/messages",
+        Some(template("US.13491208655302741918", "order_update")),
+    )
+    .await;
+    wait_status(&gw, b["id"].as_str().unwrap(), &["accepted"]).await;
+    let bsuid = graph
+        .seen()
+        .into_iter()
+        .find(|s| s.recipient == "US.13491208655302741918")
+        .unwrap();
+    assert_eq!(bsuid.field, "recipient");
+    assert!(bsuid.body.get("to").is_none());
+
+    // Free-form outside the 24-hour window: refused locally.
+    let text = json!({"channel": "whatsapp", "from": SENDER, "to": "16505550000", "type": "text", "text": {"body": "hello"}});
+    let (_, b, _) = api(&gw, "POST", "/api/messages", Some(text)).await;
+    let m = wait_status(&gw, b["id"].as_str().unwrap(), &["needs_template"]).await;
+    assert_eq!(m["error"]["class"], "needs_template", "{m}");
+    assert!(graph.seen().iter().all(|s| s.recipient != "16505550000"));
+
+    // Audit lines for each step, without the full phone number.
+    let audit = gw.audit();
+    let steps: Vec<String> = audit
+        .iter()
+        .filter(|r| r.stage == "outbound")
+        .map(|r| r.outcome.clone())
+        .collect();
+    for step in ["queued", "sending", "sent", "failed"] {
+        assert!(steps.iter().any(|s| s == step), "no {step} in {steps:?}");
+    }
+    let text = std::fs::read_dir(gw.config.dir().join("audit"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect::<String>();
+    assert!(
+        !text.contains("16505551234"),
+        "a full phone number in the audit log"
+    );
+    assert!(
+        !text.contains("13491208655302741918"),
+        "a BSUID in the audit log"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn throttled_sends_slow_down_and_keep_per_recipient_order() {
+    let graph = MockGraph::start().await;
+    graph.throttle_next(6);
+    let gw = TestGateway::start(direct(&graph)).await;
+    let recipients = ["15550001", "15550002", "15550003", "15550004"];
+    let mut ids = Vec::new();
+    for step in ["first", "second", "third"] {
+        for r in recipients {
+            let (s, b, _) = api(&gw, "POST", "/api/messages", Some(template(r, step))).await;
+            assert_eq!(s, 202, "{b}");
+            ids.push(b["id"].as_str().unwrap().to_string());
+        }
+    }
+    for id in &ids {
+        wait_status(&gw, id, &["accepted"]).await;
+    }
+    let seen = graph.seen();
+    assert_eq!(
+        seen.iter().filter(|s| s.status == 400).count(),
+        6,
+        "the mock throttled six requests"
+    );
+    for r in recipients {
+        let order: Vec<&str> = seen
+            .iter()
+            .filter(|s| s.recipient == r && s.status == 200)
+            .map(|s| s.body["template"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(order, ["first", "second", "third"], "order to {r}");
+    }
+    // Throttles do not use up attempts.
+    for id in &ids {
+        let m = message(&gw, id).await;
+        assert!(m["attempts"].as_i64().unwrap() >= 1);
+        assert_ne!(m["status"], "dead_lettered");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_token_halts_sending_and_a_new_token_resumes_it() {
+    let graph = MockGraph::start().await;
+    graph.accept_token("fresh-token");
+    let cfg = direct(&graph);
+    let token_file = cfg.dir().join("graph-token");
+    std::fs::write(&token_file, "revoked-token\n").unwrap();
+    let cfg = cfg
+        .set("INLET_GRAPH__ACCESS_TOKEN", "")
+        .set(
+            "INLET_GRAPH__ACCESS_TOKEN_FILE",
+            token_file.to_string_lossy().into_owned(),
+        )
+        .set("INLET_OUTBOUND__TOKEN_RELOAD_MS", "50");
+    let gw = TestGateway::start(cfg).await;
+    let mut ids = Vec::new();
+    for r in ["15551110001", "15551110002", "15551110003"] {
+        let (_, b, _) = api(&gw, "POST", "/api/messages", Some(template(r, "welcome"))).await;
+        ids.push(b["id"].as_str().unwrap().to_string());
+    }
+    let store = gw.store();
+    let halts = eventually(WAIT, "the app halted", || async {
+        let h = store.outbound().halts().await.unwrap();
+        (!h.is_empty()).then_some(h)
+    })
+    .await;
+    assert_eq!(halts[0].error_class, "auth_halt");
+    assert_eq!(halts[0].error["code"], 190);
+    // Nothing lost: every send waits, queued.
+    for id in &ids {
+        let m = message(&gw, id).await;
+        assert_eq!(m["status"], "queued", "{m}");
+    }
+    let rejected = graph.seen().len();
+    assert!(rejected >= 1 && graph.accepted().is_empty());
+
+    std::fs::write(&token_file, "fresh-token\n").unwrap();
+    for id in &ids {
+        wait_status(&gw, id, &["accepted"]).await;
+    }
+    let mut per_recipient: HashMap<String, usize> = HashMap::new();
+    for s in graph.accepted() {
+        *per_recipient.entry(s.recipient).or_default() += 1;
+    }
+    assert_eq!(per_recipient.len(), 3);
+    assert!(per_recipient.values().all(|n| *n == 1), "{per_recipient:?}");
+    assert!(store.outbound().halts().await.unwrap().is_empty());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_broadcast_across_two_workers_keeps_the_shared_rate_and_joins_statuses() {
+    const RATE: usize = 50;
+    const N: usize = 1000;
+    let db = TestDb::create().await;
+    let graph = MockGraph::start().await;
+    let cfg = config(&graph)
+        .set("INLET_DATABASE_URL", db.url.clone())
+        .set("INLET_OUTBOUND__RATE_PER_SECOND", RATE.to_string())
+        .set("INLET_OUTBOUND__BURST", RATE.to_string());
+    let gw = TestGateway::start(cfg).await;
+    graph.post_statuses_to(&gw.base, SECRET);
+    let mut s1 = cfg_clone(&gw.config);
+    s1.worker.consumer_name = Some("sender-a".into());
+    let mut s2 = cfg_clone(&gw.config);
+    s2.worker.consumer_name = Some("sender-b".into());
+    let w1 = TestWorker::start_with(s1).await;
+    let w2 = TestWorker::start_with(s2).await;
+
+    let recipients: Vec<String> = (0..N).map(|i| format!("1555{:07}", i)).collect();
+    let (status, b, _) = api(
+        &gw,
+        "POST",
+        "/api/broadcasts",
+        Some(json!({
+            "channel": "whatsapp", "from": SENDER,
+            "template": {"name": "spring_sale", "language": {"code": "en_US"}},
+            "recipients": recipients,
+        })),
+    )
+    .await;
+    assert_eq!(status, 202, "{b}");
+    assert_eq!(b["total"], N);
+    let bid = b["id"].as_str().unwrap().to_string();
+
+    let done = eventually(
+        Duration::from_secs(120),
+        "broadcast finished with every status webhook",
+        || async {
+            let (_, b, _) = api(&gw, "GET", &format!("/api/broadcasts/{bid}"), None).await;
+            (b["counts"]["sent"] == N && !b["finished_at"].is_null()).then_some(b)
+        },
+    )
+    .await;
+    assert_eq!(done["status"], "finished", "{done}");
+
+    // Every recipient exactly once, and never more than rate + burst in
+    // any one-second window of the mock's clock.
+    let accepted = graph.accepted();
+    let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &accepted {
+        *per.entry(s.recipient.as_str()).or_default() += 1;
+    }
+    assert_eq!(per.len(), N);
+    assert!(per.values().all(|n| *n == 1));
+    let times: Vec<_> = graph.seen().iter().map(|s| s.at).collect();
+    for (i, t) in times.iter().enumerate() {
+        let window = times[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+            .count();
+        assert!(window <= 2 * RATE, "{window} requests within one second");
+    }
+
+    // A delivered webhook for one of them moves it to delivered.
+    let id = uuid::Uuid::new_v5(&bid.parse().unwrap(), recipients[7].as_bytes()).to_string();
+    let m = message(&gw, &id).await;
+    let wamid = m["provider_message_id"].as_str().unwrap().to_string();
+    let hook = inlet_suite::graph::status_webhook(SENDER, &recipients[7], &wamid, "delivered", &id);
+    assert_eq!(
+        gw.post_signed("whatsapp", &hook, SECRET).await.status(),
+        200
+    );
+    wait_status(&gw, &id, &["delivered"]).await;
+
+    w1.stop().await;
+    w2.stop().await;
+    gw.stop().await;
+    db.drop_db().await;
+}
+
+fn cfg_clone(cfg: &TestConfig) -> inlet::config::Settings {
+    cfg.settings()
+}
