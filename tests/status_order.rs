@@ -61,6 +61,7 @@ fn receipt(pmid: &str, (status, at): (DeliveryStatus, DateTime<Utc>)) -> Normali
         errors: Vec::new(),
         conversation: None,
         pricing: None,
+        callback_data: None,
     })
 }
 

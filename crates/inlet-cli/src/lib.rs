@@ -24,6 +24,7 @@ use serde_json::json;
 
 mod events;
 mod ops;
+mod send;
 
 pub use events::{EventsAction, SubscriptionsAction};
 pub use ops::AuditAction;
@@ -109,6 +110,20 @@ pub enum Command {
         /// At most this many.
         #[arg(long, default_value_t = 20)]
         limit: i64,
+    },
+    /// Queue one message to send (a text, or a template by name).
+    Send(send::SendArgs),
+    /// Broadcasts: list, show, pause, resume.
+    Broadcasts {
+        /// What to do.
+        #[command(subcommand)]
+        action: send::BroadcastsAction,
+    },
+    /// The send side: status (halts, queues), recent sends, one send.
+    Outbound {
+        /// What to do.
+        #[command(subcommand)]
+        action: send::OutboundAction,
     },
     /// Re-run kept raw events through the pipeline (idempotent: stored rows
     /// are not duplicated).
@@ -223,6 +238,9 @@ pub async fn run_with(
             events::subscriptions(action, &settings, json, out).await
         }
         Command::Events { action } => events::events(action, &settings, json, out).await,
+        Command::Send(args) => send::send(args, &settings, json, out).await,
+        Command::Broadcasts { action } => send::broadcasts(action, &settings, json, out).await,
+        Command::Outbound { action } => send::outbound(action, &settings, json, out).await,
         Command::Messages {
             conversation,
             limit,
@@ -320,7 +338,7 @@ pub fn parse_time(s: &str) -> anyhow::Result<DateTime<Utc>> {
 /// migrated as the gateway would, so a command run before the gateway ever
 /// started finds its tables; a Postgres schema is changed only by the
 /// services or `inlet migrate`.
-async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+pub(crate) async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let store = inlet::store::from_settings(settings)
         .await
         .with_context(|| "opening the store".to_string())?;

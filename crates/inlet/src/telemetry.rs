@@ -136,6 +136,16 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (G, "inlet_outbox_pending", Unit::Count, "Outbox entries and event-log rows not yet relayed to Redis"),
     (G, "inlet_last_event_timestamp_seconds", Unit::Seconds, "Unix time of the newest raw event kept in the store"),
     (C, "inlet_status_sample_errors_total", Unit::Count, "Failed reads of the gauges sampler, by dependency"),
+    // Outbound (send API and sender).
+    (C, "inlet_outbound_requests_total", Unit::Count, "POST /api/messages requests, by outcome (queued, duplicate, invalid, conflict, unavailable)"),
+    (C, "inlet_outbound_steps_total", Unit::Count, "Sender steps written to the audit log, by step (sending, sent, retried, failed, dead_lettered, unknown, halted)"),
+    (C, "inlet_outbound_sends_total", Unit::Count, "Graph send outcomes, by outcome and error class"),
+    (C, "inlet_outbound_halts_total", Unit::Count, "Apps whose sending halted on an auth or account error, by class"),
+    (H, "inlet_outbound_graph_seconds", Unit::Seconds, "Duration of one Graph API send call"),
+    (H, "inlet_outbound_accept_seconds", Unit::Seconds, "Time from a command being stored to Meta accepting it"),
+    (G, "inlet_outbound_queued", Unit::Count, "Sends waiting (queued or claimed), by sender"),
+    (G, "inlet_outbound_tokens", Unit::Count, "Tokens left in a sender's rate bucket, by sender"),
+    (G, "inlet_outbound_halted", Unit::Count, "Apps whose sending is halted (1 per halted tenant)"),
 ];
 
 use MetricKind::{Counter as C, Gauge as G, Histogram as H};

@@ -95,14 +95,16 @@ fn store_error(e: &StoreError) -> Response {
     error(status, "store_unavailable", e.to_string())
 }
 
-fn store_of(state: &AppState) -> Result<&Store, Response> {
-    state.cache.as_ref().map(|c| c.store()).ok_or_else(|| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "no store",
-        )
-    })
+fn store_of(state: &AppState) -> Option<&Store> {
+    state.cache.as_ref().map(|c| c.store())
+}
+
+fn no_store() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "no store",
+    )
 }
 
 fn with_trace(mut res: Response, trace: &Uuid) -> Response {
@@ -197,8 +199,8 @@ async fn send_message_inner(state: &AppState, body: &[u8], trace: Uuid) -> Respo
         }
     };
     let store = match store_of(state) {
-        Ok(s) => s,
-        Err(r) => return r,
+        Some(s) => s,
+        None => return no_store(),
     };
     let tenant = tenant_for(state, &spec.from);
     let send = NewSend {
@@ -258,8 +260,8 @@ async fn send_message_inner(state: &AppState, body: &[u8], trace: Uuid) -> Respo
     security(("bearer" = [])))]
 pub(super) async fn get_message(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let store = match store_of(&state) {
-        Ok(s) => s,
-        Err(r) => return r,
+        Some(s) => s,
+        None => return no_store(),
     };
     match store.outbound().outbound(&id).await {
         Ok(Some((record, history))) => Json(message_view(&record, Some(&history))).into_response(),
@@ -299,8 +301,8 @@ async fn create_broadcast_inner(state: &AppState, body: &[u8], trace: Uuid) -> R
         }
     };
     let store = match store_of(state) {
-        Ok(s) => s,
-        Err(r) => return r,
+        Some(s) => s,
+        None => return no_store(),
     };
     let tenant = tenant_for(state, &spec.from);
     let id = Uuid::now_v7();
@@ -368,8 +370,8 @@ async fn create_broadcast_inner(state: &AppState, body: &[u8], trace: Uuid) -> R
     security(("bearer" = [])))]
 pub(super) async fn list_broadcasts(State(state): State<AppState>) -> Response {
     let store = match store_of(&state) {
-        Ok(s) => s,
-        Err(r) => return r,
+        Some(s) => s,
+        None => return no_store(),
     };
     match store.outbound().broadcasts(50).await {
         Ok(list) => {
@@ -391,8 +393,8 @@ pub(super) async fn get_broadcast(
     Path(id): Path<String>,
 ) -> Response {
     let store = match store_of(&state) {
-        Ok(s) => s,
-        Err(r) => return r,
+        Some(s) => s,
+        None => return no_store(),
     };
     match store.outbound().broadcast(&id).await {
         Ok(Some(b)) => Json(broadcast_view(&b)).into_response(),
@@ -407,8 +409,8 @@ pub(super) async fn get_broadcast(
 
 async fn set_paused(state: &AppState, id: &str, paused: bool) -> Response {
     let store = match store_of(state) {
-        Ok(s) => s,
-        Err(r) => return r,
+        Some(s) => s,
+        None => return no_store(),
     };
     let out = store.outbound();
     let changed = match out

@@ -31,7 +31,7 @@ use crate::config::{Settings, UnknownPolicy};
 use crate::envelope::Source;
 use crate::model::{Channel, ContactRef, Direction, NormalizedItem, NormalizedMessage};
 use crate::outbound::rate::{pair_backoff_ms, Grant};
-use crate::outbound::{window, wire, ErrorClass, GraphError, MessageType};
+use crate::outbound::{window, wire, ErrorClass, GraphError, MessageType, RecipientKind};
 use crate::plan::WritePlan;
 use crate::store::outbound::{now_ms, state, Finish, Halt, OutboundRecord};
 use crate::store::{Store, StoreError};
@@ -291,7 +291,9 @@ impl Sender {
     }
 
     async fn accepted(&self, row: &OutboundRecord, a: Accepted) -> Result<(), StoreError> {
-        let plan = timeline_plan(row, &a.message_id);
+        let mut answered = row.clone();
+        answered.contact_wa_id.clone_from(&a.wa_id);
+        let plan = timeline_plan(&answered, &a.message_id);
         let finish = Finish::Accepted {
             provider_message_id: a.message_id.clone(),
             wa_id: a.wa_id.clone(),
@@ -512,6 +514,14 @@ impl Sender {
             tracing::info!(settled, resent, failed, "unknown sends settled");
         }
         out.finish_broadcasts(now).await?;
+        let stats = out.outbound_stats().await?;
+        for (sender, n) in &stats.queued_by_sender {
+            metrics::gauge!("inlet_outbound_queued", "sender" => sender.clone()).set(*n as f64);
+            if let Ok(Some(tokens)) = self.limiter.tokens(sender).await {
+                metrics::gauge!("inlet_outbound_tokens", "sender" => sender.clone()).set(tokens);
+            }
+        }
+        metrics::gauge!("inlet_outbound_halted").set(stats.halts.len() as f64);
         for halt in out.halts().await? {
             let current = self
                 .settings
@@ -548,6 +558,22 @@ fn retry_delay(base: Duration, cap: Duration, attempt: u32) -> Duration {
         .max(Duration::from_millis(1))
 }
 
+/// The recipient as a contact: on WhatsApp a phone number (`wa_id`) or a
+/// BSUID (`user_id`), plus the `wa_id` Meta answered with, so the store
+/// links both to one person.
+fn contact_of(row: &OutboundRecord) -> ContactRef {
+    let spec = &row.spec;
+    if spec.channel != Channel::Whatsapp {
+        return ContactRef::by_id(spec.to.clone(), None);
+    }
+    let (wa_id, user_id) = match spec.recipient_kind {
+        RecipientKind::Bsuid => (row.contact_wa_id.clone(), Some(spec.to.clone())),
+        _ => (Some(spec.to.clone()), None),
+    };
+    ContactRef::whatsapp(wa_id, user_id, None, None, None)
+        .unwrap_or_else(|| ContactRef::by_id(spec.to.clone(), None))
+}
+
 /// The timeline row of an accepted send: an outbound message of the
 /// recipient's conversation with the sender.
 pub fn timeline_plan(row: &OutboundRecord, provider_message_id: &str) -> WritePlan {
@@ -568,10 +594,7 @@ pub fn timeline_plan(row: &OutboundRecord, provider_message_id: &str) -> WritePl
         business_id: spec.from.clone(),
         provider_message_id: provider_message_id.to_string(),
         direction: Direction::Outbound,
-        contact: ContactRef {
-            external_id: spec.to.clone(),
-            name: None,
-        },
+        contact: contact_of(row),
         kind: "message".into(),
         message_type: spec.message_type.as_str().into(),
         text: spec.timeline_text(),

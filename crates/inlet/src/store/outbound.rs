@@ -245,6 +245,9 @@ pub struct OutboundStats {
     pub broadcasts: std::collections::BTreeMap<String, i64>,
 }
 
+/// A send with its history.
+pub type WithHistory = (OutboundRecord, Vec<HistoryEntry>);
+
 /// Outbound storage.
 pub trait OutboundStore: Send + Sync {
     /// Stores a command (with its `queued` history and an
@@ -265,7 +268,7 @@ pub trait OutboundStore: Send + Sync {
     fn outbound<'a>(
         &'a self,
         id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<(OutboundRecord, Vec<HistoryEntry>)>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Option<WithHistory>, StoreError>>;
     /// Newest sends first.
     fn outbound_recent(&self, limit: i64)
         -> BoxFuture<'_, Result<Vec<OutboundRecord>, StoreError>>;

@@ -10,7 +10,7 @@ use crate::events::Event;
 use crate::outbound::{BroadcastSpec, SendSpec};
 use crate::store::outbound::{
     state, BroadcastRecord, Finish, Halt, HistoryEntry, NewBroadcast, NewSend, OutboundRecord,
-    OutboundStats, OutboundStore,
+    OutboundStats, OutboundStore, WithHistory,
 };
 use crate::store::StoreError;
 use futures_util::future::BoxFuture;
@@ -358,7 +358,7 @@ macro_rules! impl_sends {
             fn outbound<'a>(
                 &'a self,
                 id: &'a str,
-            ) -> BoxFuture<'a, Result<Option<(OutboundRecord, Vec<HistoryEntry>)>, StoreError>> {
+            ) -> BoxFuture<'a, Result<Option<WithHistory>, StoreError>> {
                 Box::pin(async move {
                     let Some(record) = Self::select_outbound(&self.pool, id).await? else {
                         return Ok(None);
