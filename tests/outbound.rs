@@ -366,3 +366,186 @@ async fn a_broadcast_across_two_workers_keeps_the_shared_rate_and_joins_statuses
 fn cfg_clone(cfg: &TestConfig) -> inlet::config::Settings {
     cfg.settings()
 }
+
+#[tokio::test]
+async fn exhausted_retries_are_outbound_dead_letters_and_a_replay_sends_once() {
+    let graph = MockGraph::start().await;
+    // Three transient failures (HTTP 500, code 131000) use up the default
+    // `outbound.max_attempts = 3`.
+    graph.fail_next(3);
+    let gw = TestGateway::start(direct(&graph)).await;
+    let (s, b, _) = api(
+        &gw,
+        "POST",
+        "/api/messages",
+        Some(template("15557770001", "receipt")),
+    )
+    .await;
+    assert_eq!(s, 202, "{b}");
+    let id = b["id"].as_str().unwrap().to_string();
+    let dead = wait_status(&gw, &id, &["dead_lettered"]).await;
+    assert_eq!(dead["attempts"], 3, "{dead}");
+    assert_eq!(graph.seen().len(), 3);
+
+    // The DLQ shows it, as `out-{id}`, with the command as body on request.
+    let letter_id = format!("out-{id}");
+    let (s, list, _) = api(&gw, "GET", "/api/dlq", None).await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list["total"]["outbound"], 1, "{list}");
+    let letter = &list["dead_letters"][0];
+    assert_eq!(letter["id"], letter_id.as_str(), "{list}");
+    assert_eq!(letter["stage"], "sender");
+    assert_eq!(letter["reason"], "transient");
+    assert_eq!(letter["attempts"], 3);
+    assert!(letter.get("body").is_none(), "no body unless asked");
+    let (s, one, _) = api(&gw, "GET", &format!("/api/dlq/{letter_id}?body=true"), None).await;
+    assert_eq!(s, 200, "{one}");
+    let body: Value = serde_json::from_str(one["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["to"], "15557770001");
+    let (s, _, _) = api(&gw, "GET", "/api/dlq/out-no-such-send", None).await;
+    assert_eq!(s, 404);
+
+    // Replay: back in the queue with fresh attempts, sent once.
+    let (s, r, _) = api(&gw, "POST", &format!("/api/dlq/{letter_id}/replay"), None).await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["replayed"], letter_id.as_str());
+    let sent = wait_status(&gw, &id, &["accepted"]).await;
+    let steps: Vec<&str> = sent["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert!(
+        steps.ends_with(&["dead_lettered", "replayed", "queued", "sending", "accepted"]),
+        "{steps:?}"
+    );
+    assert_eq!(graph.accepted().len(), 1);
+    let (_, list, _) = api(&gw, "GET", "/api/dlq", None).await;
+    assert_eq!(list["total"]["outbound"], 0, "{list}");
+    // A second replay of the same letter finds nothing to replay.
+    let (s, _, _) = api(&gw, "POST", &format!("/api/dlq/{letter_id}/replay"), None).await;
+    assert_eq!(s, 404);
+    assert!(
+        gw.audit()
+            .iter()
+            .any(|a| a.stage == "outbound" && a.outcome == "replayed"),
+        "the replay is audited"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn commands_appended_to_the_stream_are_stored_once_and_bad_ones_dead_lettered() {
+    let db = TestDb::create().await;
+    let graph = MockGraph::start().await;
+    let cfg = config(&graph).set("INLET_DATABASE_URL", db.url.clone());
+    let gw = TestGateway::start(cfg).await;
+    let worker = TestWorker::start(&gw.config).await;
+    let queue = inlet_suite::queue(&gw.config.prefix).await;
+    let append = |fields: Vec<(&'static str, String)>| {
+        let queue = queue.clone();
+        async move {
+            let fields: Vec<(&str, Vec<u8>)> = fields
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect();
+            queue
+                .publish(inlet::streams::OUTGOING_COMMAND, &fields)
+                .await
+                .expect("appended")
+        }
+    };
+    let mut keyed = template("15558880001", "order_update");
+    keyed["idempotency_key"] = json!("crm-order-1");
+    // The same command twice (a client retry): one send.
+    append(vec![("command", keyed.to_string())]).await;
+    append(vec![("command", keyed.to_string())]).await;
+    append(vec![
+        ("command", template("15558880002", "welcome").to_string()),
+        ("id", "crm-cmd-7".into()),
+        ("tenant", "default".into()),
+    ])
+    .await;
+    let bad = json!({"channel": "whatsapp", "from": SENDER, "type": "text", "text": {"body": "no recipient"}});
+    append(vec![("command", bad.to_string())]).await;
+
+    let m = eventually(WAIT, "crm-cmd-7 stored and sent", || async {
+        let (status, m, _) = api(&gw, "GET", "/api/messages/crm-cmd-7", None).await;
+        (status == 200 && m["status"] == "accepted").then_some(m)
+    })
+    .await;
+    assert_eq!(m["to"], "15558880002");
+    let store = gw.store();
+    let keyed_id = eventually(WAIT, "the keyed command stored", || async {
+        store
+            .outbound()
+            .outbound_recent(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.spec.idempotency_key.as_deref() == Some("crm-order-1"))
+            .map(|r| r.id)
+    })
+    .await;
+    wait_status(&gw, &keyed_id, &["accepted"]).await;
+    assert_eq!(store.outbound().outbound_recent(10).await.unwrap().len(), 2);
+
+    // The bad one is a dead letter naming the field; nothing was sent for it.
+    let letter = eventually(WAIT, "the bad command dead-lettered", || async {
+        let (_, list, _) = api(&gw, "GET", "/api/dlq?body=true", None).await;
+        list["dead_letters"]
+            .as_array()
+            .and_then(|l| l.iter().find(|d| d["stage"] == "intake").cloned())
+    })
+    .await;
+    assert_eq!(letter["reason"], "invalid_command", "{letter}");
+    assert!(
+        letter["error"].as_str().unwrap().contains("`to`"),
+        "{letter}"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(letter["body"].as_str().unwrap()).unwrap(),
+        bad
+    );
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for s in graph.accepted() {
+        *per.entry(s.recipient).or_default() += 1;
+    }
+    assert_eq!(
+        per,
+        BTreeMap::from([("15558880001".into(), 1), ("15558880002".into(), 1)])
+    );
+
+    // Stored commands are acknowledged and deleted: the stream drains
+    // (the API's own commands, relayed through the outbox, included).
+    eventually(WAIT, "outgoing.command drained", || async {
+        gw.stream(inlet::streams::OUTGOING_COMMAND)
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+
+    // Replaying the intake letter puts the command back on the stream,
+    // where it is refused again (a new letter), not lost.
+    let first = letter["id"].as_str().unwrap().to_string();
+    let (s, r, _) = api(&gw, "POST", &format!("/api/dlq/{first}/replay"), None).await;
+    assert_eq!(s, 200, "{r}");
+    eventually(WAIT, "the replayed command dead-lettered again", || async {
+        let (_, list, _) = api(&gw, "GET", "/api/dlq", None).await;
+        list["dead_letters"].as_array().and_then(|l| {
+            l.iter()
+                .find(|d| d["stage"] == "intake" && d["id"] != first.as_str())
+                .cloned()
+        })
+    })
+    .await;
+    assert!(gw.audit().iter().any(|a| a.stage == "outbound"
+        && a.outcome == "rejected"
+        && a.extra.get("via").and_then(Value::as_str) == Some("stream")));
+
+    worker.stop().await;
+    gw.stop().await;
+    db.drop_db().await;
+}

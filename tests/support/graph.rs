@@ -1,7 +1,8 @@
 //! A mock of Meta's Graph Send API on loopback: answers the way Meta
 //! documents (fixtures in `tests/fixtures/meta/outbound/`), records every
 //! request it gets, throttles (HTTP 400, code 130429) or rejects the token
-//! (HTTP 401, code 190) on demand, and can post the `sent` status webhook of
+//! (HTTP 401, code 190) or fails (HTTP 500, code 131000) on demand, and can
+//! post the `sent` status webhook of
 //! each accepted message to a gateway, as Meta does.
 
 use std::net::SocketAddr;
@@ -40,6 +41,8 @@ pub struct Seen {
 struct Behaviour {
     /// Answer 130429 to this many requests more.
     throttle_next: u64,
+    /// Answer 131000 (HTTP 500) to this many requests more.
+    fail_next: u64,
     /// Accepted bearer token (`None`: any).
     token: Option<String>,
     /// Post status webhooks here: (gateway base URL, app secret).
@@ -94,6 +97,12 @@ impl MockGraph {
     /// Answers the next `n` sends with HTTP 400 code 130429.
     pub fn throttle_next(&self, n: u64) {
         self.inner.behaviour.lock().unwrap().throttle_next = n;
+    }
+
+    /// Answers the next `n` sends with HTTP 500 code 131000 ("Something went
+    /// wrong": a transient error).
+    pub fn fail_next(&self, n: u64) {
+        self.inner.behaviour.lock().unwrap().fail_next = n;
     }
 
     /// Accepts only this bearer token (others get HTTP 401 code 190).
@@ -165,6 +174,9 @@ async fn send(
         } else if b.throttle_next > 0 {
             b.throttle_next -= 1;
             (400, fixture("error_130429.json"), None, None)
+        } else if b.fail_next > 0 {
+            b.fail_next -= 1;
+            (500, fixture("error_131000.json"), None, None)
         } else {
             let n = inner.counter.fetch_add(1, Ordering::Relaxed);
             let wamid = format!("wamid.MOCK{n:012}");

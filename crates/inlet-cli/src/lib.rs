@@ -154,7 +154,7 @@ pub enum DlqAction {
     },
     /// Show one dead letter.
     Show {
-        /// Stream id (1700000000000-0) or store id (db-12).
+        /// Stream id (1700000000000-0), store id (db-12) or outbound send (out-ID).
         id: String,
         /// Also print the body (it may contain message text).
         #[arg(long)]
@@ -163,7 +163,7 @@ pub enum DlqAction {
     /// Send dead letters through processing again and remove them from the
     /// DLQ once that is durable.
     Replay {
-        /// Stream id or db-N.
+        /// Stream id, db-N or out-ID.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<String>,
         /// Replay every dead letter.
@@ -408,7 +408,7 @@ async fn dlq(
         }
         DlqAction::Show { id, body } => {
             let id = DlqId::parse(&id)
-                .with_context(|| format!("{id:?} is not a DLQ id (1700000000000-0 or db-N)"))?;
+                .with_context(|| format!("{id:?} is not a DLQ id ({})", DlqId::FORMS))?;
             let Some(item) = dlq.get(&id).await? else {
                 bail!("no dead letter {id}");
             };
@@ -425,7 +425,8 @@ async fn dlq(
                 dlq.list(1_000_000).await?
             } else {
                 let raw = id.unwrap_or_default();
-                let id = DlqId::parse(&raw).with_context(|| format!("{raw:?} is not a DLQ id"))?;
+                let id = DlqId::parse(&raw)
+                    .with_context(|| format!("{raw:?} is not a DLQ id ({})", DlqId::FORMS))?;
                 vec![dlq
                     .get(&id)
                     .await?

@@ -1,24 +1,31 @@
 //! Operator access to dead letters and replays, wherever they are kept: the
-//! `{prefix}dlq` stream (queue mode) and the store's `dead_letters` table
-//! (direct mode, Redis down).
+//! `{prefix}dlq` stream (queue mode), the store's `dead_letters` table
+//! (direct mode, Redis down) and the outbound sends that ran out of retries
+//! (`dead_lettered` rows, shown as `out-{id}`).
 //!
 //! A replay re-runs processing on purpose: the event goes back through the
 //! raw stream (or, without Redis, through the pipeline in-process). The store
 //! stays idempotent, so rows already stored are not duplicated, but nothing
-//! short-circuits the replay as "already seen".
+//! short-circuits the replay as "already seen". An outbound letter's replay
+//! puts the send back in its queue with fresh attempts: it was never
+//! accepted by Meta (a send whose answer was lost is `unknown`, never
+//! dead-lettered), so sending it again cannot send it twice. A command the
+//! intake of `{prefix}outgoing.command` could not read goes back on that
+//! stream.
 
 use std::fmt;
 
 pub mod letter;
 
-pub use letter::DeadLetter;
+pub use letter::{DeadLetter, INTAKE_STAGE};
 
 use crate::audit::{Audit, AuditRecord};
 use crate::envelope::RawEvent;
 use crate::pipeline::{OnExhausted, Pipeline, RetryPolicy};
 use crate::queue::RedisQueue;
+use crate::store::outbound::OutboundRecord;
 use crate::store::{RawFilter, Store};
-use crate::streams::DLQ;
+use crate::streams::{DLQ, OUTGOING_COMMAND};
 
 /// Where a dead letter is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +34,8 @@ pub enum DlqId {
     Stream(String),
     /// Row id in the store's `dead_letters` (shown as `db-N`).
     Store(i64),
+    /// A dead-lettered outbound send (shown as `out-{outbound id}`).
+    Outbound(String),
 }
 
 impl fmt::Display for DlqId {
@@ -34,15 +43,27 @@ impl fmt::Display for DlqId {
         match self {
             DlqId::Stream(id) => f.write_str(id),
             DlqId::Store(id) => write!(f, "db-{id}"),
+            DlqId::Outbound(id) => write!(f, "out-{id}"),
         }
     }
 }
 
 impl DlqId {
-    /// Parses `1700000000000-0` or `db-12`.
+    /// The forms [`DlqId::parse`] takes, for error messages.
+    pub const FORMS: &'static str = "1700000000000-0, db-N or out-ID";
+
+    /// Parses `1700000000000-0`, `db-12` or `out-0190…`.
     pub fn parse(s: &str) -> Option<Self> {
         if let Some(n) = s.strip_prefix("db-") {
             return n.parse().ok().map(DlqId::Store);
+        }
+        if let Some(id) = s.strip_prefix("out-") {
+            let ok = !id.is_empty()
+                && id.len() <= 200
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            return ok.then(|| DlqId::Outbound(id.to_string()));
         }
         let (ms, seq) = s.split_once('-')?;
         (ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())
@@ -59,11 +80,64 @@ pub struct DlqItem {
     pub letter: DeadLetter,
 }
 
+/// Dead letters waiting, by place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DlqCounts {
+    /// In the `{prefix}dlq` stream.
+    pub stream: u64,
+    /// In the store's `dead_letters` table.
+    pub store: u64,
+    /// Dead-lettered outbound sends.
+    pub outbound: u64,
+}
+
+impl DlqCounts {
+    /// All places together.
+    pub fn total(&self) -> u64 {
+        self.stream + self.store + self.outbound
+    }
+}
+
+/// A dead-lettered send as a letter: the body is the stored command (the
+/// validated [`crate::outbound::SendSpec`] as JSON), the reason its error
+/// class, the error the last Graph error.
+pub fn outbound_letter(record: &OutboundRecord) -> DeadLetter {
+    let source = match record.spec.channel {
+        crate::model::Channel::Whatsapp => crate::envelope::Source::Whatsapp,
+        crate::model::Channel::Messenger => crate::envelope::Source::Facebook,
+        crate::model::Channel::Instagram => crate::envelope::Source::Instagram,
+    };
+    let body = serde_json::to_vec(&record.spec).unwrap_or_default();
+    let mut event = RawEvent::new(source, record.tenant.clone(), body.into());
+    event.trace_id = record.trace_id.parse().unwrap_or_default();
+    event.received_at = ms_time(record.created_ms);
+    DeadLetter {
+        event,
+        reason: record
+            .error_class
+            .clone()
+            .unwrap_or_else(|| "dead_lettered".into()),
+        error: record
+            .error
+            .as_ref()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+        attempts: u32::try_from(record.attempts).unwrap_or(0),
+        stage: "sender".into(),
+        failed_at: ms_time(record.updated_ms),
+    }
+}
+
+fn ms_time(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
 /// A dead letter as the HTTP API shows it (JSON). The body (the exact bytes
 /// Meta signed, possibly a message text) is included only on request.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct DlqView {
-    /// `1700000000000-0` (stream entry) or `db-N` (store row).
+    /// `1700000000000-0` (stream entry), `db-N` (store row) or `out-ID`
+    /// (outbound send).
     pub id: String,
     /// Trace id of the delivery.
     pub trace_id: uuid::Uuid,
@@ -81,7 +155,8 @@ pub struct DlqView {
     pub error: String,
     /// Attempts made before giving up.
     pub attempts: u32,
-    /// Stage that gave up (`gateway`, `worker`, `direct`).
+    /// Stage that gave up (`gateway`, `worker`, `direct`, `sender`,
+    /// `intake`).
     pub stage: String,
     /// Size of the body in bytes.
     pub body_bytes: usize,
@@ -145,6 +220,10 @@ pub enum ReplayError {
     /// There is nowhere to send it.
     #[error("neither Redis nor a store is configured")]
     NotConfigured,
+    /// The outbound send is no longer dead-lettered (replayed or removed
+    /// meanwhile).
+    #[error("send {0} is no longer dead-lettered")]
+    NotDead(String),
 }
 
 /// Dead letters in both places, plus replay.
@@ -197,21 +276,31 @@ impl Dlq {
                     letter: stored.letter,
                 });
             }
+            for record in s.outbound().outbound_dead(limit as i64).await? {
+                out.push(DlqItem {
+                    letter: outbound_letter(&record),
+                    id: DlqId::Outbound(record.id),
+                });
+            }
         }
         Ok(out)
     }
 
-    /// Number of letters: (stream, store).
-    pub async fn len(&self) -> Result<(u64, u64), DlqError> {
-        let stream = match &self.queue {
-            Some(q) => q.len(DLQ).await?,
-            None => 0,
-        };
-        let store = match &self.store {
-            Some(s) => u64::try_from(s.counts().await?.dead_letters).unwrap_or(0),
-            None => 0,
-        };
-        Ok((stream, store))
+    /// Number of letters in each place.
+    pub async fn len(&self) -> Result<DlqCounts, DlqError> {
+        let mut counts = DlqCounts::default();
+        if let Some(q) = &self.queue {
+            counts.stream = q.len(DLQ).await?;
+        }
+        if let Some(s) = &self.store {
+            counts.store = u64::try_from(s.counts().await?.dead_letters).unwrap_or(0);
+            let stats = s.outbound().outbound_stats().await?;
+            counts.outbound = stats
+                .by_status
+                .get(crate::store::outbound::state::DEAD_LETTERED)
+                .map_or(0, |n| u64::try_from(*n).unwrap_or(0));
+        }
+        Ok(counts)
     }
 
     /// One letter.
@@ -244,38 +333,55 @@ impl Dlq {
                         letter: d.letter,
                     }))
             }
+            DlqId::Outbound(oid) => {
+                let Some(s) = &self.store else {
+                    return Ok(None);
+                };
+                Ok(s.outbound()
+                    .outbound(oid)
+                    .await?
+                    .filter(|(r, _)| r.status == crate::store::outbound::state::DEAD_LETTERED)
+                    .map(|(r, _)| DlqItem {
+                        id: id.clone(),
+                        letter: outbound_letter(&r),
+                    }))
+            }
         }
     }
 
-    /// Removes letters; returns how many existed.
+    /// Removes letters; returns how many existed. An outbound letter's send
+    /// is kept as `failed` (error class `discarded`): its history stays.
     pub async fn remove(&self, ids: &[DlqId]) -> Result<u64, DlqError> {
-        let stream: Vec<String> = ids
-            .iter()
-            .filter_map(|i| match i {
-                DlqId::Stream(s) => Some(s.clone()),
-                DlqId::Store(_) => None,
-            })
-            .collect();
-        let rows: Vec<i64> = ids
-            .iter()
-            .filter_map(|i| match i {
-                DlqId::Store(n) => Some(*n),
-                DlqId::Stream(_) => None,
-            })
-            .collect();
+        let mut stream = Vec::new();
+        let mut rows = Vec::new();
+        let mut sends = Vec::new();
+        for id in ids {
+            match id {
+                DlqId::Stream(s) => stream.push(s.clone()),
+                DlqId::Store(n) => rows.push(*n),
+                DlqId::Outbound(o) => sends.push(o.clone()),
+            }
+        }
         let mut n = 0;
         if let (Some(q), false) = (&self.queue, stream.is_empty()) {
             n += q.delete(DLQ, &stream).await?;
         }
-        if let (Some(s), false) = (&self.store, rows.is_empty()) {
-            n += s.delete_dead_letters(&rows).await?;
+        if let Some(s) = &self.store {
+            if !rows.is_empty() {
+                n += s.delete_dead_letters(&rows).await?;
+            }
+            if !sends.is_empty() {
+                let now = crate::store::outbound::now_ms();
+                n += s.outbound().discard_dead(&sends, now).await?;
+            }
         }
         Ok(n)
     }
 
-    /// Deletes every letter in both places; returns how many.
+    /// Deletes every letter in every place (outbound letters are discarded,
+    /// see [`Self::remove`]); returns how many.
     pub async fn purge(&self) -> Result<u64, DlqError> {
-        let (stream, _) = self.len().await?;
+        let stream = self.len().await?.stream;
         if let Some(q) = &self.queue {
             q.delete_stream(DLQ).await?;
         }
@@ -288,6 +394,17 @@ impl Dlq {
                 .map(|d| d.id)
                 .collect();
             n += s.delete_dead_letters(&ids).await?;
+            let sends: Vec<String> = s
+                .outbound()
+                .outbound_dead(i64::MAX)
+                .await?
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            n += s
+                .outbound()
+                .discard_dead(&sends, crate::store::outbound::now_ms())
+                .await?;
         }
         self.audit
             .write(AuditRecord::new("dlq_purged").with("count", n));
@@ -295,8 +412,16 @@ impl Dlq {
     }
 
     /// Replays one letter and removes it from the DLQ once the replay is
-    /// durable.
+    /// durable: an event goes back through processing, an outbound send
+    /// back to its queue, an unreadable command back on
+    /// `{prefix}outgoing.command`.
     pub async fn replay(&self, item: &DlqItem) -> Result<(), DlqError> {
+        if let DlqId::Outbound(id) = &item.id {
+            return self.replay_send(id, &item.letter).await;
+        }
+        if item.letter.stage == INTAKE_STAGE {
+            return self.replay_command(item).await;
+        }
         replay_event(
             self.queue.as_ref(),
             self.store.as_ref(),
@@ -306,6 +431,62 @@ impl Dlq {
         )
         .await
         .map_err(|e| DlqError::Replay(item.id.to_string(), e))?;
+        metrics::counter!("inlet_dlq_replayed_total", "kind" => "event").increment(1);
+        self.remove(std::slice::from_ref(&item.id)).await?;
+        Ok(())
+    }
+}
+
+impl Dlq {
+    async fn replay_send(&self, id: &str, letter: &DeadLetter) -> Result<(), DlqError> {
+        let replay_err = |e: ReplayError| DlqError::Replay(format!("out-{id}"), e);
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| replay_err(ReplayError::NotConfigured))?;
+        let revived = store
+            .outbound()
+            .revive_send(id, crate::store::outbound::now_ms())
+            .await?;
+        if !revived {
+            return Err(replay_err(ReplayError::NotDead(id.to_string())));
+        }
+        metrics::counter!("inlet_dlq_replayed_total", "kind" => "outbound").increment(1);
+        self.audit.write(
+            AuditRecord::new("outbound")
+                .trace(letter.event.trace_id)
+                .origin(letter.event.source.as_str(), &letter.event.tenant)
+                .outcome("replayed")
+                .with("outbound_id", id)
+                .with("from", "dlq"),
+        );
+        Ok(())
+    }
+
+    async fn replay_command(&self, item: &DlqItem) -> Result<(), DlqError> {
+        let replay_err = |e: ReplayError| DlqError::Replay(item.id.to_string(), e);
+        let queue = self
+            .queue
+            .as_ref()
+            .ok_or_else(|| replay_err(ReplayError::NotConfigured))?;
+        let l = &item.letter;
+        let fields = [
+            ("command", l.event.body.to_vec()),
+            ("tenant", l.event.tenant.clone().into_bytes()),
+            ("trace_id", l.event.trace_id.to_string().into_bytes()),
+        ];
+        queue
+            .publish(OUTGOING_COMMAND, &fields)
+            .await
+            .map_err(|e| replay_err(e.into()))?;
+        metrics::counter!("inlet_dlq_replayed_total", "kind" => "command").increment(1);
+        self.audit.write(
+            AuditRecord::new("replayed")
+                .trace(l.event.trace_id)
+                .origin(l.event.source.as_str(), &l.event.tenant)
+                .with("from", "dlq")
+                .with("via", "outgoing.command"),
+        );
         self.remove(std::slice::from_ref(&item.id)).await?;
         Ok(())
     }
@@ -387,8 +568,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_parse_both_forms() {
+    fn ids_parse_every_form() {
         assert_eq!(DlqId::parse("db-12"), Some(DlqId::Store(12)));
+        assert_eq!(
+            DlqId::parse("out-0190a1b2-c3d4"),
+            Some(DlqId::Outbound("0190a1b2-c3d4".into()))
+        );
+        assert_eq!(DlqId::Outbound("x1".into()).to_string(), "out-x1");
+        assert_eq!(DlqId::parse("out-"), None);
+        assert_eq!(DlqId::parse("out-a b"), None);
         assert_eq!(
             DlqId::parse("1700000000000-3"),
             Some(DlqId::Stream("1700000000000-3".into()))

@@ -250,13 +250,21 @@ impl RedisQueue {
     }
 
     /// Appends to a derived stream, trimmed approximately to the configured
-    /// maximum length.
+    /// maximum length (except `outgoing.command`: commands wait to be stored
+    /// and are never trimmed away).
     pub async fn publish(
         &self,
         stream: &str,
         fields: &[(&str, Vec<u8>)],
     ) -> Result<String, QueueError> {
-        self.xadd(stream, Some(self.derived_maxlen), fields).await
+        self.xadd(stream, self.maxlen_of(stream), fields).await
+    }
+
+    /// The trim length of a stream: none for the ones whose entries are
+    /// work, not notifications.
+    fn maxlen_of(&self, stream: &str) -> Option<usize> {
+        (stream != crate::streams::OUTGOING_COMMAND && self.derived_maxlen > 0)
+            .then_some(self.derived_maxlen)
     }
 
     /// Appends several entries to a derived stream in one round trip.
@@ -269,11 +277,12 @@ impl RedisQueue {
             return Ok(());
         }
         let key = self.key(stream);
+        let maxlen = self.maxlen_of(stream);
         let mut pipe = redis::pipe();
         for fields in entries {
             let cmd = pipe.cmd("XADD").arg(&key);
-            if self.derived_maxlen > 0 {
-                cmd.arg("MAXLEN").arg("~").arg(self.derived_maxlen);
+            if let Some(n) = maxlen {
+                cmd.arg("MAXLEN").arg("~").arg(n);
             }
             cmd.arg("*");
             for (k, v) in fields {

@@ -432,6 +432,14 @@ pub async fn start_worker(
         )
         .map_err(|e| StartError::Config(e.to_string()))?;
         tasks.push(sender.spawn(shutdown.clone()));
+        let intake = crate::sender::intake::CommandIntake::new(
+            queue.clone(),
+            store.clone(),
+            audit.clone(),
+            Arc::new(settings.clone()),
+            format!("{consumer_name}-intake"),
+        );
+        tasks.push(intake.spawn(shutdown.clone()));
     }
     tasks.extend(redis_bus.take_tasks());
     tasks.extend(metrics_tasks);

@@ -218,12 +218,68 @@ pub struct DlqSize {
     pub stream: Option<u64>,
     /// Rows in the store's `dead_letters` (direct mode).
     pub store: Option<i64>,
+    /// Dead-lettered outbound sends.
+    pub outbound: Option<i64>,
 }
 
 impl DlqSize {
-    /// Both places together.
+    /// Every place together.
     pub fn total(&self) -> u64 {
-        self.stream.unwrap_or(0) + self.store.map_or(0, |n| u64::try_from(n).unwrap_or(0))
+        let n = |v: Option<i64>| v.map_or(0, |n| u64::try_from(n).unwrap_or(0));
+        self.stream.unwrap_or(0) + n(self.store) + n(self.outbound)
+    }
+}
+
+/// The outbound side as the store sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct OutboundStatus {
+    /// Sends per stored state.
+    pub by_status: std::collections::BTreeMap<String, i64>,
+    /// Sends waiting (queued or claimed) per sender.
+    pub queued_by_sender: std::collections::BTreeMap<String, i64>,
+    /// Broadcasts per state (`running`, `paused`, `finished`).
+    pub broadcasts: std::collections::BTreeMap<String, i64>,
+    /// Apps whose sending stopped on an auth or account error.
+    pub halted: Vec<HaltStatus>,
+}
+
+impl OutboundStatus {
+    /// Sends waiting to be sent (queued or claimed).
+    pub fn waiting(&self) -> i64 {
+        self.queued_by_sender.values().sum()
+    }
+}
+
+/// A halted app.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HaltStatus {
+    /// Tenant of the app.
+    pub tenant: String,
+    /// `auth_halt` or `account_halt`.
+    pub error_class: String,
+    /// The Graph error code (190, 368, …), when Meta gave one.
+    pub code: Option<i64>,
+    /// Since when.
+    pub since: DateTime<Utc>,
+}
+
+impl From<crate::store::outbound::OutboundStats> for OutboundStatus {
+    fn from(stats: crate::store::outbound::OutboundStats) -> Self {
+        Self {
+            halted: stats
+                .halts
+                .iter()
+                .map(|h| HaltStatus {
+                    tenant: h.tenant.clone(),
+                    error_class: h.error_class.clone(),
+                    code: h.error.get("code").and_then(serde_json::Value::as_i64),
+                    since: DateTime::from_timestamp_millis(h.halted_ms).unwrap_or_default(),
+                })
+                .collect(),
+            by_status: stats.by_status,
+            queued_by_sender: stats.queued_by_sender,
+            broadcasts: stats.broadcasts,
+        }
     }
 }
 
@@ -293,6 +349,9 @@ pub struct StatusReport {
     pub groups: Vec<GroupStatus>,
     /// Dead letters.
     pub dlq: DlqSize,
+    /// Sends, broadcasts and halts (absent when the store could not be
+    /// read).
+    pub outbound: Option<OutboundStatus>,
     /// Stall threshold used: twice the worker's `claim_idle`.
     pub stall_after_seconds: f64,
     /// The verdict.
@@ -389,6 +448,7 @@ pub async fn gather(settings: &Settings) -> StatusReport {
         last_event_at: None,
         outbox: None,
     };
+    let mut outbound = None;
     match open_store(settings).await {
         Ok(s) => {
             store.reachable = true;
@@ -397,6 +457,17 @@ pub async fn gather(settings: &Settings) -> StatusReport {
                     store.last_event_at = a.last_received_at;
                     store.outbox = Some(a.outbox);
                     dlq.store = Some(a.dead_letters);
+                }
+                Err(e) => store.error = Some(e.to_string()),
+            }
+            match s.outbound().outbound_stats().await {
+                Ok(stats) => {
+                    dlq.outbound = stats
+                        .by_status
+                        .get(crate::store::outbound::state::DEAD_LETTERED)
+                        .copied()
+                        .or(Some(0));
+                    outbound = Some(OutboundStatus::from(stats));
                 }
                 Err(e) => store.error = Some(e.to_string()),
             }
@@ -415,6 +486,7 @@ pub async fn gather(settings: &Settings) -> StatusReport {
         streams: snapshot.streams,
         groups: snapshot.groups,
         dlq,
+        outbound,
         stall_after_seconds: stall_after.as_secs_f64(),
         health: Health {
             verdict: Verdict::Ok,
@@ -529,11 +601,33 @@ pub fn judge(report: &StatusReport, stall_after: Duration) -> Health {
         findings.push((
             Verdict::Degraded,
             format!(
-                "{dead} dead letters wait (stream {}, store {}): inspect with `inlet dlq list`, replay with `inlet dlq replay`",
+                "{dead} dead letters wait (stream {}, store {}, outbound {}): inspect with `inlet dlq list`, replay with `inlet dlq replay`",
                 report.dlq.stream.unwrap_or(0),
-                report.dlq.store.unwrap_or(0)
+                report.dlq.store.unwrap_or(0),
+                report.dlq.outbound.unwrap_or(0)
             ),
         ));
+    }
+    if let Some(out) = &report.outbound {
+        for halt in &out.halted {
+            findings.push((
+                Verdict::Degraded,
+                format!(
+                    "sending for tenant {} is halted since {} ({}{}): {} sends wait; configure a new access token and sending resumes",
+                    halt.tenant,
+                    format_ts(halt.since),
+                    halt.error_class,
+                    halt.code.map(|c| format!(", Graph code {c}")).unwrap_or_default(),
+                    out.waiting()
+                ),
+            ));
+        }
+        if let Some(n) = out.broadcasts.get("paused").filter(|n| **n > 0) {
+            findings.push((
+                Verdict::Degraded,
+                format!("{n} broadcasts are paused: see `inlet broadcasts list`, resume with `inlet broadcasts resume ID`"),
+            ));
+        }
     }
     findings.sort_by_key(|f| std::cmp::Reverse(f.0));
     Health {
@@ -643,15 +737,46 @@ impl StatusReport {
                 }
             }
         }
+        if let Some(o) = &self.outbound {
+            let states = if o.by_status.is_empty() {
+                "no sends yet".to_string()
+            } else {
+                o.by_status
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(out, "  outbound {states}; {} waiting", o.waiting());
+            if !o.broadcasts.is_empty() {
+                let b = o
+                    .broadcasts
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let _ = writeln!(out, "           broadcasts {b}");
+            }
+            for h in &o.halted {
+                let _ = writeln!(
+                    out,
+                    "           HALTED tenant {} since {} ({}{})",
+                    h.tenant,
+                    format_ts(h.since),
+                    h.error_class,
+                    h.code.map(|c| format!(", code {c}")).unwrap_or_default()
+                );
+            }
+        }
+        let dash = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |n| n.to_string());
         let _ = writeln!(
             out,
-            "  dlq      {} in the stream, {} in the store",
+            "  dlq      {} in the stream, {} in the store, {} outbound",
             self.dlq
                 .stream
                 .map_or_else(|| "-".to_string(), |n| n.to_string()),
-            self.dlq
-                .store
-                .map_or_else(|| "-".to_string(), |n| n.to_string())
+            dash(self.dlq.store),
+            dash(self.dlq.outbound)
         );
         let _ = writeln!(out, "  health   {}", self.health.verdict.as_str());
         for r in &self.health.reasons {
@@ -691,7 +816,8 @@ impl SampleSource {
 /// - `inlet_consumer_pending{stream,group}`
 /// - `inlet_consumer_oldest_pending_seconds{stream,group}`
 /// - `inlet_consumer_lag{stream,group}` (when Redis reports it)
-/// - `inlet_dlq_size{where="stream"|"store"}`
+/// - `inlet_dlq_size{where="stream"|"store"}` (`where="outbound"` is set by
+///   the sender)
 /// - `inlet_outbox_pending`
 /// - `inlet_last_event_timestamp_seconds`
 ///
@@ -813,7 +939,9 @@ mod tests {
             dlq: DlqSize {
                 stream: Some(0),
                 store: Some(0),
+                outbound: Some(0),
             },
+            outbound: Some(OutboundStatus::default()),
             stall_after_seconds: 60.0,
             health: Health {
                 verdict: Verdict::Ok,
@@ -823,6 +951,42 @@ mod tests {
     }
 
     const STALL: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_halted_sender_and_outbound_letters_degrade_and_are_shown() {
+        let mut r = report();
+        let mut out = OutboundStatus::default();
+        out.queued_by_sender.insert("106540352242922".into(), 7);
+        out.by_status.insert("queued".into(), 7);
+        out.by_status.insert("dead_lettered".into(), 2);
+        out.broadcasts.insert("paused".into(), 1);
+        out.halted.push(HaltStatus {
+            tenant: "acme".into(),
+            error_class: "auth_halt".into(),
+            code: Some(190),
+            since: Utc::now(),
+        });
+        r.outbound = Some(out);
+        r.dlq.outbound = Some(2);
+        let h = judge(&r, STALL);
+        assert_eq!(h.verdict, Verdict::Degraded, "{:?}", h.reasons);
+        let all = h.reasons.join("\n");
+        assert!(
+            all.contains("sending for tenant acme is halted") && all.contains("Graph code 190"),
+            "{all}"
+        );
+        assert!(all.contains("7 sends wait"), "{all}");
+        assert!(all.contains("1 broadcasts are paused"), "{all}");
+        assert!(all.contains("outbound 2"), "{all}");
+        r.health = h;
+        let text = r.render();
+        assert!(text.contains("HALTED tenant acme"), "{text}");
+        assert!(
+            text.contains("dead_lettered 2, queued 7; 7 waiting"),
+            "{text}"
+        );
+        assert!(text.contains("2 outbound"), "{text}");
+    }
 
     #[test]
     fn a_flowing_deployment_is_ok() {

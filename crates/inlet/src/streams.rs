@@ -15,13 +15,17 @@ pub const DLQ: &str = "dlq";
 pub const CACHE_SYNC: &str = "cache.sync";
 /// Committed write events (the event bus across processes).
 pub const EVENTS: &str = "events";
-/// Outbound send commands, read by the sender.
+/// Outbound send commands: every command stored through the API (relayed
+/// from the outbox), and commands other systems append directly; read by
+/// the sender's intake, which stores the new ones. Never trimmed.
 pub const OUTGOING_COMMAND: &str = "outgoing.command";
 
 /// Consumer group of the workers on [`INCOMING_RAW`].
 pub const WORKER_GROUP: &str = "workers";
 /// Consumer group of the cache-sync consumers on [`CACHE_SYNC`].
 pub const CACHE_GROUP: &str = "cache-sync";
+/// Consumer group of the sender's intake on [`OUTGOING_COMMAND`].
+pub const OUTGOING_GROUP: &str = "sender-intake";
 /// Prefix of the consumer group of each event-bus handler on [`EVENTS`]
 /// (`bus.{handler}`).
 pub const BUS_GROUP_PREFIX: &str = "bus.";
@@ -32,4 +36,11 @@ pub fn bus_group(handler: &str) -> String {
 }
 
 /// The streams `inlet status` reports, in this order.
-pub const REPORTED: [&str; 5] = [INCOMING_RAW, INCOMING_NORMALIZED, CACHE_SYNC, EVENTS, DLQ];
+pub const REPORTED: [&str; 6] = [
+    INCOMING_RAW,
+    INCOMING_NORMALIZED,
+    CACHE_SYNC,
+    EVENTS,
+    OUTGOING_COMMAND,
+    DLQ,
+];

@@ -6,6 +6,11 @@ use chrono::{DateTime, Utc};
 
 use crate::envelope::{format_ts, EnvelopeError, RawEvent};
 
+/// Stage of a letter written by the intake of `{prefix}outgoing.command`: a
+/// command it could not read or store. Its body is the command as it was on
+/// the stream; a replay puts it back there.
+pub const INTAKE_STAGE: &str = "intake";
+
 /// An event that could not be processed, with everything needed to replay it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {

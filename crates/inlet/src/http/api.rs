@@ -281,6 +281,8 @@ pub struct DlqTotals {
     pub stream: u64,
     /// In the store's `dead_letters` table.
     pub store: u64,
+    /// Dead-lettered outbound sends (`out-ID`).
+    pub outbound: u64,
 }
 
 /// `POST /api/dlq/{id}/replay`.
@@ -376,7 +378,7 @@ impl IntoResponse for LetterError {
             LetterError::BadId(raw) => error(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
-                format!("{raw:?} is not a dead-letter id (1700000000000-0 or db-N)"),
+                format!("{raw:?} is not a dead-letter id ({})", DlqId::FORMS),
             ),
             LetterError::NotFound(id) => error(
                 StatusCode::NOT_FOUND,
@@ -419,15 +421,16 @@ async fn dlq_list(
     Json(DlqList {
         dead_letters: items.iter().map(|i| i.view(with_body)).collect(),
         total: DlqTotals {
-            stream: len.0,
-            store: len.1,
+            stream: len.stream,
+            store: len.store,
+            outbound: len.outbound,
         },
     })
     .into_response()
 }
 
 #[utoipa::path(get, path = "/api/dlq/{id}", tag = "dlq",
-    params(("id" = String, Path, description = "stream entry id (1700000000000-0) or db-N"),
+    params(("id" = String, Path, description = "stream entry id (1700000000000-0), db-N or out-ID (outbound send)"),
         ("body" = Option<bool>, Query, description = "include the raw body")),
     responses((status = 200, description = "one dead letter", body = DlqView),
         (status = 400, description = "not a dead-letter id", body = ApiError),
@@ -447,7 +450,7 @@ async fn dlq_show(
 }
 
 #[utoipa::path(post, path = "/api/dlq/{id}/replay", tag = "dlq",
-    params(("id" = String, Path, description = "stream entry id (1700000000000-0) or db-N")),
+    params(("id" = String, Path, description = "stream entry id (1700000000000-0), db-N or out-ID (outbound send)")),
     responses((status = 200, description = "replayed; the letter is removed", body = Replayed),
         (status = 400, description = "not a dead-letter id", body = ApiError),
         (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),

@@ -2,6 +2,8 @@
 //! the shared limiter, calls the Graph API and records each outcome.
 //!
 //! - [`graph`]: the Graph API client (answer / not sent / ambiguous).
+//! - [`intake`]: stores the commands other systems append to
+//!   `{prefix}outgoing.command`.
 //! - [`limiter`]: the rate limiter shared by every sender process (Redis,
 //!   atomic Lua) or in-process (one process, no Redis).
 //! - this file: [`Sender`], the loop. Each round claims the heads of their
@@ -15,6 +17,7 @@
 //!   once its token changed.
 
 pub mod graph;
+pub mod intake;
 pub mod limiter;
 
 use std::sync::Arc;
@@ -522,6 +525,12 @@ impl Sender {
             }
         }
         metrics::gauge!("inlet_outbound_halted").set(stats.halts.len() as f64);
+        let dead = stats
+            .by_status
+            .get(state::DEAD_LETTERED)
+            .copied()
+            .unwrap_or(0);
+        metrics::gauge!("inlet_dlq_size", "where" => "outbound").set(dead as f64);
         for halt in out.halts().await? {
             let current = self
                 .settings

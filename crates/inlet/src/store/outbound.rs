@@ -344,4 +344,22 @@ pub trait OutboundStore: Send + Sync {
     fn finish_broadcasts(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Queue figures.
     fn outbound_stats(&self) -> BoxFuture<'_, Result<OutboundStats, StoreError>>;
+    /// Dead-lettered sends (the outbound part of `inlet dlq`), oldest first.
+    fn outbound_dead(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboundRecord>, StoreError>>;
+    /// A dead-lettered send goes back to the queue (`dead_lettered` →
+    /// `queued`, attempts reset, due now; history `replayed`, `queued`); a
+    /// finished broadcast it belongs to runs again. False if it is not
+    /// dead-lettered (already replayed, or never was).
+    fn revive_send<'a>(
+        &'a self,
+        id: &'a str,
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Dead-lettered sends an operator gave up on become `failed` with error
+    /// class `discarded` (the row and its history stay); returns how many.
+    fn discard_dead<'a>(
+        &'a self,
+        ids: &'a [String],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
 }

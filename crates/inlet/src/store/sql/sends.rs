@@ -842,6 +842,104 @@ macro_rules! impl_sends {
                     Ok(stats)
                 })
             }
+
+            fn outbound_dead(&self, limit: i64) -> BoxFuture<'_, Result<Vec<OutboundRecord>, StoreError>> {
+                Box::pin(async move {
+                    let mut qb = QueryBuilder::<$db>::new("SELECT ");
+                    qb.push(COLUMNS)
+                        .push(FROM)
+                        .push(" WHERE o.status = ")
+                        .push_bind(state::DEAD_LETTERED)
+                        .push(" ORDER BY o.seq LIMIT ")
+                        .push_bind(limit);
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    rows.iter().map(Self::outbound_from_row).collect()
+                })
+            }
+
+            fn revive_send<'a>(
+                &'a self,
+                id: &'a str,
+                now_ms: i64,
+            ) -> BoxFuture<'a, Result<bool, StoreError>> {
+                Box::pin(async move {
+                    let d = <$db as Backend>::DIALECT;
+                    let mut tx = self.pool.begin_with(d.write_begin).await.map_err(classify)?;
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "UPDATE outbound_messages SET status = 'queued', attempts = 0, lease_owner = NULL, \
+                         lease_until_ms = NULL, due_ms = ",
+                    );
+                    qb.push_bind(now_ms)
+                        .push(", updated_ms = ")
+                        .push_bind(now_ms)
+                        .push(" WHERE id = ")
+                        .push_bind(id.to_string())
+                        .push(" AND status = ")
+                        .push_bind(state::DEAD_LETTERED)
+                        .push(" RETURNING broadcast_id, error_class");
+                    let Some(row) = qb.build().fetch_optional(&mut *tx).await.map_err(classify)? else {
+                        return Ok(false);
+                    };
+                    let broadcast: Option<String> = row.try_get("broadcast_id").map_err(classify)?;
+                    let class: Option<String> = row.try_get("error_class").map_err(classify)?;
+                    let detail = serde_json::json!({"from": "dlq", "error_class": class});
+                    Self::history_in(&mut tx, id, "replayed", now_ms, Some(&detail)).await?;
+                    Self::history_in(&mut tx, id, state::QUEUED, now_ms, None).await?;
+                    if let Some(b) = broadcast {
+                        let mut qb = QueryBuilder::<$db>::new(
+                            "UPDATE broadcasts SET status = 'running', finished_ms = NULL, updated_ms = ",
+                        );
+                        qb.push_bind(now_ms)
+                            .push(" WHERE status = 'finished' AND id = ")
+                            .push_bind(b);
+                        qb.build().execute(&mut *tx).await.map_err(classify)?;
+                    }
+                    tx.commit().await.map_err(classify)?;
+                    Ok(true)
+                })
+            }
+
+            fn discard_dead<'a>(
+                &'a self,
+                ids: &'a [String],
+                now_ms: i64,
+            ) -> BoxFuture<'a, Result<u64, StoreError>> {
+                Box::pin(async move {
+                    if ids.is_empty() {
+                        return Ok(0);
+                    }
+                    let d = <$db as Backend>::DIALECT;
+                    let mut tx = self.pool.begin_with(d.write_begin).await.map_err(classify)?;
+                    let mut n = 0;
+                    for chunk in ids.chunks(CHUNK) {
+                        let mut qb = QueryBuilder::<$db>::new(
+                            "UPDATE outbound_messages SET status = 'failed', error_class = 'discarded', updated_ms = ",
+                        );
+                        qb.push_bind(now_ms).push(" WHERE status = ").push_bind(state::DEAD_LETTERED).push(" AND id IN (");
+                        let mut sep = qb.separated(", ");
+                        for id in chunk {
+                            sep.push_bind(id.clone());
+                        }
+                        qb.push(") RETURNING id");
+                        let done: Vec<String> = qb
+                            .build()
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(classify)?
+                            .iter()
+                            .map(|r| r.try_get::<String, _>("id"))
+                            .collect::<Result<_, _>>()
+                            .map_err(classify)?;
+                        let detail = serde_json::json!({"error_class": "discarded", "reason": "removed from the DLQ"});
+                        for id in &done {
+                            Self::history_in(&mut tx, id, state::FAILED, now_ms, Some(&detail)).await?;
+                        }
+                        n += done.len() as u64;
+                    }
+                    tx.commit().await.map_err(classify)?;
+                    Ok(n)
+                })
+            }
         }
     };
 }
