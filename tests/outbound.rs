@@ -1,13 +1,14 @@
 //! The send side against a mock Graph API on loopback: the send API,
 //! idempotency, the 24-hour window, BSUID addressing, broadcasts across two
-//! workers at a shared rate, throttling, and an auth halt lifted by a new
-//! token.
+//! workers at a shared rate, a worker process SIGKILLed mid-broadcast,
+//! throttling, an auth halt lifted by a new token, outbound dead letters and
+//! their replay, and commands appended to `outgoing.command`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use inlet_suite::graph::MockGraph;
-use inlet_suite::{eventually, TestConfig, TestDb, TestGateway, TestWorker, SECRET};
+use inlet_suite::{eventually, ChildWorker, TestConfig, TestDb, TestGateway, TestWorker, SECRET};
 use serde_json::{json, Value};
 
 const SENDER: &str = "106540352242922";
@@ -546,6 +547,91 @@ async fn commands_appended_to_the_stream_are_stored_once_and_bad_ones_dead_lette
         && a.extra.get("via").and_then(Value::as_str) == Some("stream")));
 
     worker.stop().await;
+    gw.stop().await;
+    db.drop_db().await;
+}
+
+/// Not a test: the worker process that
+/// `a_worker_killed_mid_broadcast_sends_everyone_exactly_once` starts and
+/// kills (it returns at once when run by hand).
+#[tokio::test]
+#[ignore = "the child worker process of the SIGKILL test"]
+async fn child_worker_process() {
+    inlet_suite::run_child_worker().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_broadcast_sends_everyone_exactly_once() {
+    const N: usize = 300;
+    const RATE: usize = 60;
+    let db = TestDb::create().await;
+    let graph = MockGraph::start().await;
+    // Short lease and deadline so the test does not wait minutes: a send
+    // in flight when the process died is `unknown` after the lease; its
+    // status webhook (the mock posts one for every accepted send) settles
+    // it, and only one that never reached Meta is sent again after the
+    // deadline.
+    let cfg = config(&graph)
+        .set("INLET_DATABASE_URL", db.url.clone())
+        .set("INLET_OUTBOUND__RATE_PER_SECOND", RATE.to_string())
+        .set("INLET_OUTBOUND__BURST", RATE.to_string())
+        .set("INLET_OUTBOUND__LEASE_MS", "1500")
+        .set("INLET_OUTBOUND__UNKNOWN_DEADLINE_MS", "4000")
+        .set("INLET_OUTBOUND__UNKNOWN_POLICY_BROADCAST", "resend")
+        .set("INLET_WORKER__CONSUMER_NAME", "sender-killed");
+    let gw = TestGateway::start(cfg).await;
+    graph.post_statuses_to(&gw.base, SECRET);
+    let child = ChildWorker::spawn(&gw.config, "child_worker_process", &[]);
+
+    let recipients: Vec<String> = (0..N).map(|i| format!("1556{:07}", i)).collect();
+    let (status, b, _) = api(
+        &gw,
+        "POST",
+        "/api/broadcasts",
+        Some(json!({
+            "channel": "whatsapp", "from": SENDER,
+            "template": {"name": "restock", "language": {"code": "en_US"}},
+            "recipients": recipients,
+        })),
+    )
+    .await;
+    assert_eq!(status, 202, "{b}");
+    let bid = b["id"].as_str().unwrap().to_string();
+
+    eventually(WAIT, "a third of the broadcast sent", || async {
+        (graph.accepted().len() >= N / 3).then_some(())
+    })
+    .await;
+    child.kill().await;
+    let before = graph.seen().len();
+    assert!(before < N, "killed mid-broadcast ({before} of {N} sent)");
+
+    // Restarted under the same name: it resumes from the stored plan.
+    let restarted = ChildWorker::spawn(&gw.config, "child_worker_process", &[]);
+    let done = eventually(
+        Duration::from_secs(120),
+        "broadcast finished with every status webhook",
+        || async {
+            let (_, b, _) = api(&gw, "GET", &format!("/api/broadcasts/{bid}"), None).await;
+            (b["counts"]["sent"] == N && !b["finished_at"].is_null()).then_some(b)
+        },
+    )
+    .await;
+    assert_eq!(done["status"], "finished", "{done}");
+    restarted.kill().await;
+
+    // Meta saw every recipient exactly once: none twice, none skipped.
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for s in graph.seen() {
+        *per.entry(s.recipient).or_default() += 1;
+    }
+    assert_eq!(per.len(), N, "every recipient was sent to");
+    let twice: Vec<_> = per.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    assert!(
+        graph.seen().len() > before,
+        "the restarted worker sent the rest"
+    );
     gw.stop().await;
     db.drop_db().await;
 }

@@ -1008,3 +1008,65 @@ impl SettingsExt for Settings {
         self
     }
 }
+
+/// Set in the environment of a [`ChildWorker`] process.
+pub const CHILD_WORKER_ENV: &str = "INLET_TEST_CHILD_WORKER";
+
+/// A worker in a process of its own, so a test can SIGKILL it: the test
+/// binary itself, re-run with only its child entry (an `#[ignore]`d test
+/// that calls [`run_child_worker`]) and the settings of a [`TestConfig`] as
+/// `INLET_*` variables.
+pub struct ChildWorker {
+    child: tokio::process::Child,
+}
+
+impl ChildWorker {
+    /// Starts the test binary's `entry` test as a worker process with the
+    /// settings of `config` plus `extra`.
+    pub fn spawn(config: &TestConfig, entry: &str, extra: &[(&str, &str)]) -> ChildWorker {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let child = tokio::process::Command::new(exe)
+            .args([
+                entry,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&config.env)
+            .envs(extra.iter().copied())
+            .env(CHILD_WORKER_ENV, "1")
+            .env("INLET_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the worker process starts");
+        ChildWorker { child }
+    }
+
+    /// SIGKILL: no shutdown, no batch finished, leases left behind.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("SIGKILL sent");
+        let status = self.child.wait().await.expect("the worker process ended");
+        assert!(!status.success(), "the worker was killed, not stopped");
+    }
+}
+
+/// The body of a child entry test: runs a worker on the settings in the
+/// environment until the process is killed or signalled. Does nothing
+/// outside a [`ChildWorker`] process.
+pub async fn run_child_worker() {
+    if std::env::var_os(CHILD_WORKER_ENV).is_none() {
+        return;
+    }
+    inlet::telemetry::init_test_tracing();
+    let settings = Settings::load().expect("the child worker's settings are valid");
+    let shutdown = inlet::telemetry::shutdown_signal();
+    let running = inlet::service::start_worker(settings, shutdown)
+        .await
+        .expect("the child worker starts");
+    running.wait().await;
+}
