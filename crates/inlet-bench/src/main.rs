@@ -6,6 +6,8 @@
 //! - `e2e`: POST → message row visible in Postgres.
 //! - `worker`: preload raw events into Redis, time the worker draining them.
 //! - `wait-rows`: time any worker filling a table (used for the peer).
+//! - `sender`: sender accuracy (achieved vs configured rate) and CPU per
+//!   send, against a mock Graph API on loopback.
 //!
 //! Every run is bounded in time; `load` and `e2e` refuse non-loopback targets
 //! unless `--allow-remote` is given.
@@ -14,6 +16,7 @@ mod body;
 mod e2e;
 mod http;
 mod load;
+mod sender;
 mod stats;
 mod worker;
 
@@ -46,6 +49,33 @@ enum Command {
     Worker(WorkerArgs),
     /// Wait until a table has grown by N rows and report rows/s.
     WaitRows(WaitRowsArgs),
+    /// Sender accuracy and CPU per send: a broadcast through inlet-worker to a mock Graph API.
+    Sender(SenderArgs),
+}
+
+#[derive(Args)]
+struct SenderArgs {
+    /// The `inlet-worker` binary to run (release build).
+    #[arg(long, default_value = "target/release/inlet-worker")]
+    worker_bin: PathBuf,
+    /// Postgres the worker keeps the sends in.
+    #[arg(long, env = "INLET_DATABASE_URL")]
+    database_url: String,
+    /// Redis the worker's limiter uses.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// `outbound.rate_per_second` (burst = rate).
+    #[arg(long, default_value_t = 80)]
+    rate: u32,
+    /// Broadcast recipients (sends).
+    #[arg(long, default_value_t = 800)]
+    count: usize,
+    /// Give up after this long.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where to send and what.
@@ -276,6 +306,25 @@ async fn main() -> anyhow::Result<()> {
                     drain.first_after.as_secs_f64(),
                     drain.rows_per_sec
                 );
+            }
+        }
+        Command::Sender(args) => {
+            if args.rate == 0 || args.count < 2 {
+                bail!("--rate must be positive and --count at least 2");
+            }
+            let cfg = sender::SenderConfig {
+                worker_bin: args.worker_bin,
+                database_url: args.database_url,
+                redis_url: args.redis_url,
+                rate: args.rate,
+                count: args.count,
+                timeout: args.timeout,
+            };
+            let report = sender::run(&cfg).await?;
+            if args.json {
+                println!("{}", report.to_json(&cfg));
+            } else {
+                println!("{}", report.to_text(&cfg));
             }
         }
         Command::WaitRows(args) => {

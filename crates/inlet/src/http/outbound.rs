@@ -29,7 +29,7 @@ use uuid::Uuid;
 use super::api::error;
 use super::AppState;
 use crate::audit::AuditRecord;
-use crate::outbound::{BroadcastSpec, Invalid, MessageType, SendSpec};
+use crate::outbound::{BroadcastSpec, Invalid, SendSpec};
 use crate::store::outbound::{
     BroadcastRecord, HistoryEntry, NewBroadcast, NewSend, OutboundRecord,
 };
@@ -305,35 +305,7 @@ async fn create_broadcast_inner(state: &AppState, body: &[u8], trace: Uuid) -> R
         None => return no_store(),
     };
     let tenant = tenant_for(state, &spec.from);
-    let id = Uuid::now_v7();
-    let sends: Vec<NewSend> = spec
-        .recipients
-        .iter()
-        .map(|(to, kind)| NewSend {
-            // One id per (broadcast, recipient): a recipient is planned once.
-            id: Uuid::new_v5(&id, to.as_bytes()).to_string(),
-            tenant: tenant.clone(),
-            spec: SendSpec {
-                channel: spec.channel,
-                from: spec.from.clone(),
-                to: to.clone(),
-                recipient_kind: *kind,
-                message_type: MessageType::Template,
-                content: spec.template.clone(),
-                reply_to: None,
-                tag: None,
-                idempotency_key: None,
-            },
-            broadcast_id: Some(id.to_string()),
-            trace_id: trace.to_string(),
-        })
-        .collect();
-    let broadcast = NewBroadcast {
-        id: id.to_string(),
-        tenant: tenant.clone(),
-        spec,
-        trace_id: trace.to_string(),
-    };
+    let (broadcast, sends) = NewBroadcast::plan(spec, &tenant, &trace.to_string());
     match store.outbound().create_broadcast(&broadcast, &sends).await {
         Ok((record, created)) => {
             state.audit.write(

@@ -186,6 +186,47 @@ pub struct NewBroadcast {
     pub trace_id: String,
 }
 
+impl NewBroadcast {
+    /// Plans a broadcast: a new id, and one send per recipient whose id is
+    /// derived from the broadcast id and the recipient (UUIDv5), so a
+    /// recipient is planned once and a status webhook joins back to it.
+    pub fn plan(
+        spec: crate::outbound::BroadcastSpec,
+        tenant: &str,
+        trace_id: &str,
+    ) -> (NewBroadcast, Vec<NewSend>) {
+        let id = uuid::Uuid::now_v7();
+        let sends = spec
+            .recipients
+            .iter()
+            .map(|(to, kind)| NewSend {
+                id: uuid::Uuid::new_v5(&id, to.as_bytes()).to_string(),
+                tenant: tenant.to_string(),
+                spec: SendSpec {
+                    channel: spec.channel,
+                    from: spec.from.clone(),
+                    to: to.clone(),
+                    recipient_kind: *kind,
+                    message_type: crate::outbound::MessageType::Template,
+                    content: spec.template.clone(),
+                    reply_to: None,
+                    tag: None,
+                    idempotency_key: None,
+                },
+                broadcast_id: Some(id.to_string()),
+                trace_id: trace_id.to_string(),
+            })
+            .collect();
+        let broadcast = NewBroadcast {
+            id: id.to_string(),
+            tenant: tenant.to_string(),
+            spec,
+            trace_id: trace_id.to_string(),
+        };
+        (broadcast, sends)
+    }
+}
+
 /// A stored broadcast with its counts.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BroadcastRecord {
