@@ -75,6 +75,49 @@ async fn wait_status(gw: &TestGateway, id: &str, wanted: &[&str]) -> Value {
     .await
 }
 
+/// Queue mode on its own Postgres database, at `rate` sends per second
+/// (burst = rate).
+fn rated(graph: &MockGraph, db: &TestDb, rate: usize) -> TestConfig {
+    config(graph)
+        .set("INLET_DATABASE_URL", db.url.clone())
+        .set("INLET_OUTBOUND__RATE_PER_SECOND", rate.to_string())
+        .set("INLET_OUTBOUND__BURST", rate.to_string())
+}
+
+/// Creates a broadcast of template `name`; returns its id.
+async fn post_broadcast(gw: &TestGateway, name: &str, recipients: &[String]) -> String {
+    let (status, b, _) = api(
+        gw,
+        "POST",
+        "/api/broadcasts",
+        Some(json!({
+            "channel": "whatsapp", "from": SENDER,
+            "template": {"name": name, "language": {"code": "en_US"}},
+            "recipients": recipients,
+        })),
+    )
+    .await;
+    assert_eq!(status, 202, "{b}");
+    assert_eq!(b["total"], recipients.len());
+    b["id"].as_str().unwrap().to_string()
+}
+
+/// Waits until the broadcast finished with `n` sends joined by their
+/// `sent` status webhooks.
+async fn wait_broadcast_sent(gw: &TestGateway, bid: &str, n: usize) -> Value {
+    let done = eventually(
+        Duration::from_secs(120),
+        "broadcast finished with every status webhook",
+        || async {
+            let (_, b, _) = api(gw, "GET", &format!("/api/broadcasts/{bid}"), None).await;
+            (b["counts"]["sent"] == n && !b["finished_at"].is_null()).then_some(b)
+        },
+    )
+    .await;
+    assert_eq!(done["status"], "finished", "{done}");
+    done
+}
+
 #[tokio::test]
 async fn send_api_stores_first_sends_once_and_keeps_the_window() {
     let graph = MockGraph::start().await;
@@ -289,11 +332,7 @@ async fn a_broadcast_across_two_workers_keeps_the_shared_rate_and_joins_statuses
     const N: usize = 1000;
     let db = TestDb::create().await;
     let graph = MockGraph::start().await;
-    let cfg = config(&graph)
-        .set("INLET_DATABASE_URL", db.url.clone())
-        .set("INLET_OUTBOUND__RATE_PER_SECOND", RATE.to_string())
-        .set("INLET_OUTBOUND__BURST", RATE.to_string());
-    let gw = TestGateway::start(cfg).await;
+    let gw = TestGateway::start(rated(&graph, &db, RATE)).await;
     graph.post_statuses_to(&gw.base, SECRET);
     let mut s1 = cfg_clone(&gw.config);
     s1.worker.consumer_name = Some("sender-a".into());
@@ -303,31 +342,8 @@ async fn a_broadcast_across_two_workers_keeps_the_shared_rate_and_joins_statuses
     let w2 = TestWorker::start_with(s2).await;
 
     let recipients: Vec<String> = (0..N).map(|i| format!("1555{:07}", i)).collect();
-    let (status, b, _) = api(
-        &gw,
-        "POST",
-        "/api/broadcasts",
-        Some(json!({
-            "channel": "whatsapp", "from": SENDER,
-            "template": {"name": "spring_sale", "language": {"code": "en_US"}},
-            "recipients": recipients,
-        })),
-    )
-    .await;
-    assert_eq!(status, 202, "{b}");
-    assert_eq!(b["total"], N);
-    let bid = b["id"].as_str().unwrap().to_string();
-
-    let done = eventually(
-        Duration::from_secs(120),
-        "broadcast finished with every status webhook",
-        || async {
-            let (_, b, _) = api(&gw, "GET", &format!("/api/broadcasts/{bid}"), None).await;
-            (b["counts"]["sent"] == N && !b["finished_at"].is_null()).then_some(b)
-        },
-    )
-    .await;
-    assert_eq!(done["status"], "finished", "{done}");
+    let bid = post_broadcast(&gw, "spring_sale", &recipients).await;
+    wait_broadcast_sent(&gw, &bid, N).await;
 
     // Every recipient exactly once, and never more than rate + burst in
     // any one-second window of the mock's clock.
@@ -571,10 +587,7 @@ async fn a_worker_killed_mid_broadcast_sends_everyone_exactly_once() {
     // status webhook (the mock posts one for every accepted send) settles
     // it, and only one that never reached Meta is sent again after the
     // deadline.
-    let cfg = config(&graph)
-        .set("INLET_DATABASE_URL", db.url.clone())
-        .set("INLET_OUTBOUND__RATE_PER_SECOND", RATE.to_string())
-        .set("INLET_OUTBOUND__BURST", RATE.to_string())
+    let cfg = rated(&graph, &db, RATE)
         .set("INLET_OUTBOUND__LEASE_MS", "1500")
         .set("INLET_OUTBOUND__UNKNOWN_DEADLINE_MS", "4000")
         .set("INLET_OUTBOUND__UNKNOWN_POLICY_BROADCAST", "resend")
@@ -584,19 +597,7 @@ async fn a_worker_killed_mid_broadcast_sends_everyone_exactly_once() {
     let child = ChildWorker::spawn(&gw.config, "child_worker_process", &[]);
 
     let recipients: Vec<String> = (0..N).map(|i| format!("1556{:07}", i)).collect();
-    let (status, b, _) = api(
-        &gw,
-        "POST",
-        "/api/broadcasts",
-        Some(json!({
-            "channel": "whatsapp", "from": SENDER,
-            "template": {"name": "restock", "language": {"code": "en_US"}},
-            "recipients": recipients,
-        })),
-    )
-    .await;
-    assert_eq!(status, 202, "{b}");
-    let bid = b["id"].as_str().unwrap().to_string();
+    let bid = post_broadcast(&gw, "restock", &recipients).await;
 
     eventually(WAIT, "a third of the broadcast sent", || async {
         (graph.accepted().len() >= N / 3).then_some(())
@@ -608,16 +609,7 @@ async fn a_worker_killed_mid_broadcast_sends_everyone_exactly_once() {
 
     // Restarted under the same name: it resumes from the stored plan.
     let restarted = ChildWorker::spawn(&gw.config, "child_worker_process", &[]);
-    let done = eventually(
-        Duration::from_secs(120),
-        "broadcast finished with every status webhook",
-        || async {
-            let (_, b, _) = api(&gw, "GET", &format!("/api/broadcasts/{bid}"), None).await;
-            (b["counts"]["sent"] == N && !b["finished_at"].is_null()).then_some(b)
-        },
-    )
-    .await;
-    assert_eq!(done["status"], "finished", "{done}");
+    wait_broadcast_sent(&gw, &bid, N).await;
     restarted.kill().await;
 
     // Meta saw every recipient exactly once: none twice, none skipped.

@@ -58,12 +58,8 @@ impl DlqId {
             return n.parse().ok().map(DlqId::Store);
         }
         if let Some(id) = s.strip_prefix("out-") {
-            let ok = !id.is_empty()
-                && id.len() <= 200
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            return ok.then(|| DlqId::Outbound(id.to_string()));
+            return crate::outbound::request::is_outbound_id(id)
+                .then(|| DlqId::Outbound(id.to_string()));
         }
         let (ms, seq) = s.split_once('-')?;
         (ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())

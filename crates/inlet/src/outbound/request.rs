@@ -20,6 +20,16 @@ pub const MAX_BROADCAST_RECIPIENTS: usize = 100_000;
 /// Longest accepted idempotency key.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 
+/// Whether `id` can be an outbound id: 1 to 200 letters, digits, `-` or
+/// `_` (UUIDs, and the ids other systems give commands on the stream).
+pub fn is_outbound_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// A rejected request: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("{field}: {detail}")]

@@ -81,11 +81,7 @@ pub fn parse_entry(
     };
     let id = match entry.text("id").filter(|s| !s.is_empty()) {
         Some(id) => {
-            let ok = id.len() <= 200
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !ok {
+            if !crate::outbound::request::is_outbound_id(&id) {
                 return Err(IntakeError::BadField(
                     "id",
                     "at most 200 letters, digits, '-' or '_'".into(),

@@ -98,6 +98,12 @@ macro_rules! impl_sends {
                 })
             }
 
+            /// Runs a `SELECT COLUMNS FROM …` query into records.
+            async fn fetch_records(&self, mut qb: QueryBuilder<'_, $db>) -> Result<Vec<OutboundRecord>, StoreError> {
+                let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                rows.iter().map(Self::outbound_from_row).collect()
+            }
+
             async fn select_outbound<'e, E>(executor: E, id: &str) -> Result<Option<OutboundRecord>, StoreError>
             where
                 E: sqlx::Executor<'e, Database = $db>,
@@ -383,8 +389,7 @@ macro_rules! impl_sends {
                 Box::pin(async move {
                     let mut qb = QueryBuilder::<$db>::new("SELECT ");
                     qb.push(COLUMNS).push(FROM).push(" ORDER BY o.seq DESC LIMIT ").push_bind(limit);
-                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
-                    rows.iter().map(Self::outbound_from_row).collect()
+                    self.fetch_records(qb).await
                 })
             }
 
@@ -442,8 +447,7 @@ macro_rules! impl_sends {
                     qb.push(") AND o.lease_owner = ")
                         .push_bind(owner.to_string())
                         .push(" ORDER BY o.seq");
-                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
-                    rows.iter().map(Self::outbound_from_row).collect()
+                    self.fetch_records(qb).await
                 })
             }
 
@@ -852,8 +856,7 @@ macro_rules! impl_sends {
                         .push_bind(state::DEAD_LETTERED)
                         .push(" ORDER BY o.seq LIMIT ")
                         .push_bind(limit);
-                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
-                    rows.iter().map(Self::outbound_from_row).collect()
+                    self.fetch_records(qb).await
                 })
             }
 
