@@ -18,7 +18,9 @@ use serde::Deserialize;
 use crate::envelope::Source;
 use crate::signature::SigningKey;
 
+mod media;
 mod outbound;
+pub use media::{MaxBytes, MediaSettings, MediaStorageKind, S3Settings};
 pub use outbound::{GraphSettings, OutboundSettings, TokenSource, UnknownPolicy};
 
 /// Why configuration could not be loaded.
@@ -94,6 +96,8 @@ pub struct Settings {
     pub graph: GraphSettings,
     /// `[outbound]`: the sender.
     pub outbound: OutboundSettings,
+    /// `[media]`.
+    pub media: MediaSettings,
 }
 
 /// Event bus behaviour (`[events]`).
@@ -364,6 +368,7 @@ struct RawSettings {
     events: RawEvents,
     graph: outbound::RawGraph,
     outbound: outbound::RawOutbound,
+    media: media::RawMedia,
 }
 
 #[derive(Debug, Deserialize)]
@@ -572,6 +577,7 @@ impl RawSettings {
         let verify_token = non_empty(self.verify_token).map(SecretString::from);
         let graph = self.graph.validate()?;
         let outbound = self.outbound.validate()?;
+        let media = self.media.validate()?;
         let mut generated_secret = None;
         if default_secrets.is_empty() && apps.is_empty() {
             // Nothing configured: a newcomer running the embedded default.
@@ -746,6 +752,7 @@ impl RawSettings {
             },
             graph,
             outbound,
+            media,
         })
     }
 }

@@ -297,6 +297,21 @@ pub struct MediaRef {
     pub filename: Option<String>,
 }
 
+impl MediaRef {
+    /// Kinds whose bytes Inlet downloads and keeps: WhatsApp's image,
+    /// audio, video, document and sticker; Messenger/Instagram attachments
+    /// of type image, audio, video and file.
+    pub const DOWNLOADABLE: [&'static str; 6] =
+        ["image", "audio", "video", "document", "sticker", "file"];
+
+    /// Whether the media pipeline downloads this attachment: a kind of
+    /// [`Self::DOWNLOADABLE`] with a media id or a URL to fetch it by.
+    pub fn is_downloadable(&self) -> bool {
+        Self::DOWNLOADABLE.contains(&self.kind.as_str())
+            && (self.media_id.is_some() || self.url.is_some())
+    }
+}
+
 /// One message (or message-like event: reaction, postback, referral, system
 /// notice) in a conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

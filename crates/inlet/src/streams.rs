@@ -19,6 +19,10 @@ pub const EVENTS: &str = "events";
 /// from the outbox), and commands other systems append directly; read by
 /// the sender's intake, which stores the new ones. Never trimmed.
 pub const OUTGOING_COMMAND: &str = "outgoing.command";
+/// Media jobs: one per attachment of a newly stored inbound message
+/// (relayed from the outbox); read by the media consumers, which download,
+/// verify and store the file.
+pub const MEDIA_PROCESSING: &str = "media.processing";
 
 /// Consumer group of the workers on [`INCOMING_RAW`].
 pub const WORKER_GROUP: &str = "workers";
@@ -26,6 +30,8 @@ pub const WORKER_GROUP: &str = "workers";
 pub const CACHE_GROUP: &str = "cache-sync";
 /// Consumer group of the sender's intake on [`OUTGOING_COMMAND`].
 pub const OUTGOING_GROUP: &str = "sender-intake";
+/// Consumer group of the media consumers on [`MEDIA_PROCESSING`].
+pub const MEDIA_GROUP: &str = "media";
 /// Prefix of the consumer group of each event-bus handler on [`EVENTS`]
 /// (`bus.{handler}`).
 pub const BUS_GROUP_PREFIX: &str = "bus.";
@@ -36,11 +42,12 @@ pub fn bus_group(handler: &str) -> String {
 }
 
 /// The streams `inlet status` reports, in this order.
-pub const REPORTED: [&str; 6] = [
+pub const REPORTED: [&str; 7] = [
     INCOMING_RAW,
     INCOMING_NORMALIZED,
     CACHE_SYNC,
     EVENTS,
     OUTGOING_COMMAND,
+    MEDIA_PROCESSING,
     DLQ,
 ];

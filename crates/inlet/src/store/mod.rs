@@ -10,6 +10,7 @@
 //! changes and outbox entries.
 
 pub mod events;
+pub mod media;
 pub mod outbound;
 pub mod read;
 pub mod sql;
@@ -301,6 +302,8 @@ pub trait EventStore: Send + Sync + 'static {
     fn read_model(&self) -> &dyn read::ReadModel;
     /// The outbound side: sends, broadcasts, halts.
     fn outbound(&self) -> &dyn outbound::OutboundStore;
+    /// The media side: download state per attachment, upload cache.
+    fn media(&self) -> &dyn media::MediaStore;
 }
 
 /// Shared store handle.

@@ -201,6 +201,8 @@ macro_rules! impl_writes {
                 report.conversation_ids = conversation_ids.values().copied().collect();
                 report.conversation_ids.sort_unstable();
 
+                let mut new_message_ids: HashMap<(String, String, String), i64> = HashMap::new();
+
                 for chunk in plan.messages.chunks(CHUNK) {
                     let ids = chunk
                         .iter()
@@ -237,16 +239,22 @@ macro_rules! impl_writes {
                             .push_bind(now);
                     });
                     qb.push(" ON CONFLICT (tenant, channel, provider_message_id) DO NOTHING \
-                              RETURNING tenant, channel, provider_message_id");
+                              RETURNING id, tenant, channel, provider_message_id");
                     for row in qb.build().fetch_all(&mut **tx).await.map_err(classify)? {
                         report.messages_new += 1;
-                        results.new_messages.insert((
+                        let key: (String, String, String) = (
                             row.try_get("tenant").map_err(classify)?,
                             row.try_get("channel").map_err(classify)?,
                             row.try_get("provider_message_id").map_err(classify)?,
-                        ));
+                        );
+                        new_message_ids.insert(key.clone(), row.try_get("id").map_err(classify)?);
+                        results.new_messages.insert(key);
                     }
                 }
+                // Attachments of new inbound messages: `pending` rows and
+                // their jobs on media.processing, with the message.
+                let media_jobs =
+                    Self::queue_media_jobs(tx, &plan.messages, &new_message_ids, now).await?;
 
                 for chunk in plan.statuses.chunks(CHUNK).chain(plan.watermarks.chunks(CHUNK)) {
                     for key in self.insert_status_history(tx, chunk, now).await? {
@@ -378,6 +386,7 @@ macro_rules! impl_writes {
                 if !plan.raw.is_empty() || !plan.messages.is_empty() {
                     outbox.extend(cache_jobs(&report));
                 }
+                outbox.extend(media_jobs);
                 // `after` events: appended to the log in this transaction; the
                 // relay publishes them from the log by its cursor.
                 let events = after_events(plan, &results, &self.filter);
