@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["ingest"],
     &["relay"],
     &["bus"],
-    &["pipeline", "cache", "webhooks"],
+    &["pipeline", "cache", "webhooks", "media"],
     &["worker", "direct", "dlq", "status", "sender"],
     &["http"],
     &["service"],

@@ -25,6 +25,8 @@
 //! - [`webhooks`]: outgoing signed webhooks and the Slack formatter.
 //! - [`relay`]: the outbox relay to the derived Redis streams.
 //! - [`cache`]: JSON cache files, cache-sync consumer, precomputed analytics.
+//! - [`media`]: the media pipeline (download, verify, content-addressed
+//!   storage local or S3, outbound uploads).
 //! - [`audit`]: JSONL audit lines, daily files per service.
 //! - [`http`]: the gateway's router, handlers and server.
 //! - [`service`]: wiring of the gateway and worker services.
@@ -47,6 +49,7 @@ pub mod http;
 pub mod ingest;
 #[cfg(test)]
 mod layers;
+pub mod media;
 pub mod model;
 pub mod normalize;
 pub mod outbound;

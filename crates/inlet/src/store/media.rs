@@ -177,10 +177,7 @@ pub trait MediaStore: Send + Sync {
         not_before_ms: i64,
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
     /// Remembers an upload (replacing an older one of the same file).
-    fn remember_upload<'a>(
-        &'a self,
-        upload: &'a Upload,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn remember_upload<'a>(&'a self, upload: &'a Upload) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// An outbound upload.

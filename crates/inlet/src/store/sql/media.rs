@@ -17,7 +17,8 @@ use crate::store::media::{
 };
 use crate::store::StoreError;
 
-const RECORD_COLUMNS: &str = "message_id, idx, tenant, state, kind, sha256, bytes, mime_type, reason, \
+const RECORD_COLUMNS: &str =
+    "message_id, idx, tenant, state, kind, sha256, bytes, mime_type, reason, \
  error, attempts, updated_ms";
 
 /// The attachments of newly stored inbound messages that the media
