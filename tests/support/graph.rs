@@ -4,6 +4,14 @@
 //! (HTTP 401, code 190) or fails (HTTP 500, code 131000) on demand, and can
 //! post the `sent` status webhook of
 //! each accepted message to a gateway, as Meta does.
+//!
+//! Media: files registered with [`MockGraph::add_media`] are described by
+//! `GET /{version}/{media-id}` (url, mime_type, sha256 in hex, file_size)
+//! and served from that URL (`GET /download/{media-id}?g=N`, bearer token
+//! required, streamed in chunks); [`MockGraph::expire_urls`] makes the first
+//! URLs of a file answer 404, as an expired link does.
+//! `POST /{version}/{sender}/media` (multipart) records the upload and
+//! answers `{"id"}`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +22,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use serde_json::Value;
 
@@ -49,8 +57,37 @@ struct Behaviour {
     webhooks: Option<(String, String)>,
 }
 
+/// A file the mock serves.
+#[derive(Clone)]
+struct MockMedia {
+    bytes: Bytes,
+    mime_type: String,
+    sha256_hex: String,
+    /// URLs of generation `<= expired` answer 404.
+    expired: u64,
+    /// URLs handed out so far.
+    generation: u64,
+    lookups: u64,
+    downloads: u64,
+}
+
+/// One upload the mock received.
+#[derive(Debug, Clone)]
+pub struct SeenUpload {
+    /// `/{sender}/media`.
+    pub sender: String,
+    /// The multipart body as sent.
+    pub body: Bytes,
+    /// Its content type (with the boundary).
+    pub content_type: String,
+    /// The id the mock answered with.
+    pub id: String,
+}
+
 struct Inner {
     seen: Mutex<Vec<Seen>>,
+    media: Mutex<std::collections::HashMap<String, MockMedia>>,
+    uploads: Mutex<Vec<SeenUpload>>,
     behaviour: Mutex<Behaviour>,
     counter: AtomicU64,
     client: reqwest::Client,
@@ -76,15 +113,21 @@ impl MockGraph {
     pub async fn start() -> MockGraph {
         let inner = Arc::new(Inner {
             seen: Mutex::new(Vec::new()),
+            media: Mutex::new(std::collections::HashMap::new()),
+            uploads: Mutex::new(Vec::new()),
             behaviour: Mutex::new(Behaviour::default()),
             counter: AtomicU64::new(0),
             client: reqwest::Client::new(),
         });
-        let app = Router::new()
-            .route("/{version}/{sender}/messages", post(send))
-            .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/{version}/{sender}/messages", post(send))
+            .route("/{version}/{sender}/media", post(upload))
+            .route("/download/{media_id}", get(download))
+            .route("/{version}/{media_id}", get(media_info))
+            .layer(axum::extract::DefaultBodyLimit::max(200 << 20))
+            .with_state((inner.clone(), format!("http://{addr}")));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -117,6 +160,52 @@ impl MockGraph {
             Some((gateway.to_string(), secret.to_string()));
     }
 
+    /// Serves `bytes` as media `id`; `GET /{id}` gives their real SHA-256.
+    pub fn add_media(&self, id: &str, bytes: Bytes, mime_type: &str) {
+        use sha2::Digest;
+        let sha = hex_encode(&sha2::Sha256::digest(&bytes));
+        self.add_media_described(id, bytes, mime_type, &sha);
+    }
+
+    /// Serves `bytes` as media `id`, described with `sha256_hex` (a wrong
+    /// one makes a mismatch).
+    pub fn add_media_described(&self, id: &str, bytes: Bytes, mime_type: &str, sha256_hex: &str) {
+        self.inner.media.lock().unwrap().insert(
+            id.to_string(),
+            MockMedia {
+                bytes,
+                mime_type: mime_type.to_string(),
+                sha256_hex: sha256_hex.to_string(),
+                expired: 0,
+                generation: 0,
+                lookups: 0,
+                downloads: 0,
+            },
+        );
+    }
+
+    /// The first `n` download URLs handed out for `id` answer 404.
+    pub fn expire_urls(&self, id: &str, n: u64) {
+        if let Some(m) = self.inner.media.lock().unwrap().get_mut(id) {
+            m.expired = n;
+        }
+    }
+
+    /// (`GET /{media-id}` lookups, download requests) of media `id`.
+    pub fn media_calls(&self, id: &str) -> (u64, u64) {
+        self.inner
+            .media
+            .lock()
+            .unwrap()
+            .get(id)
+            .map_or((0, 0), |m| (m.lookups, m.downloads))
+    }
+
+    /// Uploads so far.
+    pub fn uploads(&self) -> Vec<SeenUpload> {
+        self.inner.uploads.lock().unwrap().clone()
+    }
+
     /// Every request so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.inner.seen.lock().unwrap().clone()
@@ -143,8 +232,127 @@ pub fn status_webhook(from: &str, to: &str, wamid: &str, status: &str, callback:
         .into_bytes()
 }
 
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn bearer(headers: &HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Whether the token is refused (HTTP 401 code 190).
+fn refused(inner: &Inner, headers: &HeaderMap) -> Option<Response> {
+    let b = inner.behaviour.lock().unwrap();
+    let token = bearer(headers);
+    (b.token.as_ref().is_some_and(|t| *t != token) || token.is_empty()).then(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            [("content-type", "application/json")],
+            fixture("error_190.json"),
+        )
+            .into_response()
+    })
+}
+
+/// `GET /{version}/{media-id}`: Meta's "retrieve media URL" answer.
+async fn media_info(
+    State((inner, base)): State<(Arc<Inner>, String)>,
+    Path((_version, media_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = refused(&inner, &headers) {
+        return r;
+    }
+    let mut media = inner.media.lock().unwrap();
+    let Some(m) = media.get_mut(&media_id) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            [("content-type", "application/json")],
+            r#"{"error":{"message":"Unsupported get request.","type":"GraphMethodException","code":100,"error_subcode":33,"fbtrace_id":"AmockTrace"}}"#,
+        )
+            .into_response();
+    };
+    m.lookups += 1;
+    m.generation += 1;
+    let answer = serde_json::json!({
+        "messaging_product": "whatsapp",
+        "url": format!("{base}/download/{media_id}?g={}", m.generation),
+        "mime_type": m.mime_type,
+        "sha256": m.sha256_hex,
+        "file_size": m.bytes.len(),
+        "id": media_id,
+    });
+    axum::Json(answer).into_response()
+}
+
+/// The download URL: the bytes, in 64 KiB chunks.
+async fn download(
+    State((inner, _)): State<(Arc<Inner>, String)>,
+    Path(media_id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if bearer(&headers).is_empty() {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let generation: u64 = q.get("g").and_then(|g| g.parse().ok()).unwrap_or(0);
+    let (bytes, mime) = {
+        let mut media = inner.media.lock().unwrap();
+        let Some(m) = media.get_mut(&media_id) else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        m.downloads += 1;
+        if generation <= m.expired {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        (m.bytes.clone(), m.mime_type.clone())
+    };
+    let len = bytes.len();
+    let chunks: Vec<Result<Bytes, std::io::Error>> = (0..len)
+        .step_by(64 * 1024)
+        .map(|i| Ok(bytes.slice(i..(i + 64 * 1024).min(len))))
+        .collect();
+    Response::builder()
+        .header("content-type", mime)
+        .header("content-length", len)
+        .body(axum::body::Body::from_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .unwrap()
+}
+
+/// `POST /{version}/{sender}/media`: records the multipart upload.
+async fn upload(
+    State((inner, _)): State<(Arc<Inner>, String)>,
+    Path((_version, sender)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = refused(&inner, &headers) {
+        return r;
+    }
+    let n = inner.counter.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{}", 4_000_000_000_000_000u64 + n);
+    inner.uploads.lock().unwrap().push(SeenUpload {
+        sender,
+        body,
+        content_type: headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        id: id.clone(),
+    });
+    axum::Json(serde_json::json!({ "id": id })).into_response()
+}
+
 async fn send(
-    State(inner): State<Arc<Inner>>,
+    State((inner, _)): State<(Arc<Inner>, String)>,
     Path((_version, sender)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,

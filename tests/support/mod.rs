@@ -173,6 +173,10 @@ impl TestConfig {
         env.insert("INLET_WORKER__BACKOFF_BASE_MS".into(), "20".into());
         env.insert("INLET_REDIS__PROBE_INTERVAL_MS".into(), "200".into());
         env.insert("INLET_REDIS__TIMEOUT_MS".into(), "500".into());
+        // Media downloads only where a test points Graph at the mock
+        // (tests/media.rs): fixtures carry real-looking CDN URLs, and tests
+        // never reach the internet.
+        env.insert("INLET_MEDIA__ENABLED".into(), "false".into());
         // Every test worker gets its own metrics port.
         env.insert("INLET_WORKER__METRICS_LISTEN".into(), "127.0.0.1:0".into());
         Self {

@@ -211,6 +211,25 @@ pub async fn start_gateway(
         );
     }
     let mut local: Vec<Arc<dyn LocalSink>> = vec![Arc::new(MemoryBusSink(bus)), cache_sink];
+    // Media jobs: the workers' consumer in queue mode, this sink in direct
+    // mode (without Redis at all it also resumes what a previous process
+    // left pending).
+    let media_storage = crate::media::storage::from_settings(&settings)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    if settings.media.enabled {
+        let fetcher = media_fetcher(&settings, &store, &media_storage, &audit)?;
+        local.push(crate::media::consumer::LocalMediaSink::start(
+            fetcher,
+            settings.media.concurrency,
+            settings.redis_url.is_none(),
+            shutdown.clone(),
+        ));
+    } else if settings.redis_url.is_none() {
+        // Downloads off: the attachments stay `pending` in the store.
+        local.push(Arc::new(crate::relay::DiscardSink(
+            crate::streams::MEDIA_PROCESSING,
+        )));
+    }
     if settings.redis_url.is_none() {
         local.push(Arc::new(crate::relay::DiscardSink(
             crate::streams::INCOMING_NORMALIZED,
@@ -251,7 +270,9 @@ pub async fn start_gateway(
     } else {
         None
     };
-    let state = AppState::new(settings.clone(), ingest.clone(), audit).with_cache(cache.clone());
+    let state = AppState::new(settings.clone(), ingest.clone(), audit)
+        .with_cache(cache.clone())
+        .with_media(media_storage);
     let gateway = Gateway::bind(state, shutdown)
         .await
         .map_err(io("binding the listen address"))?;
@@ -441,6 +462,21 @@ pub async fn start_worker(
         );
         tasks.push(intake.spawn(shutdown.clone()));
     }
+    if settings.media.enabled {
+        let settings = Arc::new(settings.clone());
+        let storage = crate::media::storage::from_settings(&settings)
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let fetcher = media_fetcher(&settings, &store, &storage, &audit)?;
+        let media = crate::media::consumer::MediaConsumer::new(
+            fetcher,
+            queue.clone(),
+            &format!("{consumer_name}-media"),
+            settings.media.concurrency,
+            settings.worker.block,
+            settings.worker.claim_idle,
+        );
+        tasks.push(media.spawn(shutdown.clone()));
+    }
     tasks.extend(redis_bus.take_tasks());
     tasks.extend(metrics_tasks);
     tasks.extend(cache_tasks);
@@ -451,6 +487,23 @@ pub async fn start_worker(
         cache,
         tasks,
     })
+}
+
+/// The media job runner of a service.
+fn media_fetcher(
+    settings: &Arc<Settings>,
+    store: &Store,
+    storage: &crate::media::storage::Storage,
+    audit: &Audit,
+) -> Result<Arc<crate::media::fetch::MediaFetcher>, StartError> {
+    crate::media::fetch::MediaFetcher::new(
+        store.clone(),
+        storage.clone(),
+        settings.clone(),
+        Some(audit.clone()),
+    )
+    .map(Arc::new)
+    .map_err(|e| StartError::Config(e.to_string()))
 }
 
 /// Retention, at start and then daily: audit files past

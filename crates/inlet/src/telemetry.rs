@@ -148,6 +148,13 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (G, "inlet_outbound_queued", Unit::Count, "Sends waiting (queued or claimed), by sender"),
     (G, "inlet_outbound_tokens", Unit::Count, "Tokens left in a sender's rate bucket, by sender"),
     (G, "inlet_outbound_halted", Unit::Count, "Apps whose sending is halted (1 per halted tenant)"),
+    // Media (download, storage, uploads).
+    (C, "inlet_media_jobs_total", Unit::Count, "Media jobs, by outcome (stored, failed, dead_lettered, skipped, retried, interrupted)"),
+    (C, "inlet_media_bytes_total", Unit::Bytes, "Bytes of media downloaded, verified and stored"),
+    (H, "inlet_media_download_seconds", Unit::Seconds, "Duration of one media attempt (Graph lookup, download, verification, storage)"),
+    (C, "inlet_media_url_refreshes_total", Unit::Count, "Expired media download URLs replaced by a fresh GET /{media-id}"),
+    (C, "inlet_media_requests_total", Unit::Count, "GET /api/media requests, by outcome (served, partial, not_modified, not_stored, not_found, unsatisfiable, missing, error)"),
+    (C, "inlet_media_uploads_total", Unit::Count, "Outbound media, by outcome (uploaded, cached, refused, failed)"),
 ];
 
 use MetricKind::{Counter as C, Gauge as G, Histogram as H};

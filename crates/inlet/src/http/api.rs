@@ -12,6 +12,7 @@
 //! | `GET /api/dlq?limit=50` | dead letters (stream and store), oldest first |
 //! | `GET /api/dlq/{id}?body=true` | one dead letter (`body` adds the raw body) |
 //! | `POST /api/dlq/{id}/replay` | replays it; the letter is removed once the replay is durable |
+//! | `GET /api/media/{message_id}` | an attachment's stored bytes ([`super::media`]) |
 //! | `GET /api/openapi.json` | the OpenAPI 3.1 document ([`ApiDoc`], committed as `docs/openapi.json`) |
 //!
 //! The DLQ endpoints use [`crate::dlq::Dlq`], the same code as `inlet dlq`:
@@ -63,6 +64,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/api/dlq/{id}/replay", post(dlq_replay))
         .route("/api/messages", post(super::outbound::send_message))
         .route("/api/messages/{id}", get(super::outbound::get_message))
+        .route("/api/media/{id}", get(super::media::get_media))
         .route(
             "/api/broadcasts",
             post(super::outbound::create_broadcast)
@@ -300,7 +302,8 @@ pub struct Replayed {
     info(title = "Inlet API", description = "Cache-first read API and dead-letter queue of the Inlet gateway. Every endpoint needs `Authorization: Bearer $INLET_API_TOKEN`."),
     paths(conversations, conversation_messages, contacts, summary, event_stats, events_failed, dlq_list, dlq_show, dlq_replay, openapi_json,
         super::outbound::send_message, super::outbound::get_message, super::outbound::create_broadcast, super::outbound::list_broadcasts,
-        super::outbound::get_broadcast, super::outbound::pause_broadcast, super::outbound::resume_broadcast),
+        super::outbound::get_broadcast, super::outbound::pause_broadcast, super::outbound::resume_broadcast,
+        super::media::get_media),
     components(schemas(ApiError, DlqList, DlqTotals, Replayed, DlqView, super::outbound::Queued, super::outbound::BroadcastQueued, super::outbound::InvalidBody)),
     modifiers(&BearerAuth)
 )]

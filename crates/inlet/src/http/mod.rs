@@ -8,6 +8,7 @@
 
 pub mod api;
 mod health;
+pub mod media;
 pub mod outbound;
 mod webhooks;
 
@@ -81,6 +82,8 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     /// The JSON cache behind the read API (`None`: the API answers 503).
     pub cache: Option<crate::cache::Cache>,
+    /// Stored media behind `GET /api/media/{id}` (`None`: it answers 503).
+    pub media: Option<crate::media::storage::Storage>,
 }
 
 impl AppState {
@@ -106,6 +109,7 @@ impl AppState {
             audit,
             metrics: crate::telemetry::metrics_handle(),
             cache: None,
+            media: None,
         }))
     }
 
@@ -113,6 +117,13 @@ impl AppState {
     pub fn with_cache(self, cache: crate::cache::Cache) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.0);
         shared.cache = Some(cache);
+        Self(Arc::new(shared))
+    }
+
+    /// The same state serving stored media from `storage`.
+    pub fn with_media(self, storage: crate::media::storage::Storage) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.media = Some(storage);
         Self(Arc::new(shared))
     }
 

@@ -121,6 +121,32 @@ pub struct ConversationMessage {
     pub status_at: Option<DateTime<Utc>>,
     /// Provider errors of a `failed` status.
     pub status_errors: Option<serde_json::Value>,
+    /// Download state of each attachment Inlet keeps (`pending`,
+    /// `stored` with digest, size and MIME type, `failed` with a reason):
+    /// served by `GET /api/media/{id}?index=N` once stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub media_state: Vec<MediaState>,
+}
+
+/// The download state of one attachment, as the conversation file shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MediaState {
+    /// Position in the message's `media` array.
+    pub index: i32,
+    /// `pending`, `stored`, `failed` or `dead_lettered`.
+    pub state: String,
+    /// Hex SHA-256 of the stored bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Stored size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<i64>,
+    /// MIME type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One contact as listed in `contacts.json`.
@@ -348,6 +374,45 @@ macro_rules! impl_read_model {
                 Ok(tx)
             }
 
+            /// Fills each message's `media_state` from `message_media`.
+            async fn attach_media_state(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                messages: &mut [ConversationMessage],
+            ) -> Result<(), StoreError> {
+                if messages.is_empty() {
+                    return Ok(());
+                }
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT message_id, idx, state, sha256, bytes, mime_type, reason FROM message_media \
+                     WHERE message_id IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for m in messages.iter() {
+                    sep.push_bind(m.id);
+                }
+                qb.push(") ORDER BY message_id, idx");
+                let rows = qb.build().fetch_all(&mut **tx).await.map_err(classify)?;
+                let mut by_message: std::collections::HashMap<i64, Vec<MediaState>> =
+                    std::collections::HashMap::new();
+                for r in rows {
+                    let id: i64 = r.try_get("message_id").map_err(classify)?;
+                    by_message.entry(id).or_default().push(MediaState {
+                        index: r.try_get("idx").map_err(classify)?,
+                        state: r.try_get("state").map_err(classify)?,
+                        sha256: r.try_get("sha256").map_err(classify)?,
+                        bytes: r.try_get("bytes").map_err(classify)?,
+                        mime_type: r.try_get("mime_type").map_err(classify)?,
+                        reason: r.try_get("reason").map_err(classify)?,
+                    });
+                }
+                for m in messages.iter_mut() {
+                    if let Some(states) = by_message.remove(&m.id) {
+                        m.media_state = states;
+                    }
+                }
+                Ok(())
+            }
+
             async fn conversation_heads(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 id: Option<i64>,
@@ -530,11 +595,13 @@ macro_rules! impl_read_model {
                                     .map(|j| j.0)
                                     .filter(|_| status.as_deref() == Some("failed")),
                                 status,
+                                media_state: Vec::new(),
                             })
                         })
                         .collect::<Result<Vec<_>, sqlx::Error>>()
                         .map_err(classify)?;
                     out.reverse();
+                    Self::attach_media_state(&mut tx, &mut out).await?;
                     tx.commit().await.map_err(classify)?;
                     Ok(Some(ConversationPage {
                         conversation,
