@@ -19,6 +19,8 @@ pub(super) struct RawMedia {
     backoff_cap_ms: u64,
     read_timeout_ms: u64,
     upload_cache_days: u32,
+    #[serde(default)]
+    upload_dir: Option<PathBuf>,
     max_bytes: RawMaxBytes,
     s3: RawS3,
 }
@@ -127,6 +129,8 @@ pub struct MediaSettings {
     /// How long an uploaded media id is reused for the same file and
     /// sender (Meta keeps uploads 30 days).
     pub upload_cache: Duration,
+    /// Directory outbound `path`s are relative to (`None`: `{data_dir}/uploads`).
+    pub upload_dir: Option<PathBuf>,
     /// Size limits per type.
     pub max_bytes: MaxBytes,
 }
@@ -135,6 +139,13 @@ impl MediaSettings {
     /// The directory of locally stored media under `data_dir`.
     pub fn local_dir(data_dir: &std::path::Path) -> PathBuf {
         data_dir.join("media")
+    }
+
+    /// The directory outbound `"path"` media is read from.
+    pub fn upload_root(&self, data_dir: &std::path::Path) -> PathBuf {
+        self.upload_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("uploads"))
     }
 }
 
@@ -216,6 +227,7 @@ impl RawMedia {
             backoff_cap: ms(self.backoff_cap_ms),
             read_timeout: ms(positive("media.read_timeout_ms", self.read_timeout_ms)?),
             upload_cache: Duration::from_secs(u64::from(self.upload_cache_days) * 86_400),
+            upload_dir: self.upload_dir.filter(|p| !p.as_os_str().is_empty()),
             max_bytes: MaxBytes {
                 image: m.image,
                 audio: m.audio,
@@ -225,5 +237,64 @@ impl RawMedia {
                 file: m.file,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{MediaStorageKind, Settings};
+
+    fn load(extra: &[(&str, &str)]) -> Result<Settings, crate::config::ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = vec![(
+            "INLET_DATA_DIR".to_string(),
+            dir.path().to_string_lossy().into_owned(),
+        )];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Settings::load_from(None, env)
+    }
+
+    #[test]
+    fn defaults_are_local_with_meta_limits() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.media.storage, MediaStorageKind::Local);
+        assert_eq!(s.media.max_bytes.of("image"), 5 * 1024 * 1024);
+        assert_eq!(s.media.max_bytes.of("sticker"), 512_000);
+        assert_eq!(s.media.max_bytes.of("share"), s.media.max_bytes.file);
+        assert!(s.media.upload_cache < std::time::Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn bad_media_settings_name_their_key() {
+        let key = |extra: &[(&str, &str)]| match load(extra) {
+            Err(crate::config::ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        };
+        assert_eq!(key(&[("INLET_MEDIA__STORAGE", "s3")]), "media.s3.bucket");
+        assert_eq!(key(&[("INLET_MEDIA__STORAGE", "ftp")]), "media.storage");
+        assert_eq!(
+            key(&[("INLET_MEDIA__UPLOAD_CACHE_DAYS", "30")]),
+            "media.upload_cache_days"
+        );
+        assert_eq!(
+            key(&[("INLET_MEDIA__MAX_BYTES__VIDEO", "0")]),
+            "media.max_bytes.video"
+        );
+        assert_eq!(
+            key(&[
+                ("INLET_MEDIA__STORAGE", "s3"),
+                ("INLET_MEDIA__S3__BUCKET", "b"),
+                ("INLET_MEDIA__S3__ENDPOINT", "http://127.0.0.1:9000"),
+            ]),
+            "media.s3.endpoint"
+        );
+        let s3 = load(&[
+            ("INLET_MEDIA__STORAGE", "s3"),
+            ("INLET_MEDIA__S3__BUCKET", "inlet"),
+            ("INLET_MEDIA__S3__ENDPOINT", "http://127.0.0.1:9000"),
+            ("INLET_MEDIA__S3__ALLOW_HTTP", "true"),
+        ])
+        .unwrap();
+        assert!(matches!(s3.media.storage, MediaStorageKind::S3(ref b) if b.bucket == "inlet"));
     }
 }

@@ -198,6 +198,20 @@ async fn send_message_inner(state: &AppState, body: &[u8], trace: Uuid) -> Respo
             return invalid(e);
         }
     };
+    // Media Inlet uploads: the file is checked before the command is kept.
+    if let Err(e) = crate::media::upload::check_local(&state.settings, &spec) {
+        metrics::counter!("inlet_outbound_requests_total", "outcome" => "invalid").increment(1);
+        metrics::counter!("inlet_media_uploads_total", "outcome" => "refused").increment(1);
+        let (field, detail) = match e {
+            crate::media::upload::UploadError::Refused { field, detail } => (field, detail),
+            other => (spec.message_type.as_str().to_string(), other.to_string()),
+        };
+        return invalid(crate::outbound::Invalid {
+            code: "invalid_field",
+            detail: format!("`{field}`: {detail}"),
+            field,
+        });
+    }
     let store = match store_of(state) {
         Some(s) => s,
         None => return no_store(),

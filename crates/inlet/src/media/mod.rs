@@ -25,6 +25,7 @@ pub mod consumer;
 pub mod fetch;
 pub mod graph;
 pub mod storage;
+pub mod upload;
 
 use base64::Engine as _;
 

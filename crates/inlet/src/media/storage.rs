@@ -129,10 +129,25 @@ impl LocalStorage {
     }
 }
 
-/// Removes temp files a previous process left behind (downloads cut short).
+/// Temp files older than this are leftovers of a process that died (a
+/// live download touches its file at least every `media.read_timeout`).
+const TEMP_LEFTOVER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes temp files a previous process left behind (downloads cut
+/// short), sparing recent ones: another process sharing the data directory
+/// may be writing them.
 fn clear_temp(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > TEMP_LEFTOVER);
+        if old {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -417,8 +432,20 @@ mod tests {
         let root = dir.path().join("media");
         std::fs::create_dir_all(root.join("tmp")).unwrap();
         std::fs::write(root.join("tmp/cut-short"), b"partial").unwrap();
+        std::fs::write(root.join("tmp/in-progress"), b"partial").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(root.join("tmp/cut-short"))
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
         LocalStorage::new(root.clone()).unwrap();
         assert!(!root.join("tmp/cut-short").exists());
+        assert!(
+            root.join("tmp/in-progress").exists(),
+            "another process's download"
+        );
     }
 
     #[test]

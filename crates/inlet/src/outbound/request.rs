@@ -551,20 +551,52 @@ fn validate_content(channel: Channel, t: MessageType, content: &Value) -> Result
         MessageType::Image | MessageType::Document | MessageType::Audio | MessageType::Video => {
             let id = text_at(obj, "id", field, 256, false)?;
             let link = text_at(obj, "link", field, 2048, false)?;
-            match (&id, &link) {
-                (Some(_), Some(_)) | (None, None) => {
-                    return Err(Invalid::bad_field(
-                        field,
-                        "must carry exactly one of `id` (an uploaded media id) or `link` (a URL)",
-                    ))
+            // Inlet uploads these itself and sends by id (WhatsApp).
+            let path = text_at(obj, "path", field, 1024, false)?;
+            let url = text_at(obj, "url", field, 2048, false)?;
+            let given = [&id, &link, &path, &url]
+                .iter()
+                .filter(|v| v.is_some())
+                .count();
+            if given != 1 {
+                return Err(Invalid::bad_field(
+                    field,
+                    "must carry exactly one of `id` (an uploaded media id), `link` (a URL Meta fetches), \
+                     `path` (a file under media.upload_dir) or `url` (a URL Inlet fetches and uploads)",
+                ));
+            }
+            for (name, value) in [("link", &link), ("url", &url)] {
+                if let Some(l) = value {
+                    if !(l.starts_with("https://") || l.starts_with("http://")) {
+                        return Err(Invalid::bad_field(
+                            &format!("{field}.{name}"),
+                            "must be an http(s) URL",
+                        ));
+                    }
                 }
-                (None, Some(l)) if !(l.starts_with("https://") || l.starts_with("http://")) => {
+            }
+            if (path.is_some() || url.is_some()) && channel != Channel::Whatsapp {
+                return Err(Invalid::unsupported(
+                    field,
+                    "`path` and `url` are uploaded to WhatsApp; Messenger and Instagram send a `link`",
+                ));
+            }
+            if let Some(p) = &path {
+                upload_path(p).map_err(|why| Invalid::bad_field(&format!("{field}.path"), why))?;
+                if upload_mime(t, p).is_none() {
                     return Err(Invalid::bad_field(
-                        &format!("{field}.link"),
-                        "must be an http(s) URL",
-                    ))
+                        &format!("{field}.path"),
+                        format!(
+                            "a {} must be one of: {}",
+                            t.as_str(),
+                            upload_types(t)
+                                .iter()
+                                .map(|(ext, mime)| format!(".{ext} ({mime})"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
                 }
-                _ => {}
             }
             // `caption` does not apply to audio, `filename` is for documents
             // only (Cloud API media messages).
@@ -609,6 +641,83 @@ fn validate_content(channel: Channel, t: MessageType, content: &Value) -> Result
                 Some(_) => return Err(Invalid::bad_field("reaction.emoji", "must be a string")),
             }
         }
+    }
+    Ok(())
+}
+
+/// The file types WhatsApp takes per media type, by extension (Cloud API
+/// supported media types; see docs in `shared/research/outbound.md` §1.6):
+/// image jpeg/png, video mp4/3gpp, audio aac/amr/mpeg/mp4/ogg (Opus), and
+/// documents of the common office and text types.
+pub fn upload_types(t: MessageType) -> &'static [(&'static str, &'static str)] {
+    match t {
+        MessageType::Image => &[
+            ("jpg", "image/jpeg"),
+            ("jpeg", "image/jpeg"),
+            ("png", "image/png"),
+        ],
+        MessageType::Video => &[("mp4", "video/mp4"), ("3gp", "video/3gpp")],
+        MessageType::Audio => &[
+            ("aac", "audio/aac"),
+            ("amr", "audio/amr"),
+            ("mp3", "audio/mpeg"),
+            ("m4a", "audio/mp4"),
+            ("ogg", "audio/ogg"),
+        ],
+        MessageType::Document => &[
+            ("pdf", "application/pdf"),
+            ("txt", "text/plain"),
+            ("doc", "application/msword"),
+            (
+                "docx",
+                "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            ),
+            ("xls", "application/vnd.ms-excel"),
+            (
+                "xlsx",
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            ),
+            ("ppt", "application/vnd.ms-powerpoint"),
+            (
+                "pptx",
+                "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+            ),
+        ],
+        _ => &[],
+    }
+}
+
+/// The MIME type of a file to upload as `t`, from its extension; `None`
+/// when WhatsApp does not take that type.
+pub fn upload_mime(t: MessageType, file_name: &str) -> Option<&'static str> {
+    let ext = file_name.rsplit_once('.')?.1.to_ascii_lowercase();
+    upload_types(t)
+        .iter()
+        .find(|(e, _)| *e == ext)
+        .map(|(_, mime)| *mime)
+}
+
+/// Whether a MIME type (a `Content-Type`, parameters ignored) is one
+/// WhatsApp takes as `t`.
+pub fn upload_mime_allowed(t: MessageType, content_type: &str) -> Option<&'static str> {
+    let mime = content_type.split(';').next()?.trim().to_ascii_lowercase();
+    upload_types(t)
+        .iter()
+        .find(|(_, m)| *m == mime)
+        .map(|(_, m)| *m)
+}
+
+/// Checks a `path` of an outbound file: relative to `media.upload_dir`,
+/// without `..`, so a request can name nothing outside that directory.
+pub fn upload_path(path: &str) -> Result<(), &'static str> {
+    let p = std::path::Path::new(path);
+    if path.is_empty() || p.is_absolute() || path.starts_with('/') || path.starts_with('\\') {
+        return Err("must be a path relative to media.upload_dir");
+    }
+    if p.components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err("must not contain `..` or `.` components");
     }
     Ok(())
 }
@@ -971,5 +1080,41 @@ mod tests {
                 .field,
             "channel"
         );
+    }
+
+    #[test]
+    fn media_by_path_or_url_is_checked_before_any_upload() {
+        let media = |v: Value| {
+            parse(
+                json!({"channel": "whatsapp", "from": "1", "to": "15550001111", "type": "image", "image": v}),
+            )
+        };
+        assert!(media(json!({"path": "catalog/kettle.jpg", "caption": "blue"})).is_ok());
+        assert!(media(json!({"url": "https://example.com/kettle.png"})).is_ok());
+        for (bad, field) in [
+            (json!({"path": "/etc/passwd.jpg"}), "image.path"),
+            (json!({"path": "../secret.jpg"}), "image.path"),
+            (json!({"path": "a/./b.jpg"}), "image.path"),
+            (json!({"path": "kettle.gif"}), "image.path"),
+            (json!({"url": "ftp://x/y.jpg"}), "image.url"),
+            (json!({"path": "a.jpg", "id": "1"}), "image"),
+        ] {
+            let err = media(bad.clone()).unwrap_err();
+            assert_eq!(err.field, field, "{bad}");
+        }
+        let messenger = parse(
+            json!({"channel": "facebook", "from": "1", "to": "2", "type": "image", "image": {"url": "https://x/y.jpg"}}),
+        );
+        assert_eq!(messenger.unwrap_err().field, "image");
+        assert_eq!(
+            upload_mime(MessageType::Audio, "note.OGG"),
+            Some("audio/ogg")
+        );
+        assert_eq!(upload_mime(MessageType::Video, "clip.mov"), None);
+        assert_eq!(
+            upload_mime_allowed(MessageType::Image, "image/png; charset=binary"),
+            Some("image/png")
+        );
+        assert_eq!(upload_mime_allowed(MessageType::Image, "image/webp"), None);
     }
 }

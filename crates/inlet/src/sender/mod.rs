@@ -60,6 +60,7 @@ pub struct Sender {
     store: Store,
     limiter: Arc<dyn SendLimiter>,
     graph: GraphClient,
+    uploader: crate::media::upload::Uploader,
     settings: Arc<Settings>,
     owner: String,
     audit: Option<Audit>,
@@ -76,6 +77,8 @@ impl Sender {
     ) -> Result<Self, SenderError> {
         Ok(Self {
             graph: GraphClient::new(&settings.graph)?,
+            uploader: crate::media::upload::Uploader::new(store.clone(), settings.clone())
+                .map_err(|e| SenderError::Client(graph::ClientError::from(e)))?,
             store,
             limiter,
             settings,
@@ -269,6 +272,29 @@ impl Sender {
         }
         row.attempts += 1;
         self.audit(&row, "sending", |r| r);
+        // Media named by `path`/`url`: uploaded (or its cached id reused)
+        // and sent by id. The upload counts as this attempt.
+        let spec = if crate::media::upload::needs_upload(&spec) {
+            match self.uploader.prepare(&spec, &token).await {
+                Ok(ready) => ready,
+                Err(crate::media::upload::UploadError::Fetch(
+                    crate::media::graph::FetchError::Graph(e),
+                )) => return self.graph_error(&row, &token, e).await,
+                Err(e) => {
+                    let error = json!({"reason": e.reason(), "detail": e.to_string()});
+                    return if e.is_transient() {
+                        self.transient(&row, ErrorClass::Transient, error).await
+                    } else {
+                        metrics::counter!("inlet_media_uploads_total", "outcome" => "refused")
+                            .increment(1);
+                        self.final_failure(&row, state::FAILED, ErrorClass::PayloadPermanent, error)
+                            .await
+                    };
+                }
+            }
+        } else {
+            spec
+        };
         let request = wire::graph_request(&spec, &row.id);
         let started = std::time::Instant::now();
         let result = self.graph.send(&request, &token).await;
