@@ -17,7 +17,7 @@ use inlet_suite::graph::MockGraph;
 use inlet_suite::{
     eventually, fixture, wait_raw_events, TestConfig, TestDb, TestGateway, TestWorker, SECRET,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::Digest as _;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -414,4 +414,145 @@ async fn a_50_mb_video_goes_through_the_queue_consumer_intact() {
     worker.stop().await;
     gw.stop().await;
     db.drop_db().await;
+}
+
+/// Opens the 24-hour window of `15550001111` on `200000000000002`.
+async fn open_window(gw: &TestGateway) {
+    let text = String::from_utf8(fixture("wa_text.json")).unwrap();
+    let now = chrono::Utc::now().timestamp().to_string();
+    let body = text.replace(
+        "\"timestamp\": \"1795165200\"",
+        &format!("\"timestamp\": \"{now}\""),
+    );
+    assert_ne!(body, text, "wa_text.json timestamp replaced");
+    assert_eq!(
+        gw.post_signed("whatsapp", body.as_bytes(), SECRET)
+            .await
+            .status(),
+        200
+    );
+    wait_raw_events(&gw.store(), 1).await;
+}
+
+async fn send(gw: &TestGateway, image: Value) -> (u16, Value) {
+    let res = gw
+        .client
+        .post(format!("{}/api/messages", gw.base))
+        .bearer_auth("api-token")
+        .json(
+            &json!({"channel": "whatsapp", "from": "200000000000002", "to": "15550001111",
+            "type": "image", "image": image}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn accepted(gw: &TestGateway, id: &str) -> Value {
+    eventually(WAIT, "send accepted", || async {
+        let m: Value = get(gw, &format!("/api/messages/{id}"), &[])
+            .await
+            .json()
+            .await
+            .ok()?;
+        match m["status"].as_str()? {
+            "accepted" | "sent" => Some(m),
+            "failed" | "dead_lettered" => panic!("send failed: {m}"),
+            _ => None,
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn outbound_media_is_checked_uploaded_once_and_sent_by_id() {
+    let graph = MockGraph::start().await;
+    let uploads = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(uploads.path().join("catalog")).unwrap();
+    let photo = file_bytes(100_000, 6);
+    std::fs::write(uploads.path().join("catalog/kettle.jpg"), &photo).unwrap();
+    std::fs::write(
+        uploads.path().join("catalog/huge.jpg"),
+        file_bytes(300_000, 7),
+    )
+    .unwrap();
+    let web = file_bytes(20_000, 8);
+    graph.add_media("web-photo", web.clone(), "image/png");
+    let gw = TestGateway::start(
+        direct(&graph)
+            .set(
+                "INLET_MEDIA__UPLOAD_DIR",
+                uploads.path().to_string_lossy().into_owned(),
+            )
+            .set("INLET_MEDIA__MAX_BYTES__IMAGE", "200000")
+            .set("INLET_OUTBOUND__POLL_MS", "20")
+            .set("INLET_OUTBOUND__PAIR_INTERVAL_MS", "1"),
+    )
+    .await;
+    open_window(&gw).await;
+
+    // Local checks before anything is stored or uploaded.
+    let (status, body) = send(&gw, json!({"path": "catalog/missing.jpg"})).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("image.path")),
+        "{body}"
+    );
+    let (status, body) = send(&gw, json!({"path": "catalog/huge.jpg"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("limit"), "{body}");
+    let (status, body) = send(&gw, json!({"path": "../etc/passwd.jpg"})).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("image.path")),
+        "{body}"
+    );
+    assert!(graph.uploads().is_empty());
+
+    // Uploaded once, sent by id; the same file again reuses the id.
+    let (status, first) = send(
+        &gw,
+        json!({"path": "catalog/kettle.jpg", "caption": "blue"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{first}");
+    accepted(&gw, first["id"].as_str().unwrap()).await;
+    let (_, second) = send(&gw, json!({"path": "catalog/kettle.jpg"})).await;
+    accepted(&gw, second["id"].as_str().unwrap()).await;
+    let ups = graph.uploads();
+    assert_eq!(ups.len(), 1, "one upload for one file");
+    assert_eq!(ups[0].sender, "200000000000002");
+    assert!(ups[0].content_type.starts_with("multipart/form-data"));
+    let body = &ups[0].body;
+    assert!(
+        body.windows(photo.len()).any(|w| w == photo),
+        "the file's bytes are in the upload"
+    );
+    for part in ["messaging_product", "whatsapp", "image/jpeg", "kettle.jpg"] {
+        assert!(
+            body.windows(part.len()).any(|w| w == part.as_bytes()),
+            "{part}"
+        );
+    }
+    let sends: Vec<Value> = graph.accepted().into_iter().map(|s| s.body).collect();
+    assert_eq!(sends.len(), 2);
+    for s in &sends {
+        assert_eq!(s["image"]["id"], ups[0].id.as_str(), "{s}");
+        assert!(s["image"].get("path").is_none());
+    }
+    assert_eq!(sends[0]["image"]["caption"], "blue");
+
+    // A URL: fetched by Inlet (no token to a third-party host), type from
+    // its Content-Type, uploaded.
+    let url = format!("{}/download/web-photo?public=1&g=1", graph.base_url);
+    let (status, third) = send(&gw, json!({"url": url})).await;
+    assert_eq!(status, 202, "{third}");
+    accepted(&gw, third["id"].as_str().unwrap()).await;
+    let ups = graph.uploads();
+    assert_eq!(ups.len(), 2);
+    assert!(ups[1].body.windows(web.len()).any(|w| w == web));
+    assert!(ups[1].body.windows(9).any(|w| w == b"image/png"));
+    gw.stop().await;
 }

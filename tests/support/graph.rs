@@ -297,7 +297,9 @@ async fn download(
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if bearer(&headers).is_empty() {
+    // WhatsApp media URLs need the bearer token; `public=1` plays a public
+    // web server (outbound media fetched by URL).
+    if bearer(&headers).is_empty() && q.get("public").map(String::as_str) != Some("1") {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let generation: u64 = q.get("g").and_then(|g| g.parse().ok()).unwrap_or(0);
