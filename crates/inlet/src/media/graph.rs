@@ -60,7 +60,7 @@ impl MediaInfo {
 pub enum FetchError {
     /// Graph answered `GET /{media-id}` or the upload with an error.
     #[error("graph error: {0}")]
-    Graph(GraphError),
+    Graph(Box<GraphError>),
     /// The download URL is no longer valid (401/403/404/410).
     #[error("download URL expired (HTTP {0})")]
     Expired(u16),
@@ -225,10 +225,10 @@ impl MediaClient {
         let status = response.status();
         let body = response.bytes().await.map_err(transport)?;
         if !status.is_success() {
-            return Err(FetchError::Graph(GraphError::from_body(
+            return Err(FetchError::Graph(Box::new(GraphError::from_body(
                 status.as_u16(),
                 &body,
-            )));
+            ))));
         }
         MediaInfo::from_body(&body).ok_or_else(|| {
             FetchError::Answer(format!("HTTP {status} from GET media id without a url"))
@@ -329,10 +329,10 @@ impl MediaClient {
         let status = response.status();
         let body = response.bytes().await.map_err(transport)?;
         if !status.is_success() {
-            return Err(FetchError::Graph(GraphError::from_body(
+            return Err(FetchError::Graph(Box::new(GraphError::from_body(
                 status.as_u16(),
                 &body,
-            )));
+            ))));
         }
         serde_json::from_slice::<Value>(&body)
             .ok()
@@ -374,11 +374,11 @@ mod tests {
         assert!(!FetchError::TooLarge { limit: 1, size: 2 }.is_transient());
         let throttled =
             GraphError::from_body(400, br#"{"error":{"code":130429,"message":"rate"}}"#);
-        assert!(FetchError::Graph(throttled).is_transient());
+        assert!(FetchError::Graph(Box::new(throttled)).is_transient());
         let bad_id = GraphError::from_body(
             400,
             br#"{"error":{"code":100,"message":"Invalid parameter"}}"#,
         );
-        assert!(!FetchError::Graph(bad_id).is_transient());
+        assert!(!FetchError::Graph(Box::new(bad_id)).is_transient());
     }
 }

@@ -279,7 +279,7 @@ impl Sender {
                 Ok(ready) => ready,
                 Err(crate::media::upload::UploadError::Fetch(
                     crate::media::graph::FetchError::Graph(e),
-                )) => return self.graph_error(&row, &token, e).await,
+                )) => return self.graph_error(&row, &token, *e).await,
                 Err(e) => {
                     let error = json!({"reason": e.reason(), "detail": e.to_string()});
                     return if e.is_transient() {
