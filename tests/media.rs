@@ -556,3 +556,70 @@ async fn outbound_media_is_checked_uploaded_once_and_sent_by_id() {
     assert!(ups[1].body.windows(9).any(|w| w == b"image/png"));
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn transient_failures_end_in_the_dlq_and_a_replay_downloads() {
+    let graph = MockGraph::start().await;
+    let bytes = file_bytes(10_000, 9);
+    graph.add_media(IMAGE_ID, bytes.clone(), "image/jpeg");
+    // No token yet (the file is empty): every attempt fails, transiently.
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    let gw = TestGateway::start(
+        direct(&graph)
+            .set("INLET_GRAPH__ACCESS_TOKEN", "")
+            .set(
+                "INLET_GRAPH__ACCESS_TOKEN_FILE",
+                token_file.path().to_string_lossy().into_owned(),
+            )
+            .set("INLET_MEDIA__MAX_ATTEMPTS", "2"),
+    )
+    .await;
+    let body = webhook("wa_image.json", &sha_b64(&bytes));
+    assert_eq!(
+        gw.post_signed("whatsapp", &body, SECRET).await.status(),
+        200
+    );
+    let id = message_id(&gw, IMAGE_WAMID).await;
+    let record = settled(&gw, id).await;
+    assert_eq!(record.state, "dead_lettered", "{record:?}");
+    assert_eq!(record.reason.as_deref(), Some("no_access_token"));
+    assert_eq!(record.attempts, 2);
+    assert_eq!(graph.media_calls(IMAGE_ID), (0, 0));
+
+    // In the DLQ as media-{message}-{index}.
+    let letter = format!("media-{id}-0");
+    let list: Value = get(&gw, "/api/dlq", &[]).await.json().await.unwrap();
+    assert_eq!(list["total"]["media"], 1, "{list}");
+    assert!(
+        list["dead_letters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["id"] == letter.as_str() && l["stage"] == "media"),
+        "{list}"
+    );
+
+    // A token arrives; the replay queues the download again.
+    std::fs::write(token_file.path(), "rotated-graph-token\n").unwrap();
+    let res = gw
+        .client
+        .post(format!("{}/api/dlq/{letter}/replay", gw.base))
+        .bearer_auth("api-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    let record = settled(&gw, id).await;
+    assert_eq!(record.state, "stored", "{record:?}");
+    assert_eq!(
+        get(&gw, &format!("/api/media/{id}"), &[])
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        bytes
+    );
+    let list: Value = get(&gw, "/api/dlq", &[]).await.json().await.unwrap();
+    assert_eq!(list["total"]["media"], 0, "{list}");
+    gw.stop().await;
+}

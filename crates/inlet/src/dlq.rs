@@ -1,7 +1,9 @@
 //! Operator access to dead letters and replays, wherever they are kept: the
 //! `{prefix}dlq` stream (queue mode), the store's `dead_letters` table
-//! (direct mode, Redis down) and the outbound sends that ran out of retries
-//! (`dead_lettered` rows, shown as `out-{id}`).
+//! (direct mode, Redis down), the outbound sends that ran out of retries
+//! (`dead_lettered` rows, shown as `out-{id}`) and the media downloads that
+//! did (shown as `media-{message id}-{index}`; a replay queues the download
+//! again).
 //!
 //! A replay re-runs processing on purpose: the event goes back through the
 //! raw stream (or, without Redis, through the pipeline in-process). The store
@@ -36,6 +38,8 @@ pub enum DlqId {
     Store(i64),
     /// A dead-lettered outbound send (shown as `out-{outbound id}`).
     Outbound(String),
+    /// A dead-lettered media download (shown as `media-{message id}-{index}`).
+    Media(i64, i32),
 }
 
 impl fmt::Display for DlqId {
@@ -44,18 +48,26 @@ impl fmt::Display for DlqId {
             DlqId::Stream(id) => f.write_str(id),
             DlqId::Store(id) => write!(f, "db-{id}"),
             DlqId::Outbound(id) => write!(f, "out-{id}"),
+            DlqId::Media(m, i) => write!(f, "media-{m}-{i}"),
         }
     }
 }
 
 impl DlqId {
     /// The forms [`DlqId::parse`] takes, for error messages.
-    pub const FORMS: &'static str = "1700000000000-0, db-N or out-ID";
+    pub const FORMS: &'static str = "1700000000000-0, db-N, out-ID or media-M-I";
 
     /// Parses `1700000000000-0`, `db-12` or `out-0190…`.
     pub fn parse(s: &str) -> Option<Self> {
         if let Some(n) = s.strip_prefix("db-") {
             return n.parse().ok().map(DlqId::Store);
+        }
+        if let Some(rest) = s.strip_prefix("media-") {
+            let (m, i) = rest.split_once('-')?;
+            return match (m.parse::<i64>(), i.parse::<i32>()) {
+                (Ok(m), Ok(i)) if m > 0 && i >= 0 => Some(DlqId::Media(m, i)),
+                _ => None,
+            };
         }
         if let Some(id) = s.strip_prefix("out-") {
             return crate::outbound::request::is_outbound_id(id)
@@ -85,12 +97,14 @@ pub struct DlqCounts {
     pub store: u64,
     /// Dead-lettered outbound sends.
     pub outbound: u64,
+    /// Dead-lettered media downloads.
+    pub media: u64,
 }
 
 impl DlqCounts {
     /// All places together.
     pub fn total(&self) -> u64 {
-        self.stream + self.store + self.outbound
+        self.stream + self.store + self.outbound + self.media
     }
 }
 
@@ -120,6 +134,28 @@ pub fn outbound_letter(record: &OutboundRecord) -> DeadLetter {
             .unwrap_or_default(),
         attempts: u32::try_from(record.attempts).unwrap_or(0),
         stage: "sender".into(),
+        failed_at: ms_time(record.updated_ms),
+    }
+}
+
+/// A dead-lettered media download as a letter: no body (the webhook is in
+/// `raw_events`), the reason and error of its last attempt.
+pub fn media_letter(record: &crate::store::media::MediaRecord) -> DeadLetter {
+    let mut event = RawEvent::new(
+        crate::envelope::Source::Whatsapp,
+        record.tenant.clone(),
+        bytes::Bytes::new(),
+    );
+    event.received_at = ms_time(record.updated_ms);
+    DeadLetter {
+        event,
+        reason: record
+            .reason
+            .clone()
+            .unwrap_or_else(|| "dead_lettered".into()),
+        error: record.error.clone().unwrap_or_default(),
+        attempts: u32::try_from(record.attempts).unwrap_or(0),
+        stage: "media".into(),
         failed_at: ms_time(record.updated_ms),
     }
 }
@@ -278,6 +314,12 @@ impl Dlq {
                     id: DlqId::Outbound(record.id),
                 });
             }
+            for record in s.media().dead_media(limit as i64).await? {
+                out.push(DlqItem {
+                    letter: media_letter(&record),
+                    id: DlqId::Media(record.message_id, record.index),
+                });
+            }
         }
         Ok(out)
     }
@@ -295,6 +337,7 @@ impl Dlq {
                 .by_status
                 .get(crate::store::outbound::state::DEAD_LETTERED)
                 .map_or(0, |n| u64::try_from(*n).unwrap_or(0));
+            counts.media = s.media().dead_media(i64::MAX).await?.len() as u64;
         }
         Ok(counts)
     }
@@ -342,6 +385,19 @@ impl Dlq {
                         letter: outbound_letter(&r),
                     }))
             }
+            DlqId::Media(m, i) => {
+                let Some(s) = &self.store else {
+                    return Ok(None);
+                };
+                Ok(s.media()
+                    .media_record(*m, *i)
+                    .await?
+                    .filter(|r| r.state == crate::store::media::state::DEAD_LETTERED)
+                    .map(|r| DlqItem {
+                        id: id.clone(),
+                        letter: media_letter(&r),
+                    }))
+            }
         }
     }
 
@@ -351,11 +407,13 @@ impl Dlq {
         let mut stream = Vec::new();
         let mut rows = Vec::new();
         let mut sends = Vec::new();
+        let mut media = Vec::new();
         for id in ids {
             match id {
                 DlqId::Stream(s) => stream.push(s.clone()),
                 DlqId::Store(n) => rows.push(*n),
                 DlqId::Outbound(o) => sends.push(o.clone()),
+                DlqId::Media(m, i) => media.push((*m, *i)),
             }
         }
         let mut n = 0;
@@ -369,6 +427,10 @@ impl Dlq {
             if !sends.is_empty() {
                 let now = crate::store::outbound::now_ms();
                 n += s.outbound().discard_dead(&sends, now).await?;
+            }
+            if !media.is_empty() {
+                let now = crate::store::outbound::now_ms();
+                n += s.media().discard_dead_media(&media, now).await?;
             }
         }
         Ok(n)
@@ -401,6 +463,17 @@ impl Dlq {
                 .outbound()
                 .discard_dead(&sends, crate::store::outbound::now_ms())
                 .await?;
+            let media: Vec<(i64, i32)> = s
+                .media()
+                .dead_media(i64::MAX)
+                .await?
+                .into_iter()
+                .map(|r| (r.message_id, r.index))
+                .collect();
+            n += s
+                .media()
+                .discard_dead_media(&media, crate::store::outbound::now_ms())
+                .await?;
         }
         self.audit
             .write(AuditRecord::new("dlq_purged").with("count", n));
@@ -414,6 +487,9 @@ impl Dlq {
     pub async fn replay(&self, item: &DlqItem) -> Result<(), DlqError> {
         if let DlqId::Outbound(id) = &item.id {
             return self.replay_send(id, &item.letter).await;
+        }
+        if let DlqId::Media(m, i) = &item.id {
+            return self.replay_media(*m, *i, item).await;
         }
         if item.letter.stage == INTAKE_STAGE {
             return self.replay_command(item).await;
@@ -434,6 +510,38 @@ impl Dlq {
 }
 
 impl Dlq {
+    /// A dead-lettered download back to `pending`, its job queued again
+    /// (one transaction).
+    async fn replay_media(
+        &self,
+        message_id: i64,
+        index: i32,
+        item: &DlqItem,
+    ) -> Result<(), DlqError> {
+        let replay_err = |e: ReplayError| DlqError::Replay(item.id.to_string(), e);
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| replay_err(ReplayError::NotConfigured))?;
+        if !store
+            .media()
+            .requeue_media(message_id, index, crate::store::outbound::now_ms())
+            .await?
+        {
+            return Err(replay_err(ReplayError::NotDead(item.id.to_string())));
+        }
+        metrics::counter!("inlet_dlq_replayed_total", "kind" => "media").increment(1);
+        self.audit.write(
+            AuditRecord::new("media")
+                .origin("whatsapp", &item.letter.event.tenant)
+                .outcome("replayed")
+                .with("message_id", message_id)
+                .with("index", index)
+                .with("from", "dlq"),
+        );
+        Ok(())
+    }
+
     async fn replay_send(&self, id: &str, letter: &DeadLetter) -> Result<(), DlqError> {
         let replay_err = |e: ReplayError| DlqError::Replay(format!("out-{id}"), e);
         let store = self
@@ -579,6 +687,11 @@ mod tests {
         );
         assert_eq!(DlqId::parse("nope"), None);
         assert_eq!(DlqId::Store(4).to_string(), "db-4");
+        assert_eq!(DlqId::parse("media-42-1"), Some(DlqId::Media(42, 1)));
+        assert_eq!(DlqId::Media(42, 0).to_string(), "media-42-0");
+        assert_eq!(DlqId::parse("media-0-1"), None);
+        assert_eq!(DlqId::parse("media-42"), None);
+        assert_eq!(DlqId::parse("media-42--1"), None);
     }
 
     #[test]

@@ -285,6 +285,8 @@ pub struct DlqTotals {
     pub store: u64,
     /// Dead-lettered outbound sends (`out-ID`).
     pub outbound: u64,
+    /// Dead-lettered media downloads (`media-M-I`).
+    pub media: u64,
 }
 
 /// `POST /api/dlq/{id}/replay`.
@@ -427,6 +429,7 @@ async fn dlq_list(
             stream: len.stream,
             store: len.store,
             outbound: len.outbound,
+            media: len.media,
         },
     })
     .into_response()

@@ -168,6 +168,14 @@ pub trait MediaStore: Send + Sync {
         index: i32,
         now_ms: i64,
     ) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// Gives dead-lettered attachments up: `failed` with reason
+    /// `discarded` (the DLQ's remove and purge). Returns how many were
+    /// dead-lettered.
+    fn discard_dead_media<'a>(
+        &'a self,
+        ids: &'a [(i64, i32)],
+        now_ms: i64,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
     /// An uploaded media id of `sender` for the file with this digest,
     /// uploaded at or after `not_before_ms`.
     fn cached_upload<'a>(

@@ -314,6 +314,30 @@ macro_rules! impl_media {
                 })
             }
 
+            fn discard_dead_media<'a>(
+                &'a self,
+                ids: &'a [(i64, i32)],
+                now_ms: i64,
+            ) -> BoxFuture<'a, Result<u64, StoreError>> {
+                Box::pin(async move {
+                    let mut n = 0;
+                    for (message_id, index) in ids {
+                        let mut qb = QueryBuilder::<$db>::new("UPDATE message_media SET state = ");
+                        qb.push_bind(state::FAILED)
+                            .push(", reason = 'discarded', updated_ms = ")
+                            .push_bind(now_ms)
+                            .push(" WHERE message_id = ")
+                            .push_bind(*message_id)
+                            .push(" AND idx = ")
+                            .push_bind(*index)
+                            .push(" AND state = ")
+                            .push_bind(state::DEAD_LETTERED);
+                        n += qb.build().execute(&self.pool).await.map_err(classify)?.rows_affected();
+                    }
+                    Ok(n)
+                })
+            }
+
             fn cached_upload<'a>(
                 &'a self,
                 sender: &'a str,
