@@ -8,6 +8,8 @@
 //! - `wait-rows`: time any worker filling a table (used for the peer).
 //! - `sender`: sender accuracy (achieved vs configured rate) and CPU per
 //!   send, against a mock Graph API on loopback.
+//! - `media`: peak RSS of an inlet-gateway downloading one large inbound
+//!   video from a mock Graph API on loopback (bounded memory).
 //!
 //! Every run is bounded in time; `load` and `e2e` refuse non-loopback targets
 //! unless `--allow-remote` is given.
@@ -16,6 +18,7 @@ mod body;
 mod e2e;
 mod http;
 mod load;
+mod media;
 mod sender;
 mod stats;
 mod worker;
@@ -51,6 +54,27 @@ enum Command {
     WaitRows(WaitRowsArgs),
     /// Sender accuracy and CPU per send: a broadcast through inlet-worker to a mock Graph API.
     Sender(SenderArgs),
+    /// Peak memory of inlet-gateway downloading one large inbound video from a mock Graph API.
+    Media(MediaArgs),
+}
+
+#[derive(Args)]
+struct MediaArgs {
+    /// The `inlet-gateway` binary to run.
+    #[arg(long, default_value = "target/release/inlet-gateway")]
+    gateway_bin: PathBuf,
+    /// Size of the video, MiB.
+    #[arg(long, default_value_t = 50)]
+    size_mib: usize,
+    /// The WhatsApp video webhook (its digest is replaced by the file's).
+    #[arg(long, default_value = "tests/fixtures/meta/wa_video.json")]
+    fixture: PathBuf,
+    /// Give up after this long.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -325,6 +349,23 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", report.to_json(&cfg));
             } else {
                 println!("{}", report.to_text(&cfg));
+            }
+        }
+        Command::Media(args) => {
+            if args.size_mib == 0 {
+                bail!("--size-mib must be positive");
+            }
+            let cfg = media::MediaConfig {
+                gateway_bin: args.gateway_bin,
+                size: args.size_mib * 1024 * 1024,
+                fixture: args.fixture,
+                timeout: args.timeout,
+            };
+            let report = media::run(&cfg).await?;
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                println!("{}", report.to_text());
             }
         }
         Command::WaitRows(args) => {
