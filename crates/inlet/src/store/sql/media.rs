@@ -380,3 +380,74 @@ macro_rules! impl_media {
 }
 
 for_each_backend!(impl_media);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Delivery, WritePlan};
+
+    fn plan(names: &[&str]) -> WritePlan {
+        let deliveries: Vec<Delivery> = names
+            .iter()
+            .map(|name| {
+                let path = format!(
+                    "{}/../../tests/fixtures/meta/{name}",
+                    env!("CARGO_MANIFEST_DIR")
+                );
+                let body = std::fs::read(path).unwrap();
+                Delivery {
+                    items: crate::normalize::normalize(&body).unwrap(),
+                    event: crate::envelope::RawEvent::new(
+                        crate::envelope::Source::Whatsapp,
+                        "t",
+                        bytes::Bytes::from(body),
+                    ),
+                }
+            })
+            .collect();
+        WritePlan::build(&deliveries)
+    }
+
+    fn all_new(plan: &WritePlan) -> HashMap<(String, String, String), i64> {
+        plan.messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                (
+                    (
+                        m.tenant.clone(),
+                        m.message.channel.as_str().to_string(),
+                        m.message.provider_message_id.clone(),
+                    ),
+                    i as i64 + 1,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn new_inbound_attachments_get_jobs_and_nothing_else_does() {
+        let p = plan(&[
+            "wa_image.json",
+            "wa_text.json",
+            "wa_sticker.json",
+            "fb_message_attachment.json",
+            "fb_echo.json",
+        ]);
+        let new = all_new(&p);
+        let jobs = downloads(&p.messages, &new);
+        let kinds: Vec<&str> = jobs.iter().map(|j| j.3).collect();
+        assert!(kinds.contains(&"image"));
+        assert!(kinds.contains(&"sticker"));
+        assert!(kinds.contains(&"file"), "Messenger attachments: {kinds:?}");
+        assert!(
+            jobs.iter().all(
+                |(id, _, _, _)| p.messages[(*id - 1) as usize].message.direction
+                    == Direction::Inbound
+            ),
+            "echoes of the business's own messages are not downloaded"
+        );
+        // A redelivery inserts nothing new: no job.
+        assert!(downloads(&p.messages, &HashMap::new()).is_empty());
+    }
+}
