@@ -623,3 +623,87 @@ async fn transient_failures_end_in_the_dlq_and_a_replay_downloads() {
     assert_eq!(list["total"]["media"], 0, "{list}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn webhook_urls_are_used_and_attachment_links_never_get_the_token() {
+    let graph = MockGraph::start().await;
+    let image = file_bytes(40_000, 10);
+    graph.add_media(IMAGE_ID, image.clone(), "image/jpeg");
+    let photo = file_bytes(30_000, 11);
+    graph.add_media("fb-photo", photo.clone(), "image/jpeg");
+    let receipt = file_bytes(20_000, 12);
+    graph.add_media("fb-receipt", receipt.clone(), "application/pdf");
+    let gw = TestGateway::start(direct(&graph)).await;
+
+    // A Graph v24+ WhatsApp webhook that carries the download URL: no lookup.
+    let text = String::from_utf8(webhook("wa_image.json", &sha_b64(&image))).unwrap();
+    let with_url = text.replacen(
+        "\"mime_type\": \"image/jpeg\",",
+        &format!(
+            "\"mime_type\": \"image/jpeg\", \"url\": \"{}/download/{IMAGE_ID}?g=7\",",
+            graph.base_url
+        ),
+        1,
+    );
+    assert_ne!(with_url, text);
+    assert_eq!(
+        gw.post_signed("whatsapp", with_url.as_bytes(), SECRET)
+            .await
+            .status(),
+        200
+    );
+    let id = message_id(&gw, IMAGE_WAMID).await;
+    assert_eq!(settled(&gw, id).await.state, "stored");
+    assert_eq!(
+        graph.media_calls(IMAGE_ID),
+        (0, 1),
+        "the webhook's URL, no lookup"
+    );
+    assert_eq!(
+        graph.token_downloads(IMAGE_ID),
+        1,
+        "WhatsApp media URLs need the token"
+    );
+
+    // Messenger attachments: public CDN links, fetched without the token.
+    let fb = String::from_utf8(fixture("fb_message_attachment.json")).unwrap();
+    let fb = fb
+        .replace(
+            "https://scontent.xx.fbcdn.net/v/t1.15752-9/fixture_000002_n.jpg?_nc_cat=1&oh=00_fixture&oe=6A000000",
+            &format!("{}/download/fb-photo?public=1&g=1", graph.base_url),
+        )
+        .replace(
+            "https://cdn.fbsbx.com/v/t59.2708-21/fixture_receipt.pdf?_nc_cat=1&oh=00_fixture2&oe=6A000001",
+            &format!("{}/download/fb-receipt?public=1&g=1", graph.base_url),
+        );
+    assert_eq!(
+        gw.post_signed("facebook", fb.as_bytes(), SECRET)
+            .await
+            .status(),
+        200
+    );
+    let fb_id = message_id(
+        &gw,
+        "m_Zml4dHVyZS1tZXNzZW5nZXItbWlkLTAwMDAwMDAyLWludmVudGVk",
+    )
+    .await;
+    let store = gw.store();
+    for (index, bytes) in [(0, &photo), (1, &receipt)] {
+        let record = eventually(WAIT, "attachment stored", || async {
+            store
+                .media()
+                .media_record(fb_id, index)
+                .await
+                .ok()
+                .flatten()
+                .filter(|r| r.state != "pending")
+        })
+        .await;
+        assert_eq!(record.state, "stored", "{record:?}");
+        let res = get(&gw, &format!("/api/media/{fb_id}?index={index}"), &[]).await;
+        assert_eq!(res.bytes().await.unwrap(), *bytes);
+    }
+    assert_eq!(graph.token_downloads("fb-photo"), 0);
+    assert_eq!(graph.token_downloads("fb-receipt"), 0);
+    gw.stop().await;
+}

@@ -69,6 +69,8 @@ struct MockMedia {
     generation: u64,
     lookups: u64,
     downloads: u64,
+    /// Downloads that carried a bearer token.
+    with_token: u64,
 }
 
 /// One upload the mock received.
@@ -180,6 +182,7 @@ impl MockGraph {
                 generation: 0,
                 lookups: 0,
                 downloads: 0,
+                with_token: 0,
             },
         );
     }
@@ -199,6 +202,16 @@ impl MockGraph {
             .unwrap()
             .get(id)
             .map_or((0, 0), |m| (m.lookups, m.downloads))
+    }
+
+    /// Downloads of media `id` that carried a bearer token.
+    pub fn token_downloads(&self, id: &str) -> u64 {
+        self.inner
+            .media
+            .lock()
+            .unwrap()
+            .get(id)
+            .map_or(0, |m| m.with_token)
     }
 
     /// Uploads so far.
@@ -309,6 +322,9 @@ async fn download(
             return StatusCode::NOT_FOUND.into_response();
         };
         m.downloads += 1;
+        if !bearer(&headers).is_empty() {
+            m.with_token += 1;
+        }
         if generation <= m.expired {
             return StatusCode::NOT_FOUND.into_response();
         }
