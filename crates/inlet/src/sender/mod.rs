@@ -273,7 +273,10 @@ impl Sender {
         row.attempts += 1;
         self.audit(&row, "sending", |r| r);
         // Media named by `path`/`url`: uploaded (or its cached id reused)
-        // and sent by id. The upload counts as this attempt.
+        // and sent by id. The upload counts as this attempt; it runs under
+        // the `sending` lease, so an upload slower than `outbound.lease_ms`
+        // turns the send `unknown` (settled by its status webhook or the
+        // unknown policy, like any answer that came late).
         let spec = if crate::media::upload::needs_upload(&spec) {
             match self.uploader.prepare(&spec, &token).await {
                 Ok(ready) => ready,
