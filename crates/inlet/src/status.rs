@@ -220,13 +220,15 @@ pub struct DlqSize {
     pub store: Option<i64>,
     /// Dead-lettered outbound sends.
     pub outbound: Option<i64>,
+    /// Dead-lettered media downloads.
+    pub media: Option<i64>,
 }
 
 impl DlqSize {
     /// Every place together.
     pub fn total(&self) -> u64 {
         let n = |v: Option<i64>| v.map_or(0, |n| u64::try_from(n).unwrap_or(0));
-        self.stream.unwrap_or(0) + n(self.store) + n(self.outbound)
+        self.stream.unwrap_or(0) + n(self.store) + n(self.outbound) + n(self.media)
     }
 }
 
@@ -471,6 +473,10 @@ pub async fn gather(settings: &Settings) -> StatusReport {
                 }
                 Err(e) => store.error = Some(e.to_string()),
             }
+            match s.media().dead_media(i64::MAX).await {
+                Ok(dead) => dlq.media = Some(dead.len() as i64),
+                Err(e) => store.error = Some(e.to_string()),
+            }
         }
         Err(e) => store.error = Some(e.to_string()),
     }
@@ -601,10 +607,11 @@ pub fn judge(report: &StatusReport, stall_after: Duration) -> Health {
         findings.push((
             Verdict::Degraded,
             format!(
-                "{dead} dead letters wait (stream {}, store {}, outbound {}): inspect with `inlet dlq list`, replay with `inlet dlq replay`",
+                "{dead} dead letters wait (stream {}, store {}, outbound {}, media {}): inspect with `inlet dlq list`, replay with `inlet dlq replay`",
                 report.dlq.stream.unwrap_or(0),
                 report.dlq.store.unwrap_or(0),
-                report.dlq.outbound.unwrap_or(0)
+                report.dlq.outbound.unwrap_or(0),
+                report.dlq.media.unwrap_or(0)
             ),
         ));
     }
@@ -771,12 +778,13 @@ impl StatusReport {
         let dash = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |n| n.to_string());
         let _ = writeln!(
             out,
-            "  dlq      {} in the stream, {} in the store, {} outbound",
+            "  dlq      {} in the stream, {} in the store, {} outbound, {} media",
             self.dlq
                 .stream
                 .map_or_else(|| "-".to_string(), |n| n.to_string()),
             dash(self.dlq.store),
-            dash(self.dlq.outbound)
+            dash(self.dlq.outbound),
+            dash(self.dlq.media)
         );
         let _ = writeln!(out, "  health   {}", self.health.verdict.as_str());
         for r in &self.health.reasons {
@@ -940,6 +948,7 @@ mod tests {
                 stream: Some(0),
                 store: Some(0),
                 outbound: Some(0),
+                media: Some(0),
             },
             outbound: Some(OutboundStatus::default()),
             stall_after_seconds: 60.0,
