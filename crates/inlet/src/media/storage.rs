@@ -258,6 +258,17 @@ impl ObjectStorage {
         })
     }
 
+    /// An in-memory object store (`object_store::memory::InMemory`):
+    /// the S3 code path without a server, for tests and trials.
+    pub fn in_memory(temp: PathBuf) -> Result<Self, StorageError> {
+        Self::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "memory",
+            "media",
+            temp,
+        )
+    }
+
     fn path(&self, key: &str) -> object_store::path::Path {
         if self.prefix.is_empty() {
             object_store::path::Path::from(key)
