@@ -24,6 +24,7 @@ use serde_json::json;
 
 mod events;
 mod ops;
+pub mod render;
 mod send;
 
 pub use events::{EventsAction, SubscriptionsAction};
