@@ -191,7 +191,12 @@ impl TestConfig {
     /// Validated settings.
     pub fn settings(&self) -> Settings {
         let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
-        Settings::load_from(Some(&default), self.env.clone()).expect("test settings are valid")
+        let mut settings =
+            Settings::load_from(Some(&default), self.env.clone()).expect("test settings are valid");
+        settings
+            .prepare()
+            .expect("the test data dir can be prepared");
+        settings
     }
 
     /// The data directory.
@@ -1063,7 +1068,10 @@ pub async fn run_child_worker() {
         return;
     }
     inlet::telemetry::init_test_tracing();
-    let settings = Settings::load().expect("the child worker's settings are valid");
+    let mut settings = Settings::load().expect("the child worker's settings are valid");
+    settings
+        .prepare()
+        .expect("the child worker's data dir can be prepared");
     let shutdown = inlet::telemetry::shutdown_signal();
     let running = inlet::service::start_worker(settings, shutdown)
         .await

@@ -188,7 +188,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     {
         return sign(secret, file, cli.json, out);
     }
-    let settings = Settings::load().context("loading configuration")?;
+    let mut settings = Settings::load().context("loading configuration")?;
+    // Looking (status, audit) changes nothing on disk; every other command
+    // may write, or sign with the development secret.
+    if !matches!(cli.command, Command::Status | Command::Audit { .. }) {
+        settings.prepare().context("preparing the data directory")?;
+    }
     run_with(cli, settings, out).await
 }
 
