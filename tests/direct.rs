@@ -383,7 +383,7 @@ async fn direct_mode_on_sqlite_hands_each_event_to_the_bus_once_under_concurrent
     let store = gw.store();
     let logged = store
         .event_log()
-        .logged_events(None, None, Some("after"), 0, 100_000)
+        .logged_events(None, None, Some(inlet::events::Phase::After), 0, 100_000)
         .await
         .unwrap()
         .len();

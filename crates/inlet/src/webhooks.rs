@@ -20,7 +20,7 @@ use sha2::Sha256;
 use tokio::sync::RwLock;
 
 use crate::bus::{Handler, HandlerError};
-use crate::events::Event;
+use crate::events::{Event, Phase};
 use crate::store::events::Subscription;
 use crate::store::Store;
 
@@ -91,8 +91,8 @@ pub fn slack_message(event: &Event) -> serde_json::Value {
     if let Some(e) = &event.error {
         detail.push_str(&format!(" — error: {e}"));
     }
-    let icon = match event.phase.as_str() {
-        "failed" => ":rotating_light:",
+    let icon = match event.phase {
+        Phase::Failed => ":rotating_light:",
         _ => ":incoming_envelope:",
     };
     json!({
@@ -262,7 +262,7 @@ impl Handler for WebhookHandler {
     }
 
     fn wants(&self, event: &Event) -> bool {
-        event.phase != "before"
+        event.phase != Phase::Before
     }
 
     // Idempotency is tracked per subscription inside `handle`.
@@ -297,6 +297,7 @@ impl Handler for WebhookHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Operation;
 
     #[test]
     fn standard_webhooks_reference_vector() {
@@ -336,8 +337,8 @@ mod tests {
     fn slack_messages_carry_no_text() {
         let e = Event::new(
             "message",
-            "after",
-            "create",
+            Phase::After,
+            Operation::Create,
             "k",
             "t",
             None,

@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 use super::AppState;
 use crate::cache::{CacheError, CacheKey};
 use crate::dlq::{Dlq, DlqError, DlqId, DlqItem, DlqView};
+use crate::events::Phase;
 
 /// The `/api` routes, behind the bearer-token check.
 pub fn routes(state: AppState) -> Router<AppState> {
@@ -240,7 +241,7 @@ async fn events_failed(
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let log = store.event_log();
     let failed = log
-        .logged_events(None, None, Some("failed"), 0, limit)
+        .logged_events(None, None, Some(Phase::Failed), 0, limit)
         .await;
     let handlers = log.handler_failures(limit).await;
     match (failed, handlers) {

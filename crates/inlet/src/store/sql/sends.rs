@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use sqlx::{QueryBuilder, Row};
 
 use super::{classify, for_each_backend, Backend, SqlStore, CHUNK};
-use crate::events::Event;
+use crate::events::{Event, Operation, Phase};
 use crate::outbound::{BroadcastSpec, SendSpec};
 use crate::store::outbound::{
     state, BroadcastRecord, Finish, Halt, HistoryEntry, NewBroadcast, NewSend, OutboundRecord,
@@ -48,8 +48,8 @@ fn failed_event(
 ) -> Event {
     let mut e = Event::new(
         "message",
-        "failed",
-        "create",
+        Phase::Failed,
+        Operation::Create,
         &format!("outbound/{id}"),
         tenant,
         Some(trace.to_string()),
