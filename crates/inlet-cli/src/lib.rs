@@ -4,7 +4,18 @@
 //! tests) and returns an exit code; `--json` switches to machine-readable
 //! output. Configuration is the services' own (`config/default.toml`,
 //! `INLET_CONFIG`, `INLET_*`), so the CLI sees the same Redis, store and data
-//! directory as the gateway and worker.
+//! directory as the gateway and worker. Commands that may write prepare the
+//! data directory first ([`Settings::prepare`]); `status` and `audit` only
+//! look and create nothing.
+//!
+//! # Layout
+//! - this file: the argument tree, `sign`, `migrate`, `cache`, `dlq`,
+//!   `messages`, `replay`.
+//! - `events`: `inlet subscriptions` and `inlet events`.
+//! - `ops`: `inlet status` and `inlet audit trace|tail`.
+//! - `send`: `inlet send`, `inlet broadcasts`, `inlet outbound`.
+//! - [`render`]: the terminal text of the status report, audit traces and
+//!   audit lines (the library gathers and judges, this formats).
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -16,7 +16,7 @@
 //! (`redis_url`, `stream_prefix`, `[redis]`), [`store`](mod@store)
 //! (`database_url`, `[database]`), [`worker`](mod@worker),
 //! [`cache`](mod@cache), [`audit`](mod@audit), [`events`](mod@events),
-//! [`apps`](mod@apps) (`[[apps]]` and the default app), [`outbound`](mod@outbound)
+//! [`apps`](mod@apps) (`[[apps]]` and the default app), `outbound`
 //! (`[graph]`, `[outbound]`); [`prepare`](mod@prepare) holds the side effects.
 
 use std::net::SocketAddr;
