@@ -97,6 +97,23 @@ async fn readme_flow_embedded_default_serves_and_shows_the_message() {
 }
 
 #[tokio::test]
+async fn the_gateway_refuses_settings_that_were_loaded_but_not_prepared() {
+    // Loading names the development secret's file without creating it; a
+    // gateway started on such settings would reject every signature.
+    let mut cfg = no_redis();
+    cfg.env.remove("INLET_APP_SECRET");
+    cfg.env.remove("INLET_VERIFY_TOKEN");
+    let settings = inlet::config::Settings::load_from(None, cfg.env.clone()).unwrap();
+    assert!(!settings.is_prepared());
+    let err = inlet::service::start_gateway(settings, tokio_util::sync::CancellationToken::new())
+        .await
+        .err()
+        .expect("unprepared settings are refused");
+    assert!(err.to_string().contains("Settings::prepare"), "{err}");
+    assert!(!cfg.dir().join(inlet::config::DEV_SECRET_FILE).exists());
+}
+
+#[tokio::test]
 async fn outbox_is_flushed_to_redis_when_it_comes_back() {
     require_redis().await;
     let flaky = Flaky::start(&host_port(&redis_url())).await;
