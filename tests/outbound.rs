@@ -627,3 +627,77 @@ async fn a_worker_killed_mid_broadcast_sends_everyone_exactly_once() {
     gw.stop().await;
     db.drop_db().await;
 }
+
+/// The claim walks the queue in order and stops after `limit` heads, on
+/// both backends; a claim whose lease ran out is not taken over directly
+/// but put back in the queue by housekeeping (`expire_sending`), and the
+/// process that lost it can no longer begin the send.
+async fn check_claims(store: inlet::store::Store) {
+    store.migrate().await.unwrap();
+    let recipients: Vec<String> = (0..300).map(|i| format!("1555{i:07}")).collect();
+    let body = json!({
+        "channel": "whatsapp", "from": SENDER,
+        "template": {"name": "claims", "language": {"code": "en_US"}},
+        "recipients": recipients,
+    });
+    let spec = inlet::outbound::BroadcastSpec::parse(body.to_string().as_bytes()).unwrap();
+    let (broadcast, sends) = inlet::store::outbound::NewBroadcast::plan(spec, "default", "trace");
+    let out = store.outbound();
+    out.create_broadcast(&broadcast, &sends).await.unwrap();
+    let now = inlet::store::outbound::now_ms();
+    let seqs = |rows: &[inlet::store::outbound::OutboundRecord]| -> Vec<i64> {
+        rows.iter().map(|r| r.seq).collect()
+    };
+
+    // A claims the 50 oldest with a lease that runs out at once.
+    let a = out.claim("a", now, 1, 50).await.unwrap();
+    assert_eq!(a.len(), 50);
+    assert!(seqs(&a).windows(2).all(|w| w[0] < w[1]), "oldest first");
+    // B, later, gets the next 50: A's expired claims are not queued yet.
+    let b = out.claim("b", now + 10, 60_000, 50).await.unwrap();
+    assert_eq!(b.len(), 50);
+    assert!(
+        seqs(&b)[0] > *seqs(&a).last().unwrap(),
+        "B continues after A"
+    );
+    // Housekeeping puts A's claims back; C gets exactly them, oldest first.
+    let orphaned = out.expire_sending(now + 10).await.unwrap();
+    assert!(orphaned.is_empty(), "nothing was in flight");
+    let c = out.claim("c", now + 20, 60_000, 50).await.unwrap();
+    assert_eq!(seqs(&c), seqs(&a), "the requeued claims come first");
+    // A lost them: it cannot begin the send any more; C can.
+    assert!(!out
+        .begin_send(&a[0].id, "a", now + 30, 60_000)
+        .await
+        .unwrap());
+    assert!(out
+        .begin_send(&c[0].id, "c", now + 30, 60_000)
+        .await
+        .unwrap());
+    // The rest of the backlog is claimed in order, nothing twice.
+    let mut seen: Vec<i64> = seqs(&b).into_iter().chain(seqs(&c)).collect();
+    loop {
+        let more = out.claim("d", now + 40, 60_000, 50).await.unwrap();
+        if more.is_empty() {
+            break;
+        }
+        seen.extend(seqs(&more));
+    }
+    let unique: std::collections::BTreeSet<i64> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "no send claimed twice");
+    assert_eq!(seen.len(), 300);
+}
+
+#[tokio::test]
+async fn claims_walk_the_queue_in_order_and_expired_claims_are_requeued_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("inlet.db").display());
+    check_claims(inlet::store::open(&url, 2).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn claims_walk_the_queue_in_order_and_expired_claims_are_requeued_on_postgres() {
+    let db = TestDb::create().await;
+    check_claims(inlet::store::open(&db.url, 2).await.unwrap()).await;
+    db.drop_db().await;
+}

@@ -314,7 +314,7 @@ pub trait OutboundStore: Send + Sync {
     fn outbound_recent(&self, limit: i64)
         -> BoxFuture<'_, Result<Vec<OutboundRecord>, StoreError>>;
     /// Reserves up to `limit` due sends for `owner` until `now + lease`:
-    /// queued (or claimed with an expired lease) rows that head their
+    /// queued rows (expired claims are requeued by [`Self::expire_sending`]) that head their
     /// (sender, recipient) queue, of apps not halted and broadcasts not
     /// paused, oldest first.
     fn claim<'a>(
@@ -341,6 +341,7 @@ pub trait OutboundStore: Send + Sync {
         finish: &'a Finish,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// `sending` rows whose lease ran out become `unknown`; returns them.
+    /// `claimed` rows whose lease ran out (never begun) go back to `queued`.
     fn expire_sending(&self, now_ms: i64) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
     /// Settles `unknown` rows from status webhooks (by provider id or
     /// callback data), then applies the policy to those older than the

@@ -408,12 +408,14 @@ macro_rules! impl_sends {
                         .push_bind(now_ms + lease_ms)
                         .push(", updated_ms = ")
                         .push_bind(now_ms)
-                        .push(
-                            " WHERE seq IN (SELECT o.seq FROM outbound_messages o WHERE \
-                             (o.status = 'queued' OR (o.status = 'claimed' AND o.lease_until_ms < ",
-                        )
-                        .push_bind(now_ms)
-                        .push(")) AND o.due_ms <= ")
+                        // Only `queued` rows, walked in `(status, seq)` index
+                        // order so the scan stops after `limit` heads however
+                        // long the backlog: an OR with expired claims here
+                        // made the planner filter and sort the whole backlog
+                        // on every claim (a 10,000-send broadcast stalled).
+                        // Expired claims go back to `queued` in housekeeping
+                        // (`expire_sending`).
+                        .push(" WHERE seq IN (SELECT o.seq FROM outbound_messages o WHERE o.status = 'queued' AND o.due_ms <= ")
                         .push_bind(now_ms)
                         .push(" AND NOT EXISTS (SELECT 1 FROM outbound_messages p WHERE p.sender_id = o.sender_id \
                                AND p.recipient = o.recipient AND p.seq < o.seq AND p.status IN ")
@@ -585,6 +587,17 @@ macro_rules! impl_sends {
                         .push(", lease_owner = NULL, error = '{\"reason\":\"sender_lost\"}' WHERE status = 'sending' AND lease_until_ms < ")
                         .push_bind(now_ms)
                         .push(" RETURNING id");
+                    // Claimed but never begun (the process stopped or was
+                    // too slow): nothing left, so back to the queue. Rows
+                    // another process is updating are left for the next round.
+                    let mut requeue = QueryBuilder::<$db>::new("UPDATE outbound_messages SET status = 'queued', lease_owner = NULL, lease_until_ms = NULL, updated_ms = ");
+                    requeue
+                        .push_bind(now_ms)
+                        .push(" WHERE seq IN (SELECT seq FROM outbound_messages WHERE status = 'claimed' AND lease_until_ms < ")
+                        .push_bind(now_ms)
+                        .push(if d.name == "postgres" { " FOR UPDATE SKIP LOCKED" } else { "" })
+                        .push(")");
+                    requeue.build().execute(&mut *tx).await.map_err(classify)?;
                     let ids: Vec<String> = qb
                         .build()
                         .fetch_all(&mut *tx)
