@@ -701,3 +701,100 @@ async fn claims_walk_the_queue_in_order_and_expired_claims_are_requeued_on_postg
     check_claims(inlet::store::open(&db.url, 2).await.unwrap()).await;
     db.drop_db().await;
 }
+
+/// The Redis limiter's Lua script and the in-process limiter (the pure
+/// arithmetic of `outbound::rate`) give the same answers to the same
+/// sequence of calls at the same times: acquisitions (plain and media, many
+/// recipients and repeated ones), sender throttles and pair throttles.
+#[tokio::test]
+async fn the_redis_limiter_agrees_with_the_pure_arithmetic() {
+    use inlet::outbound::rate::{Grant, Limits};
+    use inlet::sender::limiter::{LocalLimiter, RedisLimiter};
+
+    let _ = inlet_suite::require_redis().await;
+    let client = redis::Client::open(inlet_suite::redis_url()).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let prefix = format!("test:limiter:{}:", uuid::Uuid::now_v7().simple());
+    let limits = Limits {
+        rate: 50.0,
+        burst: 45.0,
+        media_rate: 5.0,
+        media_burst: 3.0,
+        pair_interval_ms: 600,
+        pair_burst: 3,
+        throttle_pause_ms: 250,
+        recovery_ms: 2_000,
+        min_factor: 0.1,
+    };
+    let local = LocalLimiter::new(limits);
+    let shared = RedisLimiter::new(conn, &prefix, limits);
+
+    // A fixed pseudo-random walk (LCG): the same sequence on every run.
+    let mut seed: u64 = 0x5eed_1234;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let mut now: i64 = 1_800_000_000_000;
+    let (mut granted, mut sender_waits, mut pair_waits) = (0, 0, 0);
+    for step in 0..3000 {
+        now += next(40) as i64;
+        let sender = if next(5) == 0 { "page-2" } else { "page-1" };
+        let recipient = format!("r{}", next(8));
+        match next(100) {
+            0 => {
+                local.throttled_at(sender, limits.throttle_pause_ms, now);
+                shared
+                    .throttled_at(sender, limits.throttle_pause_ms, now)
+                    .await
+                    .unwrap();
+            }
+            1 | 2 => {
+                let backoff = 1000 * (1 + next(3) as i64);
+                local.pair_throttled_at(sender, &recipient, backoff, now);
+                shared
+                    .pair_throttled_at(sender, &recipient, backoff, now)
+                    .await
+                    .unwrap();
+            }
+            roll => {
+                let media = roll % 7 == 0;
+                let a = local.acquire_at(sender, &recipient, media, now);
+                let b = shared
+                    .acquire_at(sender, &recipient, media, now)
+                    .await
+                    .unwrap();
+                // Waits may differ by a millisecond (the script keeps its
+                // numbers as text with 14 significant digits).
+                let agree = match (a, b) {
+                    (Grant::Now, Grant::Now) => true,
+                    (Grant::SenderWait(x), Grant::SenderWait(y))
+                    | (Grant::PairWait(x), Grant::PairWait(y)) => (x - y).abs() <= 1,
+                    _ => false,
+                };
+                assert!(agree, "step {step} at {now}: local {a:?}, redis {b:?}");
+                match a {
+                    Grant::Now => granted += 1,
+                    Grant::SenderWait(_) => sender_waits += 1,
+                    Grant::PairWait(_) => pair_waits += 1,
+                }
+            }
+        }
+        if step % 100 == 0 {
+            let a = local.tokens_at(sender, now);
+            let b = shared.tokens_at(sender, now).await.unwrap();
+            match (a, b) {
+                (Some(x), Some(y)) => assert!((x - y).abs() < 1e-6, "tokens {x} vs {y}"),
+                (x, y) => assert_eq!(x.is_some(), y.is_some(), "tokens {x:?} vs {y:?}"),
+            }
+        }
+    }
+    // The walk exercised every answer.
+    assert!(
+        granted > 100 && sender_waits > 100 && pair_waits > 100,
+        "granted {granted}, sender waits {sender_waits}, pair waits {pair_waits}"
+    );
+    inlet_suite::cleanup_prefix(&prefix).await;
+}
