@@ -334,12 +334,17 @@ async fn a_broadcast_across_two_workers_keeps_the_shared_rate_and_joins_statuses
     let graph = MockGraph::start().await;
     let gw = TestGateway::start(rated(&graph, &db, RATE)).await;
     graph.post_statuses_to(&gw.base, SECRET);
-    let mut s1 = cfg_clone(&gw.config);
-    s1.worker.consumer_name = Some("sender-a".into());
-    let mut s2 = cfg_clone(&gw.config);
-    s2.worker.consumer_name = Some("sender-b".into());
-    let w1 = TestWorker::start_with(s1).await;
-    let w2 = TestWorker::start_with(s2).await;
+    // Two worker processes, sharing the rate through Redis.
+    let w1 = ChildWorker::spawn(
+        &gw.config,
+        "child_worker_process",
+        &[("INLET_WORKER__CONSUMER_NAME", "sender-a")],
+    );
+    let w2 = ChildWorker::spawn(
+        &gw.config,
+        "child_worker_process",
+        &[("INLET_WORKER__CONSUMER_NAME", "sender-b")],
+    );
 
     let recipients: Vec<String> = (0..N).map(|i| format!("1555{:07}", i)).collect();
     let bid = post_broadcast(&gw, "spring_sale", &recipients).await;
@@ -374,14 +379,10 @@ async fn a_broadcast_across_two_workers_keeps_the_shared_rate_and_joins_statuses
     );
     wait_status(&gw, &id, &["delivered"]).await;
 
-    w1.stop().await;
-    w2.stop().await;
+    w1.kill().await;
+    w2.kill().await;
     gw.stop().await;
     db.drop_db().await;
-}
-
-fn cfg_clone(cfg: &TestConfig) -> inlet::config::Settings {
-    cfg.settings()
 }
 
 #[tokio::test]
