@@ -187,6 +187,44 @@ async fn send_api_stores_first_sends_once_and_keeps_the_window() {
     assert_eq!(stored.direction, "outbound");
     assert_eq!(stored.contact_external_id, "16505551234");
 
+    // Its delivered webhook: the send shows `delivered`, and the sender
+    // stamps it once with the status time (accepted -> delivered latency).
+    let hook = inlet_suite::graph::status_webhook(SENDER, "16505551234", &wamid, "delivered", &id);
+    assert_eq!(
+        gw.post_signed("whatsapp", &hook, SECRET).await.status(),
+        200
+    );
+    wait_status(&gw, &id, &["delivered"]).await;
+    let db = format!("sqlite://{}", gw.config.dir().join("inlet.db").display());
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let stamped: i64 = eventually(WAIT, "delivery stamped", || async {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT delivered_ms FROM outbound_messages WHERE id = ?",
+        )
+        .bind(&id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    let accepted: i64 =
+        sqlx::query_scalar("SELECT accepted_ms FROM outbound_messages WHERE id = ?")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        stamped / 1000 >= accepted / 1000 - 1,
+        "{stamped} vs {accepted}"
+    );
+    pool.close().await;
+    let text = gw.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("inlet_outbound_delivered_seconds_count")),
+        "no delivered latency in /metrics"
+    );
+
     // A BSUID goes out as `recipient` (in `to` Meta drops it).
     let (_, b, _) = api(
         &gw,

@@ -382,6 +382,13 @@ pub trait OutboundStore: Send + Sync {
         id: &'a str,
         paused: Option<&'a str>,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Accepted sends whose first `delivered` (or `read`) status arrived:
+    /// stamps each with the status time (once) and returns up to `limit`
+    /// of them as (outbound id, accepted ms, delivered ms).
+    fn record_deliveries(
+        &self,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<(String, i64, i64)>, StoreError>>;
     /// Marks broadcasts whose sends are all final as finished.
     fn finish_broadcasts(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Queue figures.

@@ -810,6 +810,42 @@ macro_rules! impl_sends {
                 })
             }
 
+            fn record_deliveries(
+                &self,
+                limit: i64,
+            ) -> BoxFuture<'_, Result<Vec<(String, i64, i64)>, StoreError>> {
+                Box::pin(async move {
+                    let d = <$db as Backend>::DIALECT;
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT o.id, o.accepted_ms, s.at FROM outbound_messages o JOIN message_status_current s \
+                         ON s.tenant = o.tenant AND s.channel = o.channel AND s.provider_message_id = o.provider_message_id \
+                         WHERE o.delivered_ms IS NULL AND o.status IN ('accepted', 'held') \
+                         AND s.status IN ('delivered', 'read') LIMIT ",
+                    );
+                    qb.push_bind(limit);
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    let mut out = Vec::with_capacity(rows.len());
+                    let mut tx = self.pool.begin_with(d.write_begin).await.map_err(classify)?;
+                    for row in rows {
+                        let id: String = row.try_get("id").map_err(classify)?;
+                        let accepted: Option<i64> = row.try_get("accepted_ms").map_err(classify)?;
+                        let at: chrono::DateTime<chrono::Utc> = row.try_get("at").map_err(classify)?;
+                        let delivered = at.timestamp_millis();
+                        let mut qb = QueryBuilder::<$db>::new("UPDATE outbound_messages SET delivered_ms = ");
+                        qb.push_bind(delivered)
+                            .push(" WHERE id = ")
+                            .push_bind(id.clone())
+                            .push(" AND delivered_ms IS NULL");
+                        let changed = qb.build().execute(&mut *tx).await.map_err(classify)?.rows_affected();
+                        if changed == 1 {
+                            out.push((id, accepted.unwrap_or(delivered), delivered));
+                        }
+                    }
+                    tx.commit().await.map_err(classify)?;
+                    Ok(out)
+                })
+            }
+
             fn finish_broadcasts(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
                 Box::pin(async move {
                     let mut qb = QueryBuilder::<$db>::new("UPDATE broadcasts SET status = 'finished', finished_ms = ");
