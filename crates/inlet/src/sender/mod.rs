@@ -518,8 +518,8 @@ impl Sender {
         }
         // Accepted → delivered latency, once per send, from the status
         // webhooks joined back to it.
-        for (_, accepted, delivered) in out.record_deliveries(1000).await? {
-            let latency = (delivered - accepted).max(0) as f64 / 1000.0;
+        for d in out.record_deliveries(1000).await? {
+            let latency = (d.delivered_ms - d.accepted_ms).max(0) as f64 / 1000.0;
             metrics::histogram!("inlet_outbound_delivered_seconds").record(latency);
         }
         out.finish_broadcasts(now).await?;

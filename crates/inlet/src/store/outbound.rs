@@ -53,6 +53,18 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// An accepted send's first delivery, as [`OutboundStore::record_deliveries`]
+/// stamps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// Outbound id.
+    pub id: String,
+    /// When Meta accepted it (epoch ms).
+    pub accepted_ms: i64,
+    /// Time of its first delivered/read status (epoch ms).
+    pub delivered_ms: i64,
+}
+
 /// A command to store.
 #[derive(Debug, Clone)]
 pub struct NewSend {
@@ -384,11 +396,8 @@ pub trait OutboundStore: Send + Sync {
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Accepted sends whose first `delivered` (or `read`) status arrived:
     /// stamps each with the status time (once) and returns up to `limit`
-    /// of them as (outbound id, accepted ms, delivered ms).
-    fn record_deliveries(
-        &self,
-        limit: i64,
-    ) -> BoxFuture<'_, Result<Vec<(String, i64, i64)>, StoreError>>;
+    /// of them.
+    fn record_deliveries(&self, limit: i64) -> BoxFuture<'_, Result<Vec<Delivered>, StoreError>>;
     /// Marks broadcasts whose sends are all final as finished.
     fn finish_broadcasts(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Queue figures.

@@ -9,8 +9,8 @@ use super::{classify, for_each_backend, Backend, SqlStore, CHUNK};
 use crate::events::Event;
 use crate::outbound::{BroadcastSpec, SendSpec};
 use crate::store::outbound::{
-    state, BroadcastRecord, Finish, Halt, HistoryEntry, NewBroadcast, NewSend, OutboundRecord,
-    OutboundStats, OutboundStore, WithHistory,
+    state, BroadcastRecord, Delivered, Finish, Halt, HistoryEntry, NewBroadcast, NewSend,
+    OutboundRecord, OutboundStats, OutboundStore, WithHistory,
 };
 use crate::store::StoreError;
 use futures_util::future::BoxFuture;
@@ -810,10 +810,7 @@ macro_rules! impl_sends {
                 })
             }
 
-            fn record_deliveries(
-                &self,
-                limit: i64,
-            ) -> BoxFuture<'_, Result<Vec<(String, i64, i64)>, StoreError>> {
+            fn record_deliveries(&self, limit: i64) -> BoxFuture<'_, Result<Vec<Delivered>, StoreError>> {
                 Box::pin(async move {
                     let d = <$db as Backend>::DIALECT;
                     let mut qb = QueryBuilder::<$db>::new(
@@ -838,7 +835,7 @@ macro_rules! impl_sends {
                             .push(" AND delivered_ms IS NULL");
                         let changed = qb.build().execute(&mut *tx).await.map_err(classify)?.rows_affected();
                         if changed == 1 {
-                            out.push((id, accepted.unwrap_or(delivered), delivered));
+                            out.push(Delivered { id, accepted_ms: accepted.unwrap_or(delivered), delivered_ms: delivered });
                         }
                     }
                     tx.commit().await.map_err(classify)?;
