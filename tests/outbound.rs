@@ -837,3 +837,63 @@ async fn the_redis_limiter_agrees_with_the_pure_arithmetic() {
     );
     inlet_suite::cleanup_prefix(&prefix).await;
 }
+
+/// 131049 (per-user marketing cap): the send is set aside for
+/// `deferred_retry_ms`, later messages to the recipient leave meanwhile, it
+/// is tried once more and sent; a second 131049 is final.
+#[tokio::test]
+async fn a_declined_send_is_deferred_once_without_holding_up_the_recipient() {
+    let graph = MockGraph::start().await;
+    let gw =
+        TestGateway::start(direct(&graph).set("INLET_OUTBOUND__DEFERRED_RETRY_MS", "4000")).await;
+    let (once, twice) = ("15557770001", "15557770002");
+    graph.decline_next_to(once, 1);
+    graph.decline_next_to(twice, 2);
+    let post = |to: &'static str, name: &'static str| {
+        let gw = &gw;
+        async move {
+            let (s, b, _) = api(gw, "POST", "/api/messages", Some(template(to, name))).await;
+            assert_eq!(s, 202, "{b}");
+            b["id"].as_str().unwrap().to_string()
+        }
+    };
+    let first = post(once, "promo").await;
+    let other = post(twice, "promo").await;
+    let m = wait_status(&gw, &first, &["deferred"]).await;
+    assert_eq!(m["error"]["class"], "recipient_deferred", "{m}");
+    // The recipient's next message does not wait behind the deferred one.
+    let reply = post(once, "order_update").await;
+    wait_status(&gw, &reply, &["accepted"]).await;
+    assert_eq!(message(&gw, &first).await["status"], "deferred");
+
+    // One more try after the delay: sent.
+    let m = wait_status(&gw, &first, &["accepted"]).await;
+    assert_eq!(m["attempts"], 2, "{m}");
+    let order: Vec<(String, u16)> = graph
+        .seen()
+        .into_iter()
+        .filter(|s| s.recipient == once)
+        .map(|s| {
+            (
+                s.body["template"]["name"].as_str().unwrap().to_string(),
+                s.status,
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("promo".into(), 400),
+            ("order_update".into(), 200),
+            ("promo".into(), 200)
+        ]
+    );
+    // Declined twice: final.
+    let m = wait_status(&gw, &other, &["failed"]).await;
+    assert_eq!(m["error"]["class"], "recipient_deferred", "{m}");
+    assert_eq!(
+        graph.seen().iter().filter(|s| s.recipient == twice).count(),
+        2
+    );
+    gw.stop().await;
+}

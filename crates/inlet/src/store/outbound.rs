@@ -38,6 +38,10 @@ pub mod state {
     pub const HELD: &str = "held";
     /// The answer was lost; waiting for a status webhook or the deadline.
     pub const UNKNOWN: &str = "unknown";
+    /// Declined by Meta for now (131049, per-user marketing cap): waits
+    /// until its due time apart from the recipient's queue (later
+    /// messages to the recipient go meanwhile), then is queued once more.
+    pub const DEFERRED: &str = "deferred";
     /// Final failure (permanent error or unknown outcome by policy).
     pub const FAILED: &str = "failed";
     /// Retries exhausted or unclassified error: in the DLQ.
@@ -168,6 +172,16 @@ pub enum Finish {
         /// The attempt does not count (throttles, halts): only transient
         /// failures use up `outbound.max_attempts`.
         refund_attempt: bool,
+    },
+    /// Set aside until `due_ms` (131049): out of the recipient's queue
+    /// order, queued again by [`OutboundStore::release_deferred`].
+    Defer {
+        /// Not before.
+        due_ms: i64,
+        /// Error class.
+        error_class: String,
+        /// The error.
+        error: Value,
     },
     /// Final: failed / dead_lettered / needs_template.
     Final {
@@ -398,6 +412,10 @@ pub trait OutboundStore: Send + Sync {
     /// stamps each with the status time (once) and returns up to `limit`
     /// of them.
     fn record_deliveries(&self, limit: i64) -> BoxFuture<'_, Result<Vec<Delivered>, StoreError>>;
+    /// Deferred sends whose time came are queued again (in their old
+    /// place: ahead of what was queued for the recipient meanwhile);
+    /// returns how many.
+    fn release_deferred(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Marks broadcasts whose sends are all final as finished.
     fn finish_broadcasts(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Queue figures.

@@ -530,6 +530,16 @@ macro_rules! impl_sends {
                             }
                             (note, Some(detail))
                         }
+                        Finish::Defer { due_ms, error_class, error } => {
+                            qb.push(", status = 'deferred', due_ms = ")
+                                .push_bind(*due_ms)
+                                .push(", error_class = ")
+                                .push_bind(error_class.clone())
+                                .push(", error = ")
+                                .push_bind(json_text(error))
+                                .push(", lease_owner = NULL, lease_until_ms = NULL");
+                            (state::DEFERRED, Some(serde_json::json!({"due_ms": due_ms, "error_class": error_class, "error": error})))
+                        }
                         Finish::Final { status, error_class, error } => {
                             qb.push(", status = ")
                                 .push_bind(*status)
@@ -843,6 +853,33 @@ macro_rules! impl_sends {
                 })
             }
 
+            fn release_deferred(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+                Box::pin(async move {
+                    let d = <$db as Backend>::DIALECT;
+                    let mut tx = self.pool.begin_with(d.write_begin).await.map_err(classify)?;
+                    let mut qb = QueryBuilder::<$db>::new("UPDATE outbound_messages SET status = 'queued', updated_ms = ");
+                    qb.push_bind(now_ms)
+                        .push(" WHERE status = 'deferred' AND due_ms <= ")
+                        .push_bind(now_ms)
+                        .push(" RETURNING id");
+                    let ids: Vec<String> = qb
+                        .build()
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(classify)?
+                        .iter()
+                        .map(|r| r.try_get::<String, _>("id"))
+                        .collect::<Result<_, _>>()
+                        .map_err(classify)?;
+                    let detail = serde_json::json!({"reason": "deferred_retry"});
+                    for id in &ids {
+                        Self::history_in(&mut tx, id, state::QUEUED, now_ms, Some(&detail)).await?;
+                    }
+                    tx.commit().await.map_err(classify)?;
+                    Ok(ids.len() as u64)
+                })
+            }
+
             fn finish_broadcasts(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
                 Box::pin(async move {
                     let mut qb = QueryBuilder::<$db>::new("UPDATE broadcasts SET status = 'finished', finished_ms = ");
@@ -851,10 +888,10 @@ macro_rules! impl_sends {
                         .push_bind(now_ms)
                         .push(
                             " WHERE status = 'running' AND NOT EXISTS (SELECT 1 FROM outbound_messages o \
-                             WHERE o.broadcast_id = broadcasts.id AND o.status IN ",
+                             WHERE o.broadcast_id = broadcasts.id AND (o.status = 'deferred' OR o.status IN ",
                         )
                         .push(OPEN)
-                        .push(")");
+                        .push("))");
                     Ok(qb.build().execute(&self.pool).await.map_err(classify)?.rows_affected())
                 })
             }
