@@ -158,6 +158,11 @@ const PG_MIGRATIONS: Migrations = &[
         "contact identities",
         include_str!("../../../../../migrations/postgres/0006_contact_identities.sql"),
     ),
+    (
+        10,
+        "outbound delivered",
+        include_str!("../../../../../migrations/postgres/0010_outbound_delivered.sql"),
+    ),
 ];
 
 const SQLITE_MIGRATIONS: Migrations = &[
@@ -190,6 +195,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         6,
         "contact identities",
         include_str!("../../../../../migrations/sqlite/0006_contact_identities.sql"),
+    ),
+    (
+        10,
+        "outbound delivered",
+        include_str!("../../../../../migrations/sqlite/0010_outbound_delivered.sql"),
     ),
 ];
 
