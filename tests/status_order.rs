@@ -62,6 +62,7 @@ fn receipt(pmid: &str, (status, at): (DeliveryStatus, DateTime<Utc>)) -> Normali
         conversation: None,
         pricing: None,
         callback_data: None,
+        raw_status: None,
     })
 }
 

@@ -158,6 +158,11 @@ const PG_MIGRATIONS: Migrations = &[
         "contact identities",
         include_str!("../../../../../migrations/postgres/0006_contact_identities.sql"),
     ),
+    (
+        7,
+        "groups history",
+        include_str!("../../../../../migrations/postgres/0007_groups_history.sql"),
+    ),
 ];
 
 const SQLITE_MIGRATIONS: Migrations = &[
@@ -190,6 +195,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         6,
         "contact identities",
         include_str!("../../../../../migrations/sqlite/0006_contact_identities.sql"),
+    ),
+    (
+        7,
+        "groups history",
+        include_str!("../../../../../migrations/sqlite/0007_groups_history.sql"),
     ),
 ];
 
