@@ -261,7 +261,8 @@ impl WritePlan {
                         let sender = acc.person(person, m.sent_at, !m.is_history());
                         let conv_key = match m.group_id() {
                             Some(group) => {
-                                let group = acc.group_contact(&tenant, m.channel, group, None, m.sent_at);
+                                let group =
+                                    acc.group_contact(&tenant, m.channel, group, None, m.sent_at);
                                 let key = acc.conversation(
                                     (tenant.clone(), m.channel, m.business_id.clone(), group),
                                     m.group_id(),
@@ -271,7 +272,12 @@ impl WritePlan {
                                 key
                             }
                             None => acc.conversation(
-                                (tenant.clone(), m.channel, m.business_id.clone(), sender.clone()),
+                                (
+                                    tenant.clone(),
+                                    m.channel,
+                                    m.business_id.clone(),
+                                    sender.clone(),
+                                ),
                                 None,
                                 m.sent_at,
                             ),
@@ -373,7 +379,13 @@ impl Rows {
     /// message); returns its key.
     fn person(&mut self, person: &Person, at: DateTime<Utc>, active: bool) -> ContactKey {
         let key = person.key.clone();
-        self.contact(key.clone(), person.identities.clone(), &person.contact, at, active);
+        self.contact(
+            key.clone(),
+            person.identities.clone(),
+            &person.contact,
+            at,
+            active,
+        );
         key
     }
 
@@ -385,18 +397,21 @@ impl Rows {
         at: DateTime<Utc>,
         active: bool,
     ) {
-        let row = self.contacts.entry(key.clone()).or_insert_with(|| ContactRow {
-            key,
-            identities,
-            wa_id: c.wa_id.clone(),
-            user_id: c.user_id.clone(),
-            parent_user_id: c.parent_user_id.clone(),
-            username: c.username.clone(),
-            name: c.name.clone(),
-            first_seen: at,
-            last_seen: at,
-            active,
-        });
+        let row = self
+            .contacts
+            .entry(key.clone())
+            .or_insert_with(|| ContactRow {
+                key,
+                identities,
+                wa_id: c.wa_id.clone(),
+                user_id: c.user_id.clone(),
+                parent_user_id: c.parent_user_id.clone(),
+                username: c.username.clone(),
+                name: c.name.clone(),
+                first_seen: at,
+                last_seen: at,
+                active,
+            });
         if row.active == active {
             row.first_seen = row.first_seen.min(at);
             row.last_seen = row.last_seen.max(at);
@@ -455,7 +470,13 @@ impl Rows {
         key
     }
 
-    fn participant(&mut self, conv: &ConversationKey, contact: &ContactKey, active: bool, at: DateTime<Utc>) {
+    fn participant(
+        &mut self,
+        conv: &ConversationKey,
+        contact: &ContactKey,
+        active: bool,
+        at: DateTime<Utc>,
+    ) {
         let row = self
             .participants
             .entry((conv.clone(), contact.clone()))
@@ -730,6 +751,114 @@ mod tests {
         ]);
         assert_eq!(plan.contacts.len(), 2);
         assert_eq!(plan.conversations.len(), 2);
+    }
+
+    #[test]
+    fn group_messages_plan_one_group_conversation_keyed_by_the_group() {
+        let plan = WritePlan::build(&[delivery("wa_group_message.json")]);
+        assert_eq!(plan.messages.len(), 2);
+        assert_eq!(plan.conversations.len(), 1, "one group conversation");
+        let conv = &plan.conversations[0];
+        let group = "Y2FwaV9ncm91cDoxNTU1MDAwOTk5OToxMjAzNjMwMDAwMDAwMDAwMDE=";
+        assert_eq!(conv.group_id.as_deref(), Some(group));
+        assert_eq!(conv.key.3 .2, group, "keyed by the group's own row");
+        let senders: Vec<&str> = plan.messages.iter().map(|m| m.sender.2.as_str()).collect();
+        assert_eq!(senders, ["15550001111", "15550002222"]);
+        assert!(plan.messages.iter().all(|m| m.conversation == conv.key));
+        assert_eq!(plan.participants.len(), 2, "participants = senders");
+        assert!(plan.participants.iter().all(|p| p.active));
+        let group_row = plan
+            .contacts
+            .iter()
+            .find(|c| c.key.2 == group)
+            .expect("group row");
+        assert_eq!(
+            group_row.identities,
+            vec![(IdentityKind::GroupId, group.to_owned())]
+        );
+        assert!(!group_row.active);
+    }
+
+    #[test]
+    fn group_changes_set_subject_and_participants_latest_first() {
+        let plan = WritePlan::build(&[
+            delivery("wa_group_settings.json"),
+            delivery("wa_group_lifecycle.json"),
+            delivery("wa_group_participants.json"),
+            delivery("wa_group_message.json"),
+        ]);
+        assert_eq!(plan.conversations.len(), 1);
+        let (subject, _) = plan.conversations[0].subject.clone().expect("subject");
+        assert_eq!(subject, "Kettle owners & friends", "the later change wins");
+        let state: Vec<(&str, bool)> = plan
+            .participants
+            .iter()
+            .map(|p| (p.contact.2.as_str(), p.active))
+            .collect();
+        assert!(state.contains(&("15550001111", true)));
+        assert!(
+            state.contains(&("15550002222", false)),
+            "Bruno left after writing"
+        );
+        assert!(state.contains(&("15550003333", true)), "Chidi joined");
+    }
+
+    #[test]
+    fn history_and_address_book_are_not_activity() {
+        let plan = WritePlan::build(&[
+            delivery("wa_history.json"),
+            delivery("wa_smb_app_state_sync.json"),
+        ]);
+        assert_eq!(plan.messages.len(), 3);
+        assert!(plan.messages.iter().all(|m| m.message.is_history()));
+        let gita: Vec<&ContactRow> = plan
+            .contacts
+            .iter()
+            .filter(|c| c.key.2 == "15550006666")
+            .collect();
+        assert_eq!(
+            gita.len(),
+            1,
+            "one person from history and the address book"
+        );
+        assert!(!gita[0].active);
+        assert_eq!(gita[0].name.as_deref(), Some("Gita Example"));
+        assert!(
+            !plan.contacts.iter().any(|c| c.key.2 == "15550007777"),
+            "a removed address-book entry creates no contact"
+        );
+    }
+
+    #[test]
+    fn user_id_update_links_the_old_and_new_bsuid_to_one_person() {
+        let plan = WritePlan::build(&[
+            delivery("wa_bsuid_user_id_only.json"),
+            delivery("wa_user_id_update.json"),
+        ]);
+        assert_eq!(plan.contacts.len(), 1, "{:?}", plan.contacts);
+        let c = &plan.contacts[0];
+        assert_eq!(
+            c.user_id.as_deref(),
+            Some("US.10000000000000000058"),
+            "moved"
+        );
+        assert!(c
+            .identities
+            .contains(&(IdentityKind::UserId, "US.10000000000000000055".to_owned())));
+        assert!(c.active, "the message made it active");
+    }
+
+    #[test]
+    fn unknown_statuses_are_history_only() {
+        let plan = WritePlan::build(&[
+            delivery("wa_status_read.json"),
+            delivery("wa_status_unknown.json"),
+        ]);
+        assert_eq!(plan.statuses.len(), 2);
+        assert_eq!(plan.current.len(), 1);
+        assert_eq!(plan.current[0].status, DeliveryStatus::Read);
+        let plan = WritePlan::build(&[delivery("wa_status_unknown.json")]);
+        assert!(plan.current.is_empty(), "never the current status");
     }
 
     #[test]

@@ -31,7 +31,8 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 
 use super::{
-    bool_at, id_at, id_of, int_of, object_of, present, secs_at, string_at, synth_id, text_at, EntryCtx,
+    bool_at, id_at, id_of, int_of, object_of, present, secs_at, string_at, synth_id, text_at,
+    EntryCtx,
 };
 use crate::model::{
     Channel, ContactRef, DeliveryStatus, Direction, GroupChange, MediaRef, NormalizedItem,
@@ -587,7 +588,10 @@ fn each_of(
     for item in items {
         let at = secs_at(item, "timestamp")
             .or_else(|| item.get("metadata").and_then(|m| secs_at(m, "timestamp")));
-        out.push(one(ctx, field, value, item).unwrap_or_else(|| ctx.unsupported(field, item.clone(), at)));
+        out.push(
+            one(ctx, field, value, item)
+                .unwrap_or_else(|| ctx.unsupported(field, item.clone(), at)),
+        );
     }
 }
 
@@ -639,7 +643,10 @@ fn history_value(ctx: &EntryCtx, value: &Value, out: &mut Vec<NormalizedItem>) {
     for chunk in chunks {
         let meta = chunk.get("metadata");
         if let Some(errors @ Value::Array(_)) = chunk.get("errors") {
-            let external_id = synth_id(&[ctx.channel.as_str(), &ctx.account_id, "history"], Some(chunk));
+            let external_id = synth_id(
+                &[ctx.channel.as_str(), &ctx.account_id, "history"],
+                Some(chunk),
+            );
             out.push(typed_change(
                 ctx,
                 "history",
@@ -647,7 +654,9 @@ fn history_value(ctx: &EntryCtx, value: &Value, out: &mut Vec<NormalizedItem>) {
                 Some("declined".to_owned()),
                 external_id,
                 None,
-                provider_errors(Some(errors)).first().and_then(|e| e.title.clone()),
+                provider_errors(Some(errors))
+                    .first()
+                    .and_then(|e| e.title.clone()),
                 None,
                 chunk,
                 None,
@@ -667,8 +676,8 @@ fn history_value(ctx: &EntryCtx, value: &Value, out: &mut Vec<NormalizedItem>) {
             for msg in messages {
                 let from = id_at(msg, "from");
                 let to = id_at(msg, "to");
-                let outbound = to.is_some()
-                    || (from.is_some() && from == business_phone && from != thread_id);
+                let outbound =
+                    to.is_some() || (from.is_some() && from == business_phone && from != thread_id);
                 let customer_id = if outbound {
                     thread_id.clone().or(to)
                 } else {
@@ -697,7 +706,10 @@ fn history_value(ctx: &EntryCtx, value: &Value, out: &mut Vec<NormalizedItem>) {
                 if let NormalizedItem::Message(m) = &mut item {
                     if let Value::Object(details) = &mut m.details {
                         details.insert("history".to_owned(), Value::Bool(true));
-                        if let Some(status) = msg.get("history_context").and_then(|c| present(c, "status")) {
+                        if let Some(status) = msg
+                            .get("history_context")
+                            .and_then(|c| present(c, "status"))
+                        {
                             details.insert("history_status".to_owned(), status);
                         }
                         for key in ["phase", "chunk_order"] {
@@ -765,7 +777,12 @@ fn previous_current(value: Option<&Value>) -> (Option<String>, Option<String>) {
 /// (`user_id.previous` → `user_id.current`, likewise `parent_user_id`).
 /// Kind `user_id_update`; its contact has the new BSUID and keeps the old
 /// one linked (`former_user_id`), so the contact moves, history kept.
-fn user_id_update(ctx: &EntryCtx, field: &str, value: &Value, item: &Value) -> Option<NormalizedItem> {
+fn user_id_update(
+    ctx: &EntryCtx,
+    field: &str,
+    value: &Value,
+    item: &Value,
+) -> Option<NormalizedItem> {
     let (previous, current) = previous_current(item.get("user_id"));
     let (_, parent) = previous_current(item.get("parent_user_id"));
     let current = current?;
@@ -803,7 +820,12 @@ fn user_id_update(ctx: &EntryCtx, field: &str, value: &Value, item: &Value) -> O
 /// One `user_preferences[]` element: a user stopped or resumed marketing
 /// messages. Kind `user_preference`, verb the preference (`stop`,
 /// `resume`), text Meta's description, from the user.
-fn user_preference(ctx: &EntryCtx, field: &str, value: &Value, item: &Value) -> Option<NormalizedItem> {
+fn user_preference(
+    ctx: &EntryCtx,
+    field: &str,
+    value: &Value,
+    item: &Value,
+) -> Option<NormalizedItem> {
     let contacts = contact_names(value.get("contacts"));
     let person = contacts.resolve(
         id_at(item, "wa_id"),
@@ -856,8 +878,10 @@ fn participant(p: &Value) -> Option<ContactRef> {
                 return None;
             }
             let user_id = id_at(p, "user_id").or_else(|| id_at(p, "recipient_user_id"));
-            let parent = id_at(p, "parent_user_id").or_else(|| id_at(p, "parent_recipient_user_id"));
-            let wa_id = id_at(p, "wa_id").or_else(|| id_at(p, "input").filter(|i| !i.contains('.')));
+            let parent =
+                id_at(p, "parent_user_id").or_else(|| id_at(p, "parent_recipient_user_id"));
+            let wa_id =
+                id_at(p, "wa_id").or_else(|| id_at(p, "input").filter(|i| !i.contains('.')));
             let profile = p.get("profile");
             ContactRef::whatsapp(
                 wa_id,
