@@ -897,7 +897,10 @@ pub async fn assert_fixture_rows(store: &inlet::store::Store) {
     assert_eq!(counts.raw_events, files, "one raw event per delivery");
     // One first message per expectation + 3 more in the batch, 2 more in the
     // history, 1 more in the group.
-    assert_eq!(counts.messages, MESSAGE_EXPECTATIONS.len() as i64 + 3 + 2 + 1);
+    assert_eq!(
+        counts.messages,
+        MESSAGE_EXPECTATIONS.len() as i64 + 3 + 2 + 1
+    );
     // wa sent/delivered/read/failed (4) + batch (3) + fb delivery (2 mids) + fb read (1)
     // + the read by BSUID (1) + the unknown `deleted` (1) + 2 to the group.
     assert_eq!(counts.statuses, 14);
@@ -971,7 +974,11 @@ pub async fn assert_identity_fixture_rows(store: &inlet::store::Store) {
         .map(|p| p.external_id.as_str())
         .collect();
     members.sort_unstable();
-    assert_eq!(members, ["15550001111", "15550003333"], "Bruno left, Chidi joined");
+    assert_eq!(
+        members,
+        ["15550001111", "15550003333"],
+        "Bruno left, Chidi joined"
+    );
     let contacts = store.read_model().contacts(1000).await.unwrap();
     assert!(
         !contacts.iter().any(|c| c.external_id == group.id),
@@ -981,8 +988,14 @@ pub async fn assert_identity_fixture_rows(store: &inlet::store::Store) {
     // Statuses to the group, per message; the unknown `deleted` is kept
     // but never regresses `read`.
     for (id, status) in [
-        ("wamid.HBgLMTU1NTAwMDk5OTkVAgARGBJCMEIwMDAwMDAwMDAwMDAwNzMA", "delivered"),
-        ("wamid.HBgLMTU1NTAwMDk5OTkVAgARGBJCMEIwMDAwMDAwMDAwMDAwNzQA", "read"),
+        (
+            "wamid.HBgLMTU1NTAwMDk5OTkVAgARGBJCMEIwMDAwMDAwMDAwMDAwNzMA",
+            "delivered",
+        ),
+        (
+            "wamid.HBgLMTU1NTAwMDk5OTkVAgARGBJCMEIwMDAwMDAwMDAwMDAwNzQA",
+            "read",
+        ),
     ] {
         let cur = store.current_status("default", id).await.unwrap().unwrap();
         assert_eq!(cur.status, status);
