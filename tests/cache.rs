@@ -126,7 +126,10 @@ async fn assert_fixture_content(cache: &Cache) {
     // Gita's past messages (history) are no unread messages.
     let gita = find("15550006666");
     assert_eq!(gita["unread_count"], 0);
-    assert_eq!(gita["contact"]["name"], "Gita Example", "from the address book");
+    assert_eq!(
+        gita["contact"]["name"], "Gita Example",
+        "from the address book"
+    );
     assert_eq!(gita["contact"]["display"], "1555*****66");
     // The group: its own conversation, subject and members.
     let group = find("Y2FwaV9ncm91cDoxNTU1MDAwOTk5OToxMjAzNjMwMDAwMDAwMDAwMDE=");
