@@ -516,6 +516,12 @@ impl Sender {
         if settled + resent + failed > 0 {
             tracing::info!(settled, resent, failed, "unknown sends settled");
         }
+        // Accepted → delivered latency, once per send, from the status
+        // webhooks joined back to it.
+        for d in out.record_deliveries(1000).await? {
+            let latency = (d.delivered_ms - d.accepted_ms).max(0) as f64 / 1000.0;
+            metrics::histogram!("inlet_outbound_delivered_seconds").record(latency);
+        }
         out.finish_broadcasts(now).await?;
         let stats = out.outbound_stats().await?;
         for (sender, n) in &stats.queued_by_sender {

@@ -53,6 +53,18 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// An accepted send's first delivery, as [`OutboundStore::record_deliveries`]
+/// stamps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// Outbound id.
+    pub id: String,
+    /// When Meta accepted it (epoch ms).
+    pub accepted_ms: i64,
+    /// Time of its first delivered/read status (epoch ms).
+    pub delivered_ms: i64,
+}
+
 /// A command to store.
 #[derive(Debug, Clone)]
 pub struct NewSend {
@@ -314,7 +326,7 @@ pub trait OutboundStore: Send + Sync {
     fn outbound_recent(&self, limit: i64)
         -> BoxFuture<'_, Result<Vec<OutboundRecord>, StoreError>>;
     /// Reserves up to `limit` due sends for `owner` until `now + lease`:
-    /// queued (or claimed with an expired lease) rows that head their
+    /// queued rows (expired claims are requeued by [`Self::expire_sending`]) that head their
     /// (sender, recipient) queue, of apps not halted and broadcasts not
     /// paused, oldest first.
     fn claim<'a>(
@@ -341,6 +353,7 @@ pub trait OutboundStore: Send + Sync {
         finish: &'a Finish,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// `sending` rows whose lease ran out become `unknown`; returns them.
+    /// `claimed` rows whose lease ran out (never begun) go back to `queued`.
     fn expire_sending(&self, now_ms: i64) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
     /// Settles `unknown` rows from status webhooks (by provider id or
     /// callback data), then applies the policy to those older than the
@@ -381,6 +394,10 @@ pub trait OutboundStore: Send + Sync {
         id: &'a str,
         paused: Option<&'a str>,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Accepted sends whose first `delivered` (or `read`) status arrived:
+    /// stamps each with the status time (once) and returns up to `limit`
+    /// of them.
+    fn record_deliveries(&self, limit: i64) -> BoxFuture<'_, Result<Vec<Delivered>, StoreError>>;
     /// Marks broadcasts whose sends are all final as finished.
     fn finish_broadcasts(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Queue figures.

@@ -163,6 +163,11 @@ const PG_MIGRATIONS: Migrations = &[
         "groups history",
         include_str!("../../../../../migrations/postgres/0007_groups_history.sql"),
     ),
+    (
+        10,
+        "outbound delivered",
+        include_str!("../../../../../migrations/postgres/0010_outbound_delivered.sql"),
+    ),
 ];
 
 const SQLITE_MIGRATIONS: Migrations = &[
@@ -200,6 +205,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         7,
         "groups history",
         include_str!("../../../../../migrations/sqlite/0007_groups_history.sql"),
+    ),
+    (
+        10,
+        "outbound delivered",
+        include_str!("../../../../../migrations/sqlite/0010_outbound_delivered.sql"),
     ),
 ];
 
