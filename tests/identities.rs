@@ -232,6 +232,11 @@ async fn status_by_bsuid_updates_the_outbound_message(store: Store) {
         .unwrap();
     assert_eq!(outbound.status.as_deref(), Some("read"));
     assert_eq!(page.conversation.contact.display, "@elif.sample");
+    // The receipt names Elif by BSUID only; the cache still knows which
+    // conversation file it changes.
+    let changes = store.read_model().status_changes(0, 100).await.unwrap();
+    assert_eq!(changes.rows.len(), 1);
+    assert_eq!(changes.rows[0].1, Some(sent.conversation_id));
     let (contacts, conversations, messages) = shape(&store).await;
     assert_eq!((contacts, conversations.len(), messages), (1, 1, 2));
 }

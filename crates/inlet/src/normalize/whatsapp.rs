@@ -113,10 +113,7 @@ fn change(ctx: &EntryCtx, change: &Value, out: &mut Vec<NormalizedItem>) {
 
 /// The `value` of a `messages` change: messages first, then statuses.
 fn messages_value(ctx: &EntryCtx, value: &Value, out: &mut Vec<NormalizedItem>) {
-    let business_id = value
-        .get("metadata")
-        .and_then(|m| id_at(m, "phone_number_id"))
-        .unwrap_or_else(|| ctx.account_id.clone());
+    let business_id = business_of(ctx, value);
     let contacts = contact_names(value.get("contacts"));
     let mut seen = false;
 
@@ -263,10 +260,7 @@ fn message(ctx: &EntryCtx, business_id: &str, contacts: &Contacts, msg: &Value) 
 /// the customer's conversation (`to`), marked `details.sent_from =
 /// "business_app"`, so the timeline shows both sides.
 fn echoes_value(ctx: &EntryCtx, value: &Value, out: &mut Vec<NormalizedItem>) {
-    let business_id = value
-        .get("metadata")
-        .and_then(|m| id_at(m, "phone_number_id"))
-        .unwrap_or_else(|| ctx.account_id.clone());
+    let business_id = business_of(ctx, value);
     let Some(Value::Array(echoes)) = value.get("message_echoes") else {
         return;
     };
@@ -595,33 +589,29 @@ fn each_of(
     }
 }
 
-/// A typed WhatsApp page change.
-#[allow(clippy::too_many_arguments)]
+/// A typed WhatsApp page change of `field` and `kind` (no verb, author,
+/// text or group: callers set what they have with struct update syntax).
 fn typed_change(
     ctx: &EntryCtx,
     field: &str,
     kind: &str,
-    verb: Option<String>,
     external_id: String,
-    from: Option<ContactRef>,
-    text: Option<String>,
     at: Option<chrono::DateTime<chrono::Utc>>,
     value: &Value,
-    group: Option<GroupChange>,
-) -> NormalizedItem {
-    NormalizedItem::PageChange(PageChange {
+) -> PageChange {
+    PageChange {
         channel: ctx.channel,
         account_id: ctx.account_id.clone(),
         field: field.to_owned(),
         kind: kind.to_owned(),
-        verb,
+        verb: None,
         external_id,
-        from,
-        text,
+        from: None,
+        text: None,
         occurred_at: ctx.at(at),
         value: value.clone(),
-        group,
-    })
+        group: None,
+    }
 }
 
 /// The `value` of a `history` change (coexistence onboarding): chunks of
@@ -647,20 +637,13 @@ fn history_value(ctx: &EntryCtx, value: &Value, out: &mut Vec<NormalizedItem>) {
                 &[ctx.channel.as_str(), &ctx.account_id, "history"],
                 Some(chunk),
             );
-            out.push(typed_change(
-                ctx,
-                "history",
-                "history",
-                Some("declined".to_owned()),
-                external_id,
-                None,
-                provider_errors(Some(errors))
+            out.push(NormalizedItem::PageChange(PageChange {
+                verb: Some("declined".to_owned()),
+                text: provider_errors(Some(errors))
                     .first()
                     .and_then(|e| e.title.clone()),
-                None,
-                chunk,
-                None,
-            ));
+                ..typed_change(ctx, "history", "history", external_id, None, chunk)
+            }));
             continue;
         }
         let Some(Value::Array(threads)) = chunk.get("threads") else {
@@ -750,18 +733,13 @@ fn state_sync(ctx: &EntryCtx, field: &str, _value: &Value, item: &Value) -> Opti
         .get("metadata")
         .and_then(|m| string_at(m, "timestamp"))
         .unwrap_or_default();
-    Some(typed_change(
-        ctx,
-        field,
-        "contact",
-        text_at(item, "action"),
-        format!("{}/{stamp}", person.external_id),
-        Some(person),
-        name,
-        at,
-        item,
-        None,
-    ))
+    let external_id = format!("{}/{stamp}", person.external_id);
+    Some(NormalizedItem::PageChange(PageChange {
+        verb: text_at(item, "action"),
+        from: Some(person),
+        text: name,
+        ..typed_change(ctx, field, "contact", external_id, at, item)
+    }))
 }
 
 /// A `{previous, current}` pair (or a plain string, taken as current).
@@ -803,18 +781,17 @@ fn user_id_update(
         person.former_user_id = previous.clone();
     }
     let external_id = format!("{}->{current}", previous.as_deref().unwrap_or("-"));
-    Some(typed_change(
-        ctx,
-        field,
-        "user_id_update",
-        None,
-        external_id,
-        Some(person),
-        None,
-        secs_at(item, "timestamp"),
-        item,
-        None,
-    ))
+    Some(NormalizedItem::PageChange(PageChange {
+        from: Some(person),
+        ..typed_change(
+            ctx,
+            field,
+            "user_id_update",
+            external_id,
+            secs_at(item, "timestamp"),
+            item,
+        )
+    }))
 }
 
 /// One `user_preferences[]` element: a user stopped or resumed marketing
@@ -835,18 +812,20 @@ fn user_preference(
     let preference = text_at(item, "value");
     let stamp = string_at(item, "timestamp").unwrap_or_default();
     let category = string_at(item, "category").unwrap_or_default();
-    Some(typed_change(
-        ctx,
-        field,
-        "user_preference",
-        preference,
-        format!("{}/{category}/{stamp}", person.external_id),
-        Some(person),
-        text_at(item, "detail"),
-        secs_at(item, "timestamp"),
-        item,
-        None,
-    ))
+    let external_id = format!("{}/{category}/{stamp}", person.external_id);
+    Some(NormalizedItem::PageChange(PageChange {
+        verb: preference,
+        from: Some(person),
+        text: text_at(item, "detail"),
+        ..typed_change(
+            ctx,
+            field,
+            "user_preference",
+            external_id,
+            secs_at(item, "timestamp"),
+            item,
+        )
+    }))
 }
 
 /// A `business_username_update(s)` value: the business's username was
@@ -854,18 +833,18 @@ fn user_preference(
 /// status, text the username.
 fn business_username(ctx: &EntryCtx, field: &str, value: &Value) -> NormalizedItem {
     let external_id = synth_id(&[ctx.channel.as_str(), &ctx.account_id, field], Some(value));
-    typed_change(
-        ctx,
-        field,
-        "business_username",
-        text_at(value, "status"),
-        external_id,
-        None,
-        text_at(value, "username"),
-        secs_at(value, "timestamp"),
-        value,
-        None,
-    )
+    NormalizedItem::PageChange(PageChange {
+        verb: text_at(value, "status"),
+        text: text_at(value, "username"),
+        ..typed_change(
+            ctx,
+            field,
+            "business_username",
+            external_id,
+            secs_at(value, "timestamp"),
+            value,
+        )
+    })
 }
 
 /// A participant of `added_participants[]` / `removed_participants[]`:
@@ -950,16 +929,18 @@ fn group_event(ctx: &EntryCtx, field: &str, value: &Value, item: &Value) -> Opti
         left: participants(item, "removed_participants"),
     };
     let from = item.get("initiated_by").and_then(participant);
-    Some(typed_change(
-        ctx,
-        field,
-        kind,
+    Some(NormalizedItem::PageChange(PageChange {
         verb,
-        format!("{group_id}/{stamp}"),
         from,
-        subject,
-        secs_at(item, "timestamp"),
-        item,
-        Some(group),
-    ))
+        text: subject,
+        group: Some(group),
+        ..typed_change(
+            ctx,
+            field,
+            kind,
+            format!("{group_id}/{stamp}"),
+            secs_at(item, "timestamp"),
+            item,
+        )
+    }))
 }

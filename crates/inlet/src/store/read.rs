@@ -802,12 +802,16 @@ macro_rules! impl_read_model {
                 limit: i64,
             ) -> BoxFuture<'_, Result<StatusChanges, StoreError>> {
                 Box::pin(async move {
-                    // A receipt names the contact and the business endpoint,
-                    // which is exactly a conversation's key (watermark
-                    // receipts carry no message id, so this is the one join
-                    // that covers both kinds).
+                    // A receipt of a stored message belongs to that message's
+                    // conversation (whichever identifier the receipt names the
+                    // recipient by: phone, BSUID, group). Otherwise (watermark
+                    // receipts carry no message id) it names the contact and
+                    // the business endpoint, which is a conversation's key.
                     let mut qb = QueryBuilder::<$db>::new(
-                        "SELECT s.id AS id, v.id AS conversation_id FROM message_statuses s \
+                        "SELECT s.id AS id, COALESCE(m.conversation_id, v.id) AS conversation_id \
+                         FROM message_statuses s \
+                         LEFT JOIN messages m ON m.tenant = s.tenant AND m.channel = s.channel \
+                           AND m.provider_message_id = s.provider_message_id \
                          LEFT JOIN contacts c ON c.tenant = s.tenant AND c.channel = s.channel \
                            AND c.external_id = s.contact_external_id \
                          LEFT JOIN conversations v ON v.tenant = s.tenant AND v.channel = s.channel \
