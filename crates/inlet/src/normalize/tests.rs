@@ -1243,6 +1243,26 @@ fn wa_history_imports_past_messages_marked_as_history() {
 }
 
 #[test]
+fn history_messages_from_the_business_are_outbound_without_a_to() {
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "changes": [{
+    "field": "history", "value": {
+        "metadata": {"display_phone_number": "+1 555-000-9999", "phone_number_id": PHONE_ID},
+        "history": [{"metadata": {"phase": 1}, "threads": [{"id": GITA, "messages": [
+            {"from": "15550009999", "id": "wamid.H1", "timestamp": "1795161600",
+             "type": "text", "text": {"body": "From the shop"}},
+            {"id": "wamid.H2", "timestamp": "1795161660", "type": "text",
+             "text": {"body": "No sender field"}}
+        ]}]}]}}]}]});
+    let items = normalize(&serde_json::to_vec(&body).expect("ser")).expect("ok");
+    let shop = message(&items[0]);
+    assert_eq!(shop.direction, Direction::Outbound);
+    assert_eq!(shop.contact.external_id, GITA);
+    let bare = message(&items[1]);
+    assert_eq!(bare.direction, Direction::Inbound, "the thread's user");
+    assert_eq!(bare.contact.external_id, GITA);
+}
+
+#[test]
 fn wa_history_declined_is_a_typed_change() {
     let c = change(&only("wa_history_declined")).clone();
     assert_eq!((c.field.as_str(), c.kind.as_str()), ("history", "history"));

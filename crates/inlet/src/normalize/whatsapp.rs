@@ -624,9 +624,14 @@ fn typed_change(
 /// page change with verb `declined`.
 fn history_value(ctx: &EntryCtx, value: &Value, out: &mut Vec<NormalizedItem>) {
     let business_id = business_of(ctx, value);
+    // `display_phone_number` may be formatted (`+1 555-000-9999`): compare
+    // digits.
+    let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
     let business_phone = value
         .get("metadata")
-        .and_then(|m| id_at(m, "display_phone_number"));
+        .and_then(|m| id_at(m, "display_phone_number"))
+        .map(|p| digits(&p))
+        .filter(|p| !p.is_empty());
     let Some(Value::Array(chunks)) = value.get("history") else {
         return;
     };
@@ -659,8 +664,10 @@ fn history_value(ctx: &EntryCtx, value: &Value, out: &mut Vec<NormalizedItem>) {
             for msg in messages {
                 let from = id_at(msg, "from");
                 let to = id_at(msg, "to");
-                let outbound =
-                    to.is_some() || (from.is_some() && from == business_phone && from != thread_id);
+                let outbound = to.is_some()
+                    || (business_phone.is_some()
+                        && from.as_deref().map(digits) == business_phone
+                        && from != thread_id);
                 let customer_id = if outbound {
                     thread_id.clone().or(to)
                 } else {
