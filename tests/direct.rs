@@ -32,6 +32,7 @@ async fn sqlite_without_redis_stores_every_fixture_like_postgres() {
         audit.iter().filter(|r| r.stage == "direct").count(),
         fixtures().len()
     );
+    assert_audit_shows_contacts_masked(&audit);
     // No Redis configured: cache jobs and events are handled in-process and
     // the normalized stream has no consumer, so nothing piles up in the
     // outbox (with Redis configured but down, entries wait for it: see
@@ -41,6 +42,34 @@ async fn sqlite_without_redis_stores_every_fixture_like_postgres() {
     })
     .await;
     gw.stop().await;
+}
+
+/// Audit lines show contacts by username or masked phone, and never hold a
+/// full phone number or BSUID of any fixture.
+fn assert_audit_shows_contacts_masked(audit: &[inlet::audit::AuditRecord]) {
+    let lines: Vec<String> = audit
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    let text = lines.join("\n");
+    for (name, body) in fixtures().iter().filter(|(n, _)| n.starts_with("wa_")) {
+        for item in inlet::normalize::normalize(body).unwrap() {
+            let contact = match &item {
+                inlet::model::NormalizedItem::Message(m) => Some(m.contact.clone()),
+                inlet::model::NormalizedItem::Status(s) => Some(s.contact.clone()),
+                inlet::model::NormalizedItem::PageChange(c) => c.from.clone(),
+            };
+            for id in contact
+                .iter()
+                .flat_map(|c| [c.wa_id.clone(), c.user_id.clone(), c.parent_user_id.clone()])
+                .flatten()
+            {
+                assert!(!text.contains(&id), "{name}: {id} in an audit line");
+            }
+        }
+    }
+    assert!(text.contains("@elif.sample"), "shown by username");
+    assert!(text.contains("1555*****66"), "shown by masked phone");
 }
 
 #[tokio::test]

@@ -255,13 +255,7 @@ pub fn file_name(service: &str, date: NaiveDate) -> String {
 /// Masks an identifier that may be a phone number: keeps the first 4 and last
 /// 2 characters (`1555*****11`). Short ids are fully masked.
 pub fn mask_id(id: &str) -> String {
-    let chars: Vec<char> = id.chars().collect();
-    if chars.len() <= 6 {
-        return "*".repeat(chars.len());
-    }
-    let head: String = chars[..4].iter().collect();
-    let tail: String = chars[chars.len() - 2..].iter().collect();
-    format!("{head}{}{tail}", "*".repeat(chars.len() - 6))
+    crate::model::mask(id)
 }
 
 /// Short stable reference to a provider id (first 16 hex chars of its

@@ -81,7 +81,10 @@ pub fn slack_message(event: &Event) -> serde_json::Value {
             field("channel"),
             field("direction"),
             field("message_type"),
-            crate::audit::mask_id(field("contact"))
+            match field("contact_display") {
+                "" => crate::audit::mask_id(field("contact")),
+                shown => shown.to_owned(),
+            }
         ),
         "message_status" => format!("{} {}", field("channel"), field("status")),
         "page_change" => format!("{} {} {}", field("channel"), field("field"), field("kind")),
