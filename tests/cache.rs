@@ -94,9 +94,10 @@ fn tracing_note(msg: &str) {
 async fn assert_fixture_content(cache: &Cache) {
     let list = read_json(cache, &CacheKey::Conversations);
     let convs = list["conversations"].as_array().unwrap();
-    // Ana, Bruno and Elif (by phone, then BSUID: one person) on WhatsApp,
-    // the PSID on Messenger, the IGSID on Instagram.
-    assert_eq!(convs.len(), 5, "{list:#}");
+    // Ana, Bruno, Elif (by phone, then BSUID: one person), Gita (history)
+    // and the group on WhatsApp, the PSID on Messenger, the IGSID on
+    // Instagram.
+    assert_eq!(convs.len(), 7, "{list:#}");
     let find = |external: &str| {
         convs
             .iter()
@@ -121,6 +122,20 @@ async fn assert_fixture_content(cache: &Cache) {
     assert_eq!(elif["contact"]["name"], "Elif Sample");
     // Phone, phone+BSUID, BSUID only, BSUID changed; after the app's echo.
     assert_eq!(elif["unread_count"], 4);
+    assert_eq!(elif["contact"]["display"], "@elif.sample");
+    // Gita's past messages (history) are no unread messages.
+    let gita = find("15550006666");
+    assert_eq!(gita["unread_count"], 0);
+    assert_eq!(
+        gita["contact"]["name"], "Gita Example",
+        "from the address book"
+    );
+    assert_eq!(gita["contact"]["display"], "1555*****66");
+    // The group: its own conversation, subject and members.
+    let group = find("Y2FwaV9ncm91cDoxNTU1MDAwOTk5OToxMjAzNjMwMDAwMDAwMDAwMDE=");
+    assert_eq!(group["group"]["subject"], "Kettle owners & friends");
+    assert_eq!(group["unread_count"], 2);
+    assert_eq!(group["group"]["participants"].as_array().unwrap().len(), 2);
     let messenger = find("4000000000000004");
     assert_eq!(messenger["channel"], "messenger");
     // The page's echo is the last outbound message; the read watermark is
@@ -163,7 +178,11 @@ async fn assert_fixture_content(cache: &Cache) {
 
     let contacts = read_json(cache, &CacheKey::Contacts);
     let contacts = contacts["contacts"].as_array().unwrap();
-    assert_eq!(contacts.len(), 5, "Elif once, by phone and by BSUID");
+    assert_eq!(
+        contacts.len(),
+        7,
+        "Elif once, by phone and by BSUID; Gita; Chidi, who joined the group; no group"
+    );
     let ids: BTreeSet<&str> = contacts
         .iter()
         .map(|c| c["external_id"].as_str().unwrap())
@@ -173,7 +192,9 @@ async fn assert_fixture_content(cache: &Cache) {
         BTreeSet::from([
             "15550001111",
             "15550002222",
+            "15550003333",
             "15550005555",
+            "15550006666",
             "4000000000000004",
             "6000000000000007"
         ])
@@ -188,7 +209,8 @@ async fn assert_fixture_content(cache: &Cache) {
     );
 
     // The summary as of the day after the fixtures (they are dated
-    // 2026-11-20): 34 messages, 31 + 3 from the batch.
+    // 2026-11-20): 36 messages, 31 + 3 from the batch + 2 in the group
+    // (the 3 imported from the history are not new activity).
     let bytes = cache
         .build(&CacheKey::Summary, at("2026-11-21T00:00:00Z"))
         .await
@@ -201,13 +223,13 @@ async fn assert_fixture_content(cache: &Cache) {
         .iter()
         .map(|d| d["count"].as_i64().unwrap())
         .sum();
-    assert_eq!(total, 34, "{summary:#}");
+    assert_eq!(total, 36, "{summary:#}");
     // WhatsApp: sent→delivered→read (read), failed; batch: sent, delivered,
     // read; Messenger delivery receipt: 2 mids delivered.
     assert_eq!(summary["outbound"]["failed"], 1);
     assert_eq!(summary["top_failure_codes"][0]["code"], 131047);
     assert_eq!(summary["leads_per_day"][0]["count"], 1);
-    assert_eq!(summary["active_conversations"]["last_24h"], 5);
+    assert_eq!(summary["active_conversations"]["last_24h"], 6);
 }
 
 #[tokio::test]

@@ -32,6 +32,7 @@ async fn sqlite_without_redis_stores_every_fixture_like_postgres() {
         audit.iter().filter(|r| r.stage == "direct").count(),
         fixtures().len()
     );
+    assert_audit_shows_contacts_masked(&audit);
     // No Redis configured: cache jobs and events are handled in-process and
     // the normalized stream has no consumer, so nothing piles up in the
     // outbox (with Redis configured but down, entries wait for it: see
@@ -41,6 +42,34 @@ async fn sqlite_without_redis_stores_every_fixture_like_postgres() {
     })
     .await;
     gw.stop().await;
+}
+
+/// Audit lines show contacts by username or masked phone, and never hold a
+/// full phone number or BSUID of any fixture.
+fn assert_audit_shows_contacts_masked(audit: &[inlet::audit::AuditRecord]) {
+    let lines: Vec<String> = audit
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    let text = lines.join("\n");
+    for (name, body) in fixtures().iter().filter(|(n, _)| n.starts_with("wa_")) {
+        for item in inlet::normalize::normalize(body).unwrap() {
+            let contact = match &item {
+                inlet::model::NormalizedItem::Message(m) => Some(m.contact.clone()),
+                inlet::model::NormalizedItem::Status(s) => Some(s.contact.clone()),
+                inlet::model::NormalizedItem::PageChange(c) => c.from.clone(),
+            };
+            for id in contact
+                .iter()
+                .flat_map(|c| [c.wa_id.clone(), c.user_id.clone(), c.parent_user_id.clone()])
+                .flatten()
+            {
+                assert!(!text.contains(&id), "{name}: {id} in an audit line");
+            }
+        }
+    }
+    assert!(text.contains("@elif.sample"), "shown by username");
+    assert!(text.contains("1555*****66"), "shown by masked phone");
 }
 
 #[tokio::test]
@@ -94,6 +123,23 @@ async fn readme_flow_embedded_default_serves_and_shows_the_message() {
     );
     assert!(out.contains("Ana Testerman"), "{out}");
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_gateway_refuses_settings_that_were_loaded_but_not_prepared() {
+    // Loading names the development secret's file without creating it; a
+    // gateway started on such settings would reject every signature.
+    let mut cfg = no_redis();
+    cfg.env.remove("INLET_APP_SECRET");
+    cfg.env.remove("INLET_VERIFY_TOKEN");
+    let settings = inlet::config::Settings::load_from(None, cfg.env.clone()).unwrap();
+    assert!(!settings.is_prepared());
+    let err = inlet::service::start_gateway(settings, tokio_util::sync::CancellationToken::new())
+        .await
+        .err()
+        .expect("unprepared settings are refused");
+    assert!(err.to_string().contains("Settings::prepare"), "{err}");
+    assert!(!cfg.dir().join(inlet::config::DEV_SECRET_FILE).exists());
 }
 
 #[tokio::test]
@@ -383,7 +429,7 @@ async fn direct_mode_on_sqlite_hands_each_event_to_the_bus_once_under_concurrent
     let store = gw.store();
     let logged = store
         .event_log()
-        .logged_events(None, None, Some("after"), 0, 100_000)
+        .logged_events(None, None, Some(inlet::events::Phase::After), 0, 100_000)
         .await
         .unwrap()
         .len();

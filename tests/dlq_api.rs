@@ -147,3 +147,36 @@ async fn a_dead_letter_kept_in_the_store_is_replayed_into_the_stream_and_deleted
     cleanup_prefix(&gw.config.prefix).await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_replay_that_processing_rejects_again_is_422_and_keeps_the_letter() {
+    // Direct mode: the replay runs through the pipeline in-process, which
+    // dead-letters a body that is not JSON again. No retry can change
+    // that, so it is no server error.
+    let mut cfg = TestConfig::new();
+    cfg.env.remove("INLET_REDIS_URL");
+    let gw = TestGateway::start(cfg).await;
+    let res = gw.post_signed("whatsapp", b"not json at all", SECRET).await;
+    assert_eq!(res.status(), 200);
+    let (status, list) = get(&gw, "/api/dlq").await;
+    assert_eq!(status, 200, "{list}");
+    let id = list["dead_letters"][0]["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("db-"), "{list}");
+
+    let (status, err) = replay(&gw, &id).await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["code"], "replay_rejected", "{err}");
+    assert!(
+        err["detail"].as_str().unwrap().contains("not_json"),
+        "{err}"
+    );
+    let (status, kept) = get(&gw, &format!("/api/dlq/{id}")).await;
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(kept["reason"], "not_json", "{kept}");
+
+    // A malformed query parameter is the API's JSON error, not plain text.
+    let (status, err) = get(&gw, "/api/dlq?limit=-1").await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["code"], "bad_request", "{err}");
+    gw.stop().await;
+}

@@ -91,7 +91,7 @@ async fn type_counts(store: &inlet::store::Store, phase: &str) -> BTreeMap<Strin
     let mut counts = BTreeMap::new();
     for (_, e) in store
         .event_log()
-        .logged_events(None, None, Some(phase), 0, 100_000)
+        .logged_events(None, None, Some(phase.parse().unwrap()), 0, 100_000)
         .await
         .unwrap()
     {
@@ -610,8 +610,8 @@ async fn events_a_dead_worker_left_pending_still_reach_subscribers_once() {
     q.ensure_group("events", "bus.webhooks").await.unwrap();
     let event = inlet::events::Event::new(
         "message",
-        "after",
-        "create",
+        inlet::events::Phase::After,
+        inlet::events::Operation::Create,
         "dead-worker-1",
         "default",
         None,
@@ -673,8 +673,8 @@ async fn events_a_dead_worker_left_pending_still_reach_subscribers_once() {
 fn test_event(key: &str) -> inlet::events::Event {
     inlet::events::Event::new(
         "message",
-        "after",
-        "create",
+        inlet::events::Phase::After,
+        inlet::events::Operation::Create,
         key,
         "default",
         None,

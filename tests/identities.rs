@@ -1,7 +1,9 @@
 //! WhatsApp identities (issue 15) against real Postgres and SQLite: one
 //! person known by phone, BSUID and parent BSUID is one contact and one
-//! conversation, whatever order or concurrency the deliveries come in; the
-//! identifier migration keeps the rows an older version wrote.
+//! conversation, whatever order or concurrency the deliveries come in;
+//! BSUID changes keep the history; statuses by BSUID update the outbound
+//! message; history imports are stored once and are not new activity; the
+//! migrations keep, without rewriting them, the rows an older version wrote.
 
 use std::time::Duration;
 
@@ -194,23 +196,238 @@ async fn postgres_racing_deliveries_converge() {
     db.drop_db().await;
 }
 
-/// A database filled by the version before the identifier migration: its
-/// contacts keep their rows and ids, gain their identifier, and a later
-/// phone-and-BSUID message of such a contact lands in its conversation.
+/// Statuses naming the recipient by `recipient_user_id` only update the
+/// outbound message they are for (here one the business sent from the app).
+async fn status_by_bsuid_updates_the_outbound_message(store: Store) {
+    store.write(&[delivery(fixture(BOTH))]).await.unwrap();
+    let status_id = "wamid.HBgLMTU1NTAwMDU1NTUVAgARGBJCMEIwMDAwMDAwMDAwMDAwNTQA";
+    let echo = String::from_utf8(fixture("wa_smb_echo.json"))
+        .unwrap()
+        .replace(
+            "wamid.HBgLMTU1NTAwMDU1NTUVAgARGBJCMEIwMDAwMDAwMDAwMDAwNTYA",
+            status_id,
+        );
+    store.write(&[delivery(echo.into_bytes())]).await.unwrap();
+    store
+        .write(&[delivery(fixture(READ_BY_BSUID))])
+        .await
+        .unwrap();
+    let sent = store
+        .message_by_provider_id(status_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sent.direction, "outbound");
+    assert_eq!(sent.status.as_deref(), Some("read"));
+    let page = store
+        .read_model()
+        .conversation_page(sent.conversation_id, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    let outbound = page
+        .messages
+        .iter()
+        .find(|m| m.provider_message_id == status_id)
+        .unwrap();
+    assert_eq!(outbound.status.as_deref(), Some("read"));
+    assert_eq!(page.conversation.contact.display, "@elif.sample");
+    // The receipt names Elif by BSUID only; the cache still knows which
+    // conversation file it changes.
+    let changes = store.read_model().status_changes(0, 100).await.unwrap();
+    assert_eq!(changes.rows.len(), 1);
+    assert_eq!(changes.rows[0].1, Some(sent.conversation_id));
+    let (contacts, conversations, messages) = shape(&store).await;
+    assert_eq!((contacts, conversations.len(), messages), (1, 1, 2));
+}
+
 #[tokio::test]
-async fn postgres_migration_keeps_rows_of_the_previous_version() {
-    use sqlx::Connection;
-    let db = TestDb::create().await;
+async fn sqlite_status_by_bsuid_updates_the_outbound_message() {
     let dir = tempfile::tempdir().unwrap();
-    for entry in
-        std::fs::read_dir(inlet_suite::fixtures_dir().join("../../../migrations/postgres")).unwrap()
-    {
+    status_by_bsuid_updates_the_outbound_message(sqlite_store(&dir).await).await;
+}
+
+#[tokio::test]
+async fn postgres_status_by_bsuid_updates_the_outbound_message() {
+    let db = TestDb::create().await;
+    status_by_bsuid_updates_the_outbound_message(pg_store(&db).await).await;
+    db.drop_db().await;
+}
+
+/// `user_id_update`: the contact moves to its new BSUID; a message by the
+/// new BSUID alone (no phone, no parent) lands in the same conversation.
+async fn user_id_update_keeps_the_contact(store: Store) {
+    for name in [BOTH, "wa_user_id_update.json"] {
+        store.write(&[delivery(fixture(name))]).await.unwrap();
+    }
+    let by_new = String::from_utf8(variant(BSUID_ONLY, 2))
+        .unwrap()
+        .replace("US.10000000000000000055", "US.10000000000000000058")
+        .replace("\"parent_user_id\"", "\"x_parent\"")
+        .replace("\"from_parent_user_id\"", "\"x_from_parent\"");
+    store.write(&[delivery(by_new.into_bytes())]).await.unwrap();
+    let (contacts, conversations, messages) = shape(&store).await;
+    assert_eq!((contacts, conversations.len(), messages), (1, 1, 2));
+    let listed = store.read_model().contacts(10).await.unwrap();
+    assert_eq!(
+        listed[0].external_id, "15550005555",
+        "same contact, history kept"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_user_id_update_keeps_the_contact() {
+    let dir = tempfile::tempdir().unwrap();
+    user_id_update_keeps_the_contact(sqlite_store(&dir).await).await;
+}
+
+#[tokio::test]
+async fn postgres_user_id_update_keeps_the_contact() {
+    let db = TestDb::create().await;
+    user_id_update_keeps_the_contact(pg_store(&db).await).await;
+    db.drop_db().await;
+}
+
+/// `history`: imported once however often it is delivered, with the
+/// original times; not counted in today's analytics, no unread count.
+/// Gita's live message afterwards counts as usual.
+async fn history_is_imported_once_and_is_not_new_activity(store: Store) {
+    for _ in 0..2 {
+        store
+            .write(&[delivery(fixture("wa_history.json"))])
+            .await
+            .unwrap();
+    }
+    let now = chrono::DateTime::parse_from_rfc3339("2026-11-20T12:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let messages = store.messages(None, 100).await.unwrap();
+    assert_eq!(messages.len(), 3, "stored once");
+    assert!(messages.iter().all(|m| m.details["history"] == true));
+    let list = store.read_model().conversations(10).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].unread_count, 0, "history fires no unread count");
+    assert_eq!(
+        list[0].last_activity_at.timestamp(),
+        1_795_161_720,
+        "original times"
+    );
+    let summary = inlet::cache::analytics::summary(store.read_model(), now)
+        .await
+        .unwrap();
+    assert!(summary.messages_per_day.is_empty(), "{summary:?}");
+    assert_eq!(summary.active_conversations.last_24h, 0);
+    assert_eq!(summary.active_conversations.last_7d, 0);
+    assert!(summary.new_contacts_per_day.is_empty());
+    assert_eq!(
+        summary.first_response.answered + summary.first_response.unanswered,
+        0
+    );
+
+    // A live message of Gita: that one is activity.
+    let live = String::from_utf8(variant(PHONE_ONLY, 3))
+        .unwrap()
+        .replace("15550005555", "15550006666");
+    store.write(&[delivery(live.into_bytes())]).await.unwrap();
+    let list = store.read_model().conversations(10).await.unwrap();
+    assert_eq!(list.len(), 1, "Gita's one conversation");
+    assert_eq!(list[0].unread_count, 1);
+    let summary = inlet::cache::analytics::summary(store.read_model(), now)
+        .await
+        .unwrap();
+    let today: i64 = summary.messages_per_day.iter().map(|d| d.count).sum();
+    assert_eq!(today, 1);
+    assert_eq!(summary.active_conversations.last_24h, 1);
+    assert_eq!(summary.new_contacts_per_day.len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_history_is_imported_once_and_is_not_new_activity() {
+    let dir = tempfile::tempdir().unwrap();
+    history_is_imported_once_and_is_not_new_activity(sqlite_store(&dir).await).await;
+}
+
+#[tokio::test]
+async fn postgres_history_is_imported_once_and_is_not_new_activity() {
+    let db = TestDb::create().await;
+    history_is_imported_once_and_is_not_new_activity(pg_store(&db).await).await;
+    db.drop_db().await;
+}
+
+// ---------------------------------------------------------------------------
+// Migrations: a database filled by a previous version keeps its rows.
+
+/// The migration files of `backend` numbered below `before`, in a
+/// directory of their own (what the previous version shipped).
+fn previous_migrations(backend: &str, before: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = inlet_suite::fixtures_dir().join(format!("../../../migrations/{backend}"));
+    for entry in std::fs::read_dir(src).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.as_str() < "0005" {
+        if name.as_str() < before {
             std::fs::copy(&path, dir.path().join(&name)).unwrap();
         }
     }
+    dir
+}
+
+/// What the previous version wrote for Elif's first, phone-only message
+/// and a receipt (plus, from 0006 on, the contact's identifier).
+fn previous_rows(ts: &str, with_identities: bool) -> String {
+    let mut sql = format!(
+        "INSERT INTO contacts (tenant, channel, external_id, name, first_seen_at, last_seen_at) \
+         VALUES ('default', 'whatsapp', '15550005555', 'Elif Sample', {ts}, {ts}); \
+         INSERT INTO conversations (tenant, channel, business_id, contact_id, started_at, last_message_at) \
+         SELECT 'default', 'whatsapp', '200000000000002', id, {ts}, {ts} FROM contacts; \
+         INSERT INTO messages (tenant, channel, conversation_id, contact_id, provider_message_id, direction, \
+         kind, message_type, text, media, details, sent_at, trace_id) \
+         SELECT 'default', 'whatsapp', v.id, v.contact_id, 'wamid.OLD', 'inbound', 'message', 'text', 'hi', \
+         '[]', '{{}}', {ts}, 't' FROM conversations v; \
+         INSERT INTO message_statuses (tenant, channel, status_key, business_id, provider_message_id, \
+         contact_external_id, status, at, errors, trace_id) VALUES ('default', 'whatsapp', 'k1', \
+         '200000000000002', 'wamid.OUT', '15550005555', 'read', {ts}, '[]', 't');"
+    );
+    if with_identities {
+        sql.push_str(
+            " INSERT INTO contact_identities (tenant, channel, kind, value, contact_id) \
+             SELECT tenant, channel, 'wa_id', external_id, id FROM contacts;",
+        );
+    }
+    sql
+}
+
+/// The rows that must survive a migration unchanged.
+const KEPT: &str = "SELECT 'contact' AS t, id, external_id AS v, name AS w FROM contacts \
+ UNION ALL SELECT 'conversation', id, business_id, CAST(contact_id AS text) FROM conversations \
+ UNION ALL SELECT 'message', id, provider_message_id, text FROM messages \
+ UNION ALL SELECT 'status', id, provider_message_id, status FROM message_statuses ORDER BY 1, 2";
+
+type Kept = Vec<(String, i64, String, Option<String>)>;
+
+/// After the current migrations: new identifier and group columns are
+/// empty, the history flag is false, the contact has its identifier, and
+/// a later phone-and-BSUID message lands in its conversation.
+async fn after_migration(store: &Store) {
+    store.write(&[delivery(fixture(BOTH))]).await.unwrap();
+    store.write(&[delivery(fixture(BSUID_ONLY))]).await.unwrap();
+    let (contacts, conversations, messages) = shape(store).await;
+    assert_eq!((contacts, conversations.len(), messages), (1, 1, 3));
+    let old = store
+        .message_by_provider_id("wamid.OLD")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.details, serde_json::json!({}));
+    let list = store.read_model().conversations(10).await.unwrap();
+    assert_eq!(list[0].group, None);
+    assert_eq!(list[0].contact.display, "@elif.sample");
+}
+
+async fn postgres_migration_keeps_rows(before: &str) {
+    use sqlx::Connection;
+    let db = TestDb::create().await;
+    let dir = previous_migrations("postgres", before);
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
     sqlx::migrate::Migrator::new(dir.path())
         .await
@@ -218,44 +435,109 @@ async fn postgres_migration_keeps_rows_of_the_previous_version() {
         .run(&mut conn)
         .await
         .unwrap();
-    // What the previous version wrote for Elif's first, phone-only message.
-    sqlx::raw_sql(
-        "INSERT INTO contacts (tenant, channel, external_id, name, first_seen_at, last_seen_at) \
-         VALUES ('default', 'whatsapp', '15550005555', 'Elif Sample', now(), now()); \
-         INSERT INTO conversations (tenant, channel, business_id, contact_id, started_at, last_message_at) \
-         SELECT 'default', 'whatsapp', '200000000000002', id, now(), now() FROM contacts; \
-         INSERT INTO messages (tenant, channel, conversation_id, contact_id, provider_message_id, direction, \
-         kind, message_type, text, media, details, sent_at, trace_id) \
-         SELECT 'default', 'whatsapp', v.id, v.contact_id, 'wamid.OLD', 'inbound', 'message', 'text', 'hi', \
-         '[]', '{}', now(), 't' FROM conversations v;",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    let before: (i64, String) = sqlx::query_as("SELECT id, external_id FROM contacts")
+    sqlx::raw_sql(&previous_rows("'2026-11-20T09:00:00Z'", before > "0006"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let files = "SELECT relname::text, pg_relation_filenode(oid)::bigint FROM pg_class \
+                 WHERE relname IN ('contacts', 'conversations', 'messages', 'message_statuses') ORDER BY 1";
+    let kept: Kept = sqlx::query_as(KEPT).fetch_all(&mut conn).await.unwrap();
+    let filenodes: Vec<(String, i64)> = sqlx::query_as(files).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(kept.len(), 4);
+
+    let store = pg_store(&db).await;
+    let again: Kept = sqlx::query_as(KEPT).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(again, kept, "rows kept as they were");
+    let after: Vec<(String, i64)> = sqlx::query_as(files).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(after, filenodes, "no table rewritten (same storage files)");
+    let identity: (String, String) = sqlx::query_as("SELECT kind, value FROM contact_identities")
         .fetch_one(&mut conn)
         .await
         .unwrap();
-
-    let store = pg_store(&db).await;
-    let after: (i64, String, Option<String>) =
-        sqlx::query_as("SELECT id, external_id, name FROM contacts")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-    assert_eq!((after.0, after.1.clone()), before, "row kept as it was");
-    assert_eq!(after.2.as_deref(), Some("Elif Sample"));
-    let identity: (String, String, i64) =
-        sqlx::query_as("SELECT kind, value, contact_id FROM contact_identities")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-    assert_eq!(identity, ("wa_id".into(), "15550005555".into(), before.0));
-
-    store.write(&[delivery(fixture(BOTH))]).await.unwrap();
-    store.write(&[delivery(fixture(BSUID_ONLY))]).await.unwrap();
-    let (contacts, conversations, messages) = shape(&store).await;
-    assert_eq!((contacts, conversations.len(), messages), (1, 1, 3));
+    assert_eq!(identity, ("wa_id".into(), "15550005555".into()));
+    let history: bool = sqlx::query_scalar("SELECT history FROM messages")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(!history);
+    after_migration(&store).await;
     drop(conn);
     db.drop_db().await;
+}
+
+async fn sqlite_migration_keeps_rows(before: &str) {
+    use sqlx::Connection;
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("inlet.db");
+    let dir = previous_migrations("sqlite", before);
+    let mut conn =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .unwrap();
+    sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&previous_rows(
+        "'2026-11-20T09:00:00+00:00'",
+        before > "0006",
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    // A table SQLite rebuilds gets a new root page; one altered in place
+    // keeps it.
+    let pages = "SELECT name, rootpage FROM sqlite_master WHERE type = 'table' \
+                 AND name IN ('contacts', 'conversations', 'messages', 'message_statuses') ORDER BY 1";
+    let kept: Kept = sqlx::query_as(KEPT).fetch_all(&mut conn).await.unwrap();
+    let roots: Vec<(String, i64)> = sqlx::query_as(pages).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(kept.len(), 4);
+    drop(conn);
+
+    let store = inlet::store::open(&format!("sqlite://{}", path.display()), 4)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let again: Kept = sqlx::query_as(KEPT).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(again, kept, "rows kept as they were");
+    let after: Vec<(String, i64)> = sqlx::query_as(pages).fetch_all(&mut conn).await.unwrap();
+    assert_eq!(after, roots, "no table rebuilt (same root pages)");
+    let identity: (String, String) = sqlx::query_as("SELECT kind, value FROM contact_identities")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(identity, ("wa_id".into(), "15550005555".into()));
+    let history: bool = sqlx::query_scalar("SELECT history FROM messages")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(!history);
+    after_migration(&store).await;
+}
+
+/// Filled by the version before the identifier migration (0001–0005).
+#[tokio::test]
+async fn postgres_migration_keeps_rows_of_the_version_before_identities() {
+    postgres_migration_keeps_rows("0006").await;
+}
+
+/// Filled by the previous version (0001–0006, identifiers and all).
+#[tokio::test]
+async fn postgres_migration_keeps_rows_of_the_previous_version() {
+    postgres_migration_keeps_rows("0007").await;
+}
+
+#[tokio::test]
+async fn sqlite_migration_keeps_rows_of_the_version_before_identities() {
+    sqlite_migration_keeps_rows("0006").await;
+}
+
+#[tokio::test]
+async fn sqlite_migration_keeps_rows_of_the_previous_version() {
+    sqlite_migration_keeps_rows("0007").await;
 }

@@ -187,6 +187,44 @@ async fn send_api_stores_first_sends_once_and_keeps_the_window() {
     assert_eq!(stored.direction, "outbound");
     assert_eq!(stored.contact_external_id, "16505551234");
 
+    // Its delivered webhook: the send shows `delivered`, and the sender
+    // stamps it once with the status time (accepted -> delivered latency).
+    let hook = inlet_suite::graph::status_webhook(SENDER, "16505551234", &wamid, "delivered", &id);
+    assert_eq!(
+        gw.post_signed("whatsapp", &hook, SECRET).await.status(),
+        200
+    );
+    wait_status(&gw, &id, &["delivered"]).await;
+    let db = format!("sqlite://{}", gw.config.dir().join("inlet.db").display());
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let stamped: i64 = eventually(WAIT, "delivery stamped", || async {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT delivered_ms FROM outbound_messages WHERE id = ?",
+        )
+        .bind(&id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    let accepted: i64 =
+        sqlx::query_scalar("SELECT accepted_ms FROM outbound_messages WHERE id = ?")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        stamped / 1000 >= accepted / 1000 - 1,
+        "{stamped} vs {accepted}"
+    );
+    pool.close().await;
+    let text = gw.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("inlet_outbound_delivered_seconds_count")),
+        "no delivered latency in /metrics"
+    );
+
     // A BSUID goes out as `recipient` (in `to` Meta drops it).
     let (_, b, _) = api(
         &gw,
@@ -304,10 +342,10 @@ async fn a_revoked_token_halts_sending_and_a_new_token_resumes_it() {
     .await;
     assert_eq!(halts[0].error_class, "auth_halt");
     assert_eq!(halts[0].error["code"], 190);
-    // Nothing lost: every send waits, queued.
+    // Nothing lost: every send waits, queued (sends of the same claim that
+    // were already on their way come back with the same 190 and requeue).
     for id in &ids {
-        let m = message(&gw, id).await;
-        assert_eq!(m["status"], "queued", "{m}");
+        wait_status(&gw, id, &["queued"]).await;
     }
     let rejected = graph.seen().len();
     assert!(rejected >= 1 && graph.accepted().is_empty());
@@ -334,12 +372,17 @@ async fn a_broadcast_across_two_workers_keeps_the_shared_rate_and_joins_statuses
     let graph = MockGraph::start().await;
     let gw = TestGateway::start(rated(&graph, &db, RATE)).await;
     graph.post_statuses_to(&gw.base, SECRET);
-    let mut s1 = cfg_clone(&gw.config);
-    s1.worker.consumer_name = Some("sender-a".into());
-    let mut s2 = cfg_clone(&gw.config);
-    s2.worker.consumer_name = Some("sender-b".into());
-    let w1 = TestWorker::start_with(s1).await;
-    let w2 = TestWorker::start_with(s2).await;
+    // Two worker processes, sharing the rate through Redis.
+    let w1 = ChildWorker::spawn(
+        &gw.config,
+        "child_worker_process",
+        &[("INLET_WORKER__CONSUMER_NAME", "sender-a")],
+    );
+    let w2 = ChildWorker::spawn(
+        &gw.config,
+        "child_worker_process",
+        &[("INLET_WORKER__CONSUMER_NAME", "sender-b")],
+    );
 
     let recipients: Vec<String> = (0..N).map(|i| format!("1555{:07}", i)).collect();
     let bid = post_broadcast(&gw, "spring_sale", &recipients).await;
@@ -374,14 +417,10 @@ async fn a_broadcast_across_two_workers_keeps_the_shared_rate_and_joins_statuses
     );
     wait_status(&gw, &id, &["delivered"]).await;
 
-    w1.stop().await;
-    w2.stop().await;
+    w1.kill().await;
+    w2.kill().await;
     gw.stop().await;
     db.drop_db().await;
-}
-
-fn cfg_clone(cfg: &TestConfig) -> inlet::config::Settings {
-    cfg.settings()
 }
 
 #[tokio::test]
@@ -626,4 +665,235 @@ async fn a_worker_killed_mid_broadcast_sends_everyone_exactly_once() {
     );
     gw.stop().await;
     db.drop_db().await;
+}
+
+/// The claim walks the queue in order and stops after `limit` heads, on
+/// both backends; a claim whose lease ran out is not taken over directly
+/// but put back in the queue by housekeeping (`expire_sending`), and the
+/// process that lost it can no longer begin the send.
+async fn check_claims(store: inlet::store::Store) {
+    store.migrate().await.unwrap();
+    let recipients: Vec<String> = (0..300).map(|i| format!("1555{i:07}")).collect();
+    let body = json!({
+        "channel": "whatsapp", "from": SENDER,
+        "template": {"name": "claims", "language": {"code": "en_US"}},
+        "recipients": recipients,
+    });
+    let spec = inlet::outbound::BroadcastSpec::parse(body.to_string().as_bytes()).unwrap();
+    let (broadcast, sends) = inlet::store::outbound::NewBroadcast::plan(spec, "default", "trace");
+    let out = store.outbound();
+    out.create_broadcast(&broadcast, &sends).await.unwrap();
+    let now = inlet::store::outbound::now_ms();
+    let seqs = |rows: &[inlet::store::outbound::OutboundRecord]| -> Vec<i64> {
+        rows.iter().map(|r| r.seq).collect()
+    };
+
+    // A claims the 50 oldest with a lease that runs out at once.
+    let a = out.claim("a", now, 1, 50).await.unwrap();
+    assert_eq!(a.len(), 50);
+    assert!(seqs(&a).windows(2).all(|w| w[0] < w[1]), "oldest first");
+    // B, later, gets the next 50: A's expired claims are not queued yet.
+    let b = out.claim("b", now + 10, 60_000, 50).await.unwrap();
+    assert_eq!(b.len(), 50);
+    assert!(
+        seqs(&b)[0] > *seqs(&a).last().unwrap(),
+        "B continues after A"
+    );
+    // Housekeeping puts A's claims back; C gets exactly them, oldest first.
+    let orphaned = out.expire_sending(now + 10).await.unwrap();
+    assert!(orphaned.is_empty(), "nothing was in flight");
+    let c = out.claim("c", now + 20, 60_000, 50).await.unwrap();
+    assert_eq!(seqs(&c), seqs(&a), "the requeued claims come first");
+    // A lost them: it cannot begin the send any more; C can.
+    assert!(!out
+        .begin_send(&a[0].id, "a", now + 30, 60_000)
+        .await
+        .unwrap());
+    assert!(out
+        .begin_send(&c[0].id, "c", now + 30, 60_000)
+        .await
+        .unwrap());
+    // The rest of the backlog is claimed in order, nothing twice.
+    let mut seen: Vec<i64> = seqs(&b).into_iter().chain(seqs(&c)).collect();
+    loop {
+        let more = out.claim("d", now + 40, 60_000, 50).await.unwrap();
+        if more.is_empty() {
+            break;
+        }
+        seen.extend(seqs(&more));
+    }
+    let unique: std::collections::BTreeSet<i64> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), seen.len(), "no send claimed twice");
+    assert_eq!(seen.len(), 300);
+}
+
+#[tokio::test]
+async fn claims_walk_the_queue_in_order_and_expired_claims_are_requeued_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("inlet.db").display());
+    check_claims(inlet::store::open(&url, 2).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn claims_walk_the_queue_in_order_and_expired_claims_are_requeued_on_postgres() {
+    let db = TestDb::create().await;
+    check_claims(inlet::store::open(&db.url, 2).await.unwrap()).await;
+    db.drop_db().await;
+}
+
+/// The Redis limiter's Lua script and the in-process limiter (the pure
+/// arithmetic of `outbound::rate`) give the same answers to the same
+/// sequence of calls at the same times: acquisitions (plain and media, many
+/// recipients and repeated ones), sender throttles and pair throttles.
+#[tokio::test]
+async fn the_redis_limiter_agrees_with_the_pure_arithmetic() {
+    use inlet::outbound::rate::{Grant, Limits};
+    use inlet::sender::limiter::{LocalLimiter, RedisLimiter};
+
+    let _ = inlet_suite::require_redis().await;
+    let client = redis::Client::open(inlet_suite::redis_url()).unwrap();
+    let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let prefix = format!("test:limiter:{}:", uuid::Uuid::now_v7().simple());
+    let limits = Limits {
+        rate: 50.0,
+        burst: 45.0,
+        media_rate: 5.0,
+        media_burst: 3.0,
+        pair_interval_ms: 600,
+        pair_burst: 3,
+        throttle_pause_ms: 250,
+        recovery_ms: 2_000,
+        min_factor: 0.1,
+    };
+    let local = LocalLimiter::new(limits);
+    let shared = RedisLimiter::new(conn, &prefix, limits);
+
+    // A fixed pseudo-random walk (LCG): the same sequence on every run.
+    let mut seed: u64 = 0x5eed_1234;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let mut now: i64 = 1_800_000_000_000;
+    let (mut granted, mut sender_waits, mut pair_waits) = (0, 0, 0);
+    for step in 0..3000 {
+        now += next(40) as i64;
+        let sender = if next(5) == 0 { "page-2" } else { "page-1" };
+        let recipient = format!("r{}", next(8));
+        match next(100) {
+            0 => {
+                local.throttled_at(sender, limits.throttle_pause_ms, now);
+                shared
+                    .throttled_at(sender, limits.throttle_pause_ms, now)
+                    .await
+                    .unwrap();
+            }
+            1 | 2 => {
+                let backoff = 1000 * (1 + next(3) as i64);
+                local.pair_throttled_at(sender, &recipient, backoff, now);
+                shared
+                    .pair_throttled_at(sender, &recipient, backoff, now)
+                    .await
+                    .unwrap();
+            }
+            roll => {
+                let media = roll % 7 == 0;
+                let a = local.acquire_at(sender, &recipient, media, now);
+                let b = shared
+                    .acquire_at(sender, &recipient, media, now)
+                    .await
+                    .unwrap();
+                // Waits may differ by a millisecond (the script keeps its
+                // numbers as text with 14 significant digits).
+                let agree = match (a, b) {
+                    (Grant::Now, Grant::Now) => true,
+                    (Grant::SenderWait(x), Grant::SenderWait(y))
+                    | (Grant::PairWait(x), Grant::PairWait(y)) => (x - y).abs() <= 1,
+                    _ => false,
+                };
+                assert!(agree, "step {step} at {now}: local {a:?}, redis {b:?}");
+                match a {
+                    Grant::Now => granted += 1,
+                    Grant::SenderWait(_) => sender_waits += 1,
+                    Grant::PairWait(_) => pair_waits += 1,
+                }
+            }
+        }
+        if step % 100 == 0 {
+            let a = local.tokens_at(sender, now);
+            let b = shared.tokens_at(sender, now).await.unwrap();
+            match (a, b) {
+                (Some(x), Some(y)) => assert!((x - y).abs() < 1e-6, "tokens {x} vs {y}"),
+                (x, y) => assert_eq!(x.is_some(), y.is_some(), "tokens {x:?} vs {y:?}"),
+            }
+        }
+    }
+    // The walk exercised every answer.
+    assert!(
+        granted > 100 && sender_waits > 100 && pair_waits > 100,
+        "granted {granted}, sender waits {sender_waits}, pair waits {pair_waits}"
+    );
+    inlet_suite::cleanup_prefix(&prefix).await;
+}
+
+/// 131049 (per-user marketing cap): the send is set aside for
+/// `deferred_retry_ms`, later messages to the recipient leave meanwhile, it
+/// is tried once more and sent; a second 131049 is final.
+#[tokio::test]
+async fn a_declined_send_is_deferred_once_without_holding_up_the_recipient() {
+    let graph = MockGraph::start().await;
+    let gw =
+        TestGateway::start(direct(&graph).set("INLET_OUTBOUND__DEFERRED_RETRY_MS", "4000")).await;
+    let (once, twice) = ("15557770001", "15557770002");
+    graph.decline_next_to(once, 1);
+    graph.decline_next_to(twice, 2);
+    let post = |to: &'static str, name: &'static str| {
+        let gw = &gw;
+        async move {
+            let (s, b, _) = api(gw, "POST", "/api/messages", Some(template(to, name))).await;
+            assert_eq!(s, 202, "{b}");
+            b["id"].as_str().unwrap().to_string()
+        }
+    };
+    let first = post(once, "promo").await;
+    let other = post(twice, "promo").await;
+    let m = wait_status(&gw, &first, &["deferred"]).await;
+    assert_eq!(m["error"]["class"], "recipient_deferred", "{m}");
+    // The recipient's next message does not wait behind the deferred one.
+    let reply = post(once, "order_update").await;
+    wait_status(&gw, &reply, &["accepted"]).await;
+    assert_eq!(message(&gw, &first).await["status"], "deferred");
+
+    // One more try after the delay: sent.
+    let m = wait_status(&gw, &first, &["accepted"]).await;
+    assert_eq!(m["attempts"], 2, "{m}");
+    let order: Vec<(String, u16)> = graph
+        .seen()
+        .into_iter()
+        .filter(|s| s.recipient == once)
+        .map(|s| {
+            (
+                s.body["template"]["name"].as_str().unwrap().to_string(),
+                s.status,
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("promo".into(), 400),
+            ("order_update".into(), 200),
+            ("promo".into(), 200)
+        ]
+    );
+    // Declined twice: final.
+    let m = wait_status(&gw, &other, &["failed"]).await;
+    assert_eq!(m["error"]["class"], "recipient_deferred", "{m}");
+    assert_eq!(
+        graph.seen().iter().filter(|s| s.recipient == twice).count(),
+        2
+    );
+    gw.stop().await;
 }

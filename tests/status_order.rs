@@ -62,6 +62,7 @@ fn receipt(pmid: &str, (status, at): (DeliveryStatus, DateTime<Utc>)) -> Normali
         conversation: None,
         pricing: None,
         callback_data: None,
+        raw_status: None,
     })
 }
 
@@ -128,6 +129,73 @@ async fn check_ordering_agrees(store: Store) {
         disagreements.join("\n")
     );
     assert_eq!(cases.len(), 4 * 4 * 3);
+}
+
+/// A status Inlet does not know (`deleted`) is kept in the history under
+/// Meta's name and never regresses a known one, in a later transaction or
+/// in the same one; nor does it become the current status of a message
+/// that has none.
+async fn unknown_statuses_never_regress(store: Store) {
+    store.migrate().await.unwrap();
+    let t0 = DateTime::from_timestamp(1_795_000_000, 0).unwrap();
+    let unknown = |pmid: &str, at| {
+        let mut item = receipt(pmid, (DeliveryStatus::Unknown, at));
+        if let NormalizedItem::Status(s) = &mut item {
+            s.raw_status = Some("deleted".into());
+        }
+        item
+    };
+    write(
+        &store,
+        vec![receipt("wamid.u-read", (DeliveryStatus::Read, t0))],
+    )
+    .await;
+    write(
+        &store,
+        vec![unknown("wamid.u-read", t0 + Duration::seconds(60))],
+    )
+    .await;
+    write(
+        &store,
+        vec![
+            receipt("wamid.u-same", (DeliveryStatus::Delivered, t0)),
+            unknown("wamid.u-same", t0 + Duration::seconds(60)),
+        ],
+    )
+    .await;
+    write(&store, vec![unknown("wamid.u-only", t0)]).await;
+    write(
+        &store,
+        vec![receipt("wamid.u-only", (DeliveryStatus::Sent, t0))],
+    )
+    .await;
+    for (pmid, expected) in [
+        ("wamid.u-read", "read"),
+        ("wamid.u-same", "delivered"),
+        ("wamid.u-only", "sent"),
+    ] {
+        let current = store.current_status(TENANT, pmid).await.unwrap().unwrap();
+        assert_eq!(current.status, expected, "{pmid}");
+    }
+    assert_eq!(
+        store.counts().await.unwrap().statuses,
+        6,
+        "every receipt kept"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_unknown_statuses_never_regress() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("inlet.db").display());
+    unknown_statuses_never_regress(inlet::store::open(&url, 2).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn postgres_unknown_statuses_never_regress() {
+    let db = TestDb::create().await;
+    unknown_statuses_never_regress(inlet::store::open(&db.url, 2).await.unwrap()).await;
+    db.drop_db().await;
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! A mock of Meta's Graph Send API on loopback: answers the way Meta
 //! documents (fixtures in `tests/fixtures/meta/outbound/`), records every
 //! request it gets, throttles (HTTP 400, code 130429) or rejects the token
-//! (HTTP 401, code 190) or fails (HTTP 500, code 131000) on demand, and can
+//! (HTTP 401, code 190) or fails (HTTP 500, code 131000) or declines a
+//! recipient (HTTP 400, code 131049) on demand, and can
 //! post the `sent` status webhook of
 //! each accepted message to a gateway, as Meta does.
 //!
@@ -51,6 +52,9 @@ struct Behaviour {
     throttle_next: u64,
     /// Answer 131000 (HTTP 500) to this many requests more.
     fail_next: u64,
+    /// Answer 131049 (per-user marketing cap) to this many more sends to
+    /// each of these recipients.
+    decline: std::collections::HashMap<String, u64>,
     /// Accepted bearer token (`None`: any).
     token: Option<String>,
     /// Post status webhooks here: (gateway base URL, app secret).
@@ -148,6 +152,17 @@ impl MockGraph {
     /// wrong": a transient error).
     pub fn fail_next(&self, n: u64) {
         self.inner.behaviour.lock().unwrap().fail_next = n;
+    }
+
+    /// Answers the next `n` sends to `recipient` with HTTP 400 code 131049
+    /// (Meta declined it for now: per-user marketing cap).
+    pub fn decline_next_to(&self, recipient: &str, n: u64) {
+        self.inner
+            .behaviour
+            .lock()
+            .unwrap()
+            .decline
+            .insert(recipient.to_string(), n);
     }
 
     /// Accepts only this bearer token (others get HTTP 401 code 190).
@@ -400,6 +415,9 @@ async fn send(
         } else if b.throttle_next > 0 {
             b.throttle_next -= 1;
             (400, fixture("error_130429.json"), None, None)
+        } else if b.decline.get(&recipient).is_some_and(|n| *n > 0) {
+            *b.decline.get_mut(&recipient).unwrap() -= 1;
+            (400, fixture("error_131049.json"), None, None)
         } else if b.fail_next > 0 {
             b.fail_next -= 1;
             (500, fixture("error_131000.json"), None, None)

@@ -195,7 +195,12 @@ impl TestConfig {
     /// Validated settings.
     pub fn settings(&self) -> Settings {
         let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
-        Settings::load_from(Some(&default), self.env.clone()).expect("test settings are valid")
+        let mut settings =
+            Settings::load_from(Some(&default), self.env.clone()).expect("test settings are valid");
+        settings
+            .prepare()
+            .expect("the test data dir can be prepared");
+        settings
     }
 
     /// The data directory.
@@ -750,6 +755,22 @@ pub const MESSAGE_EXPECTATIONS: &[Expectation] = &[
         Some("❤️"),
     ),
     (
+        "wa_history.json",
+        "message",
+        "inbound",
+        "15550006666",
+        "text",
+        Some("Do you deliver on Saturdays?"),
+    ),
+    (
+        "wa_group_message.json",
+        "message",
+        "inbound",
+        "15550001111",
+        "text",
+        Some("Has anyone descaled the blue kettle?"),
+    ),
+    (
         "ig_story_reply.json",
         "message",
         "inbound",
@@ -878,17 +899,126 @@ pub async fn assert_fixture_rows(store: &inlet::store::Store) {
         .unwrap();
     assert_eq!(read.status, "read");
 
+    assert_identity_fixture_rows(store).await;
+
     let counts = store.counts().await.unwrap();
     let files = fixtures().len() as i64;
     assert_eq!(counts.raw_events, files, "one raw event per delivery");
-    // 31 message fixtures + 3 batch messages.
-    assert_eq!(counts.messages, MESSAGE_EXPECTATIONS.len() as i64 + 3);
+    // One first message per expectation + 3 more in the batch, 2 more in the
+    // history, 1 more in the group.
+    assert_eq!(
+        counts.messages,
+        MESSAGE_EXPECTATIONS.len() as i64 + 3 + 2 + 1
+    );
     // wa sent/delivered/read/failed (4) + batch (3) + fb delivery (2 mids) + fb read (1)
-    // + the read by BSUID (1).
-    assert_eq!(counts.statuses, 11);
-    // leadgen + feed comment.
-    assert_eq!(counts.page_changes, 2);
+    // + the read by BSUID (1) + the unknown `deleted` (1) + 2 to the group.
+    assert_eq!(counts.statuses, 14);
+    // leadgen + feed comment + history declined + 2 address-book entries +
+    // user_id_update + business username + user preference + group
+    // lifecycle, 2 participants changes, settings, status.
+    assert_eq!(counts.page_changes, 13);
     assert_eq!(counts.dead_letters, 0);
+}
+
+/// The rows of the WhatsApp 2026 fixtures (issue 15): history, address
+/// book, BSUID change, groups, unknown statuses.
+pub async fn assert_identity_fixture_rows(store: &inlet::store::Store) {
+    use inlet::model::NormalizedItem;
+    let first_id = |name: &str| match inlet::normalize::normalize(&fixture(name))
+        .unwrap()
+        .remove(0)
+    {
+        NormalizedItem::Message(m) => m.provider_message_id,
+        other => panic!("{name}: {other:?}"),
+    };
+    // History: imported with the original time, marked, in Gita's
+    // conversation, named from the address book.
+    let history = store
+        .message_by_provider_id(&first_id("wa_history.json"))
+        .await
+        .unwrap()
+        .expect("history imported");
+    assert_eq!(history.details["history"], true);
+    assert_eq!(history.sent_at.timestamp(), 1_795_161_600);
+    assert_eq!(history.contact_name.as_deref(), Some("Gita Example"));
+    let placeholder = store
+        .message_by_provider_id("wamid.HBgLMTU1NTAwMDY2NjYVAgASGBQzQUZBMDAwMDAwMDAwMDAwMDA2MwA=")
+        .await
+        .unwrap()
+        .expect("placeholder stored");
+    assert_eq!(placeholder.message_type, "unsupported");
+    assert_eq!(placeholder.details["type"], "media_placeholder");
+
+    // Group: both messages in one conversation (not Ana's 1:1), each by
+    // its sender.
+    let ana_direct = store
+        .message_by_provider_id("wamid.HBgLMTU1NTAwMDExMTEVAgASGBQzQUZBMDAwMDAwMDAwMDAwMDAwMQA=")
+        .await
+        .unwrap()
+        .unwrap();
+    let in_group = store
+        .message_by_provider_id(&first_id("wa_group_message.json"))
+        .await
+        .unwrap()
+        .unwrap();
+    let bruno_in_group = store
+        .message_by_provider_id("wamid.HBgLMTU1NTAwMDIyMjIVAgASGBQzQUZBMDAwMDAwMDAwMDAwMDA3MgA=")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(in_group.conversation_id, ana_direct.conversation_id);
+    assert_eq!(in_group.conversation_id, bruno_in_group.conversation_id);
+    assert_eq!(bruno_in_group.contact_external_id, "15550002222");
+    let page = store
+        .read_model()
+        .conversation_page(in_group.conversation_id, 10)
+        .await
+        .unwrap()
+        .expect("group conversation");
+    let group = page.conversation.group.expect("a group conversation");
+    assert_eq!(group.subject.as_deref(), Some("Kettle owners & friends"));
+    let mut members: Vec<&str> = group
+        .participants
+        .iter()
+        .map(|p| p.external_id.as_str())
+        .collect();
+    members.sort_unstable();
+    assert_eq!(
+        members,
+        ["15550001111", "15550003333"],
+        "Bruno left, Chidi joined"
+    );
+    let contacts = store.read_model().contacts(1000).await.unwrap();
+    assert!(
+        !contacts.iter().any(|c| c.external_id == group.id),
+        "a group is not a contact"
+    );
+
+    // Statuses to the group, per message; the unknown `deleted` is kept
+    // but never regresses `read`.
+    for (id, status) in [
+        (
+            "wamid.HBgLMTU1NTAwMDk5OTkVAgARGBJCMEIwMDAwMDAwMDAwMDAwNzMA",
+            "delivered",
+        ),
+        (
+            "wamid.HBgLMTU1NTAwMDk5OTkVAgARGBJCMEIwMDAwMDAwMDAwMDAwNzQA",
+            "read",
+        ),
+    ] {
+        let cur = store.current_status("default", id).await.unwrap().unwrap();
+        assert_eq!(cur.status, status);
+    }
+    let elif_contacts: Vec<_> = contacts
+        .iter()
+        .filter(|c| c.external_id == "15550005555")
+        .collect();
+    assert_eq!(elif_contacts.len(), 1);
+    assert_eq!(elif_contacts[0].display, "@elif.sample");
+    assert!(
+        contacts.iter().all(|c| !c.external_id.starts_with("US.")),
+        "every BSUID (old and new) is linked to its person's contact"
+    );
 }
 
 /// A TCP forwarder on a local port that a test can switch off (refusing
@@ -1067,7 +1197,10 @@ pub async fn run_child_worker() {
         return;
     }
     inlet::telemetry::init_test_tracing();
-    let settings = Settings::load().expect("the child worker's settings are valid");
+    let mut settings = Settings::load().expect("the child worker's settings are valid");
+    settings
+        .prepare()
+        .expect("the child worker's data dir can be prepared");
     let shutdown = inlet::telemetry::shutdown_signal();
     let running = inlet::service::start_worker(settings, shutdown)
         .await

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use inlet::config::Settings;
-use inlet::events::Event;
+use inlet::events::{Event, Operation, Phase};
 use serde_json::json;
 
 /// `inlet subscriptions …`
@@ -183,8 +183,8 @@ pub async fn subscriptions(
             let handler = inlet::webhooks::WebhookHandler::new(store.clone(), Vec::new(), u32::MAX);
             let event = Event::new(
                 "subscription",
-                "test",
-                "ping",
+                Phase::Test,
+                Operation::Ping,
                 &uuid::Uuid::now_v7().to_string(),
                 "system",
                 None,
@@ -239,7 +239,7 @@ pub async fn events(
         }
         EventsAction::Failed { limit } => {
             let failed = log
-                .logged_events(None, None, Some("failed"), 0, limit)
+                .logged_events(None, None, Some(Phase::Failed), 0, limit)
                 .await?;
             let handlers = log.handler_failures(limit).await?;
             if json {

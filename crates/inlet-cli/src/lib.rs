@@ -4,7 +4,18 @@
 //! tests) and returns an exit code; `--json` switches to machine-readable
 //! output. Configuration is the services' own (`config/default.toml`,
 //! `INLET_CONFIG`, `INLET_*`), so the CLI sees the same Redis, store and data
-//! directory as the gateway and worker.
+//! directory as the gateway and worker. Commands that may write prepare the
+//! data directory first ([`Settings::prepare`]); `status` and `audit` only
+//! look and create nothing.
+//!
+//! # Layout
+//! - this file: the argument tree, `sign`, `migrate`, `cache`, `dlq`,
+//!   `messages`, `replay`.
+//! - `events`: `inlet subscriptions` and `inlet events`.
+//! - `ops`: `inlet status` and `inlet audit trace|tail`.
+//! - `send`: `inlet send`, `inlet broadcasts`, `inlet outbound`.
+//! - [`render`]: the terminal text of the status report, audit traces and
+//!   audit lines (the library gathers and judges, this formats).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +35,7 @@ use serde_json::json;
 
 mod events;
 mod ops;
+pub mod render;
 mod send;
 
 pub use events::{EventsAction, SubscriptionsAction};
@@ -187,7 +199,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
     {
         return sign(secret, file, cli.json, out);
     }
-    let settings = Settings::load().context("loading configuration")?;
+    let mut settings = Settings::load().context("loading configuration")?;
+    // Looking (status, audit) changes nothing on disk; every other command
+    // may write, or sign with the development secret.
+    if !matches!(cli.command, Command::Status | Command::Audit { .. }) {
+        settings.prepare().context("preparing the data directory")?;
+    }
     run_with(cli, settings, out).await
 }
 

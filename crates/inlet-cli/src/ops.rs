@@ -1,5 +1,6 @@
 //! `inlet status` and `inlet audit trace|tail`: thin wrappers over
-//! [`inlet::status`] and [`inlet::audit::query`], which hold the logic.
+//! [`inlet::status`] and [`inlet::audit::query`], which hold the logic, and
+//! [`crate::render`], which formats it for a terminal.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -11,6 +12,8 @@ use inlet::audit::query::{self, Filter, Follower, TraceQuery};
 use inlet::audit::AuditRecord;
 use inlet::config::Settings;
 use uuid::Uuid;
+
+use crate::render;
 
 /// How often `audit tail --follow` looks for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
@@ -68,7 +71,7 @@ pub async fn status(
     if json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else {
-        write!(out, "{}", report.render())?;
+        write!(out, "{}", render::status_report(&report))?;
     }
     Ok(ExitCode::from(report.health.verdict.exit_code()))
 }
@@ -125,7 +128,7 @@ pub async fn audit(
                     if i > 0 {
                         writeln!(out)?;
                     }
-                    write!(out, "{}", t.render())?;
+                    write!(out, "{}", render::trace(t))?;
                 }
                 for missing in ids
                     .iter()
@@ -189,7 +192,7 @@ fn print_lines(records: &[AuditRecord], json: bool, out: &mut dyn Write) -> anyh
         if json {
             writeln!(out, "{}", serde_json::to_string(r)?)?;
         } else {
-            writeln!(out, "{}", query::format_line(r))?;
+            writeln!(out, "{}", render::audit_line(r))?;
         }
     }
     Ok(())

@@ -24,7 +24,8 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     inlet::telemetry::init_tracing("gateway");
-    let settings = inlet::config::Settings::load().context("loading configuration")?;
+    let mut settings = inlet::config::Settings::load().context("loading configuration")?;
+    settings.prepare().context("preparing the data directory")?;
     let shutdown = inlet::telemetry::shutdown_signal();
     let gateway = inlet::service::start_gateway(settings, shutdown)
         .await

@@ -25,7 +25,8 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     inlet::telemetry::init_tracing("worker");
-    let settings = inlet::config::Settings::load().context("loading configuration")?;
+    let mut settings = inlet::config::Settings::load().context("loading configuration")?;
+    settings.prepare().context("preparing the data directory")?;
     let shutdown = inlet::telemetry::shutdown_signal();
     let worker = inlet::service::start_worker(settings, shutdown)
         .await

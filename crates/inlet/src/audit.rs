@@ -54,6 +54,15 @@ pub struct AuditRecord {
 }
 
 impl AuditRecord {
+    /// The webhook source of the line: its `source` field, or the `source`
+    /// extra of lines written before the delivery had one (rejections,
+    /// handshakes).
+    pub fn webhook_source(&self) -> Option<&str> {
+        self.source
+            .as_deref()
+            .or_else(|| self.extra.get("source").and_then(|v| v.as_str()))
+    }
+
     /// A line for `stage` with outcome `ok`, stamped now.
     pub fn new(stage: &str) -> Self {
         Self {
@@ -218,6 +227,26 @@ impl Audit {
     }
 }
 
+/// A duration in microseconds (the unit of `duration_us`) for people:
+/// `850µs`, `12.3ms`, `1.204s`, `10m00s`.
+pub fn format_us(us: u64) -> String {
+    if us < 1_000 {
+        format!("{us}µs")
+    } else if us < 1_000_000 {
+        format!("{:.1}ms", us as f64 / 1_000.0)
+    } else if us < 120_000_000 {
+        format!("{:.3}s", us as f64 / 1_000_000.0)
+    } else {
+        let s = us / 1_000_000;
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// [`format_us`] of a number of seconds (negative reads as zero).
+pub fn format_secs(s: f64) -> String {
+    format_us((s.max(0.0) * 1_000_000.0) as u64)
+}
+
 /// `{service}-{YYYY-MM-DD}.jsonl`.
 pub fn file_name(service: &str, date: NaiveDate) -> String {
     format!("{service}-{}.jsonl", date.format("%Y-%m-%d"))
@@ -226,13 +255,7 @@ pub fn file_name(service: &str, date: NaiveDate) -> String {
 /// Masks an identifier that may be a phone number: keeps the first 4 and last
 /// 2 characters (`1555*****11`). Short ids are fully masked.
 pub fn mask_id(id: &str) -> String {
-    let chars: Vec<char> = id.chars().collect();
-    if chars.len() <= 6 {
-        return "*".repeat(chars.len());
-    }
-    let head: String = chars[..4].iter().collect();
-    let tail: String = chars[chars.len() - 2..].iter().collect();
-    format!("{head}{}{tail}", "*".repeat(chars.len() - 6))
+    crate::model::mask(id)
 }
 
 /// Short stable reference to a provider id (first 16 hex chars of its
@@ -303,6 +326,25 @@ pub fn prune(dir: &Path, days: u32) -> std::io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(format_us(850), "850µs");
+        assert_eq!(format_us(12_345), "12.3ms");
+        assert_eq!(format_us(1_204_000), "1.204s");
+        assert_eq!(format_us(600_000_000), "10m00s");
+        assert_eq!(format_secs(-1.0), "0µs");
+        assert_eq!(format_secs(0.5), "500.0ms");
+    }
+
+    #[test]
+    fn the_source_of_early_lines_is_their_extra() {
+        let r = AuditRecord::new("rejected").with("source", "instagram");
+        assert_eq!(r.webhook_source(), Some("instagram"));
+        let r = AuditRecord::new("received").origin("whatsapp", "t");
+        assert_eq!(r.webhook_source(), Some("whatsapp"));
+        assert_eq!(AuditRecord::new("mode").webhook_source(), None);
+    }
 
     #[test]
     fn writes_one_json_line_per_record() {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{Audit, AuditRecord};
 use crate::backoff::{Backoff, Streak};
 use crate::config::EventSettings;
-use crate::events::{outbox_row, parse_event, Event, EventSink};
+use crate::events::{outbox_row, parse_event, Event, EventSink, Phase};
 use crate::plan::OutboxRow;
 use crate::queue::{ConsumerConfig, GroupConsumer, RedisQueue};
 use crate::relay::{LocalSink, SinkError};
@@ -352,7 +352,7 @@ impl Handler for AuditHandler {
     }
 
     fn wants(&self, event: &Event) -> bool {
-        event.phase != "before"
+        event.phase != Phase::Before
     }
 
     fn idempotent(&self) -> bool {
@@ -363,7 +363,7 @@ impl Handler for AuditHandler {
         let mut rec = AuditRecord::new("event")
             .with("event_type", event.event_type.as_str())
             .with("event_id", event.id.to_string())
-            .outcome(if event.phase == "failed" {
+            .outcome(if event.phase == Phase::Failed {
                 "error"
             } else {
                 "ok"

@@ -21,17 +21,99 @@ use crate::streams::EVENTS;
 /// Version of the event payload layout.
 pub const SCHEMA_VERSION: i32 = 1;
 
-/// Phases of a write.
-pub const PHASES: [&str; 3] = ["before", "after", "failed"];
-/// Operations of a write.
-pub const OPERATIONS: [&str; 6] = [
-    "create",
-    "update",
-    "delete",
-    "upsert",
-    "activate",
-    "deactivate",
-];
+/// A word of an event type that no [`Phase`] or [`Operation`] spells
+/// (an event log row written by a newer version).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event {what} {value:?}")]
+pub struct UnknownWord {
+    /// `phase` or `operation`.
+    pub what: &'static str,
+    /// The word.
+    pub value: String,
+}
+
+/// Declares a closed set of wire words: the enum, its `ALL`, `as_str`,
+/// `Display` and `FromStr`. Serde spells the variants the same way.
+macro_rules! words {
+    ($(#[$doc:meta])* $name:ident, $what:literal, { $($(#[$vdoc:meta])* $variant:ident = $word:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The word in event types, the event log and JSON.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownWord;
+
+            fn from_str(s: &str) -> Result<Self, UnknownWord> {
+                match s {
+                    $($word => Ok($name::$variant),)+
+                    other => Err(UnknownWord {
+                        what: $what,
+                        value: other.to_string(),
+                    }),
+                }
+            }
+        }
+    };
+}
+
+words!(
+    /// The phase of a write: the middle word of an event type.
+    Phase, "phase", {
+        /// About to write; delivered in-process only.
+        Before = "before",
+        /// Committed; logged and relayed.
+        After = "after",
+        /// Rolled back, or a send that ended in failure.
+        Failed = "failed",
+        /// A test delivery (`inlet subscriptions test`), never logged.
+        Test = "test",
+    }
+);
+
+words!(
+    /// What a write did: the last word of an event type.
+    Operation, "operation", {
+        /// A new row.
+        Create = "create",
+        /// A changed row.
+        Update = "update",
+        /// A removed row.
+        Delete = "delete",
+        /// Created or changed (contacts, conversations).
+        Upsert = "upsert",
+        /// Switched on (subscriptions).
+        Activate = "activate",
+        /// Switched off (subscriptions).
+        Deactivate = "deactivate",
+        /// Approved by a person (drafts).
+        Approve = "approve",
+        /// Rejected by a person (drafts).
+        Reject = "reject",
+        /// The test delivery's operation (`subscription.test.ping`).
+        Ping = "ping",
+    }
+);
 
 /// One write event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,10 +127,10 @@ pub struct Event {
     /// Entity written: contact, conversation, message, message_status,
     /// page_change, subscription, draft.
     pub entity: String,
-    /// before / after / failed.
-    pub phase: String,
-    /// create / update / delete / upsert / activate / deactivate.
-    pub operation: String,
+    /// before / after / failed (see [`Phase`]).
+    pub phase: Phase,
+    /// create / update / delete / upsert / … (see [`Operation`]).
+    pub operation: Operation,
     /// What was written (input).
     pub data: Value,
     /// What the write returned (ids), for `after`.
@@ -77,8 +159,8 @@ impl Event {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         entity: &str,
-        phase: &str,
-        operation: &str,
+        phase: Phase,
+        operation: Operation,
         key: &str,
         tenant: &str,
         trace_id: Option<String>,
@@ -93,8 +175,8 @@ impl Event {
             ),
             event_type,
             entity: entity.into(),
-            phase: phase.into(),
-            operation: operation.into(),
+            phase,
+            operation,
             data,
             result: None,
             error: None,
@@ -214,47 +296,56 @@ fn actor_of(plan: &WritePlan, trace: Uuid) -> String {
 
 /// The `before` events of a plan (one per row about to be written).
 pub fn before_events(plan: &WritePlan, filter: &EventFilter) -> Vec<Event> {
-    planned(plan, filter, "before", None)
+    planned(plan, filter, Phase::Before, None)
 }
 
 /// The `failed` events of a plan whose transaction was rolled back.
 pub fn failed_events(plan: &WritePlan, filter: &EventFilter, error: &str) -> Vec<Event> {
-    planned(plan, filter, "failed", Some(error))
+    planned(plan, filter, Phase::Failed, Some(error))
 }
 
-fn planned(plan: &WritePlan, filter: &EventFilter, phase: &str, error: Option<&str>) -> Vec<Event> {
+fn planned(
+    plan: &WritePlan,
+    filter: &EventFilter,
+    phase: Phase,
+    error: Option<&str>,
+) -> Vec<Event> {
     let mut out = Vec::new();
     let first_trace = plan.raw.first().map(|r| r.trace_id);
-    let mut push =
-        |entity: &str, op: &str, key: String, tenant: &str, trace: Option<Uuid>, data: Value| {
-            if !filter.allows(entity) {
-                return;
-            }
-            let actor = trace
-                .map(|t| actor_of(plan, t))
-                .unwrap_or_else(|| "pipeline".into());
-            // Failed events of each attempt are distinct facts.
-            let key = match (phase, trace) {
-                ("failed", Some(t)) => format!("{key}/{t}"),
-                _ => key,
-            };
-            let mut e = Event::new(
-                entity,
-                phase,
-                op,
-                &key,
-                tenant,
-                trace.map(|t| t.to_string()),
-                &actor,
-                data,
-            );
-            e.error = error.map(String::from);
-            out.push(e);
+    let mut push = |entity: &str,
+                    op: Operation,
+                    key: String,
+                    tenant: &str,
+                    trace: Option<Uuid>,
+                    data: Value| {
+        if !filter.allows(entity) {
+            return;
+        }
+        let actor = trace
+            .map(|t| actor_of(plan, t))
+            .unwrap_or_else(|| "pipeline".into());
+        // Failed events of each attempt are distinct facts.
+        let key = match (phase, trace) {
+            (Phase::Failed, Some(t)) => format!("{key}/{t}"),
+            _ => key,
         };
+        let mut e = Event::new(
+            entity,
+            phase,
+            op,
+            &key,
+            tenant,
+            trace.map(|t| t.to_string()),
+            &actor,
+            data,
+        );
+        e.error = error.map(String::from);
+        out.push(e);
+    };
     for c in &plan.contacts {
         push(
             "contact",
-            "upsert",
+            Operation::Upsert,
             format!(
                 "{}/{}/{}",
                 c.key.1.as_str(),
@@ -269,7 +360,7 @@ fn planned(plan: &WritePlan, filter: &EventFilter, phase: &str, error: Option<&s
     for m in &plan.messages {
         push(
             "message",
-            "create",
+            Operation::Create,
             format!(
                 "{}/{}",
                 m.message.channel.as_str(),
@@ -283,7 +374,7 @@ fn planned(plan: &WritePlan, filter: &EventFilter, phase: &str, error: Option<&s
     for s in plan.statuses.iter().chain(&plan.watermarks) {
         push(
             "message_status",
-            "create",
+            Operation::Create,
             s.key.clone(),
             &s.tenant,
             Some(s.trace_id),
@@ -293,7 +384,7 @@ fn planned(plan: &WritePlan, filter: &EventFilter, phase: &str, error: Option<&s
     for c in &plan.changes {
         push(
             "page_change",
-            "create",
+            Operation::Create,
             c.key.clone(),
             &c.tenant,
             Some(c.trace_id),
@@ -309,6 +400,9 @@ fn message_data(m: &crate::model::NormalizedMessage) -> Value {
         "provider_message_id": m.provider_message_id,
         "direction": m.direction,
         "contact": m.contact.external_id,
+        "contact_display": m.contact.display(),
+        "group_id": m.group_id(),
+        "history": m.is_history(),
         "kind": m.kind,
         "message_type": m.message_type,
         "text": m.text,
@@ -323,7 +417,7 @@ fn status_data(s: &crate::model::StatusUpdate) -> Value {
         "channel": s.channel,
         "provider_message_id": s.provider_message_id,
         "contact": s.contact.external_id,
-        "status": s.status,
+        "status": s.status_name(),
         "at": s.at,
         "watermark": s.watermark,
         "errors": s.errors,
@@ -360,8 +454,8 @@ pub fn after_events(plan: &WritePlan, results: &WriteResults, filter: &EventFilt
             };
             let mut e = Event::new(
                 "contact",
-                "after",
-                "upsert",
+                Phase::After,
+                Operation::Upsert,
                 &format!("{}/{}/{}", key.1, key.2, c.last_seen.timestamp_millis()),
                 &c.key.0,
                 first_trace.map(|t| t.to_string()),
@@ -393,8 +487,8 @@ pub fn after_events(plan: &WritePlan, results: &WriteResults, filter: &EventFilt
             };
             let mut e = Event::new(
                 "conversation",
-                "after",
-                "upsert",
+                Phase::After,
+                Operation::Upsert,
                 &format!("{id}/{}", c.last.timestamp_millis()),
                 &c.key.0,
                 first_trace.map(|t| t.to_string()),
@@ -418,8 +512,8 @@ pub fn after_events(plan: &WritePlan, results: &WriteResults, filter: &EventFilt
             let item = crate::model::NormalizedItem::Message(m.message.clone());
             let mut e = Event::new(
                 "message",
-                "after",
-                "create",
+                Phase::After,
+                Operation::Create,
                 "",
                 &m.tenant,
                 Some(m.trace_id.to_string()),
@@ -442,8 +536,8 @@ pub fn after_events(plan: &WritePlan, results: &WriteResults, filter: &EventFilt
             }
             out.push(Event::new(
                 "message_status",
-                "after",
-                "create",
+                Phase::After,
+                Operation::Create,
                 &s.key,
                 &s.tenant,
                 Some(s.trace_id.to_string()),
@@ -460,8 +554,8 @@ pub fn after_events(plan: &WritePlan, results: &WriteResults, filter: &EventFilt
                 .or(first_trace);
             let mut e = Event::new(
                 "message_status",
-                "after",
-                "update",
+                Phase::After,
+                Operation::Update,
                 &format!("{channel}/{pmid}/{status}"),
                 tenant,
                 trace.map(|t| t.to_string()),
@@ -482,8 +576,8 @@ pub fn after_events(plan: &WritePlan, results: &WriteResults, filter: &EventFilt
             }
             out.push(Event::new(
                 "page_change",
-                "after",
-                "create",
+                Phase::After,
+                Operation::Create,
                 &c.key,
                 &c.tenant,
                 Some(c.trace_id.to_string()),
@@ -517,8 +611,8 @@ mod tests {
     fn ids_are_deterministic() {
         let a = Event::new(
             "contact",
-            "after",
-            "upsert",
+            Phase::After,
+            Operation::Upsert,
             "k",
             "t",
             None,
@@ -527,8 +621,8 @@ mod tests {
         );
         let b = Event::new(
             "contact",
-            "after",
-            "upsert",
+            Phase::After,
+            Operation::Upsert,
             "k",
             "t",
             None,
@@ -538,8 +632,8 @@ mod tests {
         assert_eq!(a.id, b.id);
         let c = Event::new(
             "contact",
-            "after",
-            "upsert",
+            Phase::After,
+            Operation::Upsert,
             "k",
             "u",
             None,
@@ -547,6 +641,92 @@ mod tests {
             Value::Null,
         );
         assert_ne!(a.id, c.id);
+    }
+
+    #[test]
+    fn words_serialize_as_they_are_spelled_in_types() {
+        for p in Phase::ALL {
+            assert_eq!(serde_json::to_value(p).unwrap(), json!(p.as_str()));
+            assert_eq!(p.as_str().parse::<Phase>(), Ok(*p));
+            assert_eq!(
+                serde_json::from_value::<Phase>(json!(p.as_str())).unwrap(),
+                *p
+            );
+        }
+        for o in Operation::ALL {
+            assert_eq!(serde_json::to_value(o).unwrap(), json!(o.as_str()));
+            assert_eq!(o.as_str().parse::<Operation>(), Ok(*o));
+            assert_eq!(
+                serde_json::from_value::<Operation>(json!(o.as_str())).unwrap(),
+                *o
+            );
+        }
+        let words = |all: &[&str]| all.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            Phase::ALL.iter().map(Phase::to_string).collect::<Vec<_>>(),
+            words(&["before", "after", "failed", "test"])
+        );
+        assert_eq!(
+            Operation::ALL
+                .iter()
+                .map(Operation::to_string)
+                .collect::<Vec<_>>(),
+            words(&[
+                "create",
+                "update",
+                "delete",
+                "upsert",
+                "activate",
+                "deactivate",
+                "approve",
+                "reject",
+                "ping"
+            ])
+        );
+        assert_eq!(
+            "approved".parse::<Operation>(),
+            Err(UnknownWord {
+                what: "operation",
+                value: "approved".into()
+            })
+        );
+        assert!("After".parse::<Phase>().is_err());
+    }
+
+    #[test]
+    fn the_wire_format_is_unchanged() {
+        let mut e = Event::new(
+            "draft",
+            Phase::After,
+            Operation::Approve,
+            "k",
+            "t",
+            Some("trace".into()),
+            "api",
+            json!({"id": 1}),
+        );
+        e.timestamp = DateTime::parse_from_rfc3339("2026-12-07T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(e.event_type, "draft.after.approve");
+        let wire = serde_json::to_value(&e).unwrap();
+        assert_eq!(wire["type"], "draft.after.approve");
+        assert_eq!(wire["entity"], "draft");
+        assert_eq!(wire["phase"], "after");
+        assert_eq!(wire["operation"], "approve");
+        let row = outbox_row(&e);
+        let back = parse_event(&row.fields["event"]).unwrap();
+        assert_eq!(back, e);
+        // A line written before phase and operation were enums reads back.
+        let old = r#"{"id":"0190b1d4-0000-7000-8000-000000000000","type":"message.failed.create",
+            "entity":"message","phase":"failed","operation":"create","data":null,"result":null,
+            "error":"x","actor":"outbound","tenant_id":"t","trace_id":null,"correlation_id":null,
+            "timestamp":"2026-12-07T10:00:00Z","schema_version":1}"#;
+        let old = parse_event(old).unwrap();
+        assert_eq!(
+            (old.phase, old.operation),
+            (Phase::Failed, Operation::Create)
+        );
     }
 
     #[test]

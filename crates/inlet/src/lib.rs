@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - [`config`]: layered settings (`config/default.toml`, `INLET_CONFIG`,
-//!   `INLET_*`), validated at startup.
+//!   `INLET_*`), one file per section; loading only validates,
+//!   [`config::Settings::prepare`] does the side effects (data directory,
+//!   development secret).
 //! - [`signature`]: `X-Hub-Signature-256` verification over the raw bytes.
 //! - [`envelope`]: the raw delivery as it travels and is kept.
 //! - [`model`]: the normalized domain types every other module speaks.
@@ -19,20 +21,25 @@
 //! - [`direct`]: the in-process, group-committing pipeline of direct mode.
 //! - [`dlq`]: the dead letter and its wire format ([`dlq::letter`]);
 //!   dead-letter inspection and replay (stream and store).
-//! - [`events`]: write events (`{entity}.{phase}.{operation}`), derived
-//!   purely, and their wire format on the events stream.
+//! - [`events`]: write events (`{entity}.{phase}.{operation}`, phase and
+//!   operation as enums), derived purely, and their wire format on the
+//!   events stream.
 //! - [`bus`]: the event bus (in-memory and Redis Streams) and built-in handlers.
 //! - [`webhooks`]: outgoing signed webhooks and the Slack formatter.
 //! - [`relay`]: the outbox relay to the derived Redis streams.
 //! - [`cache`]: JSON cache files, cache-sync consumer, precomputed analytics.
 //! - [`media`]: the media pipeline (download, verify, content-addressed
 //!   storage local or S3, outbound uploads).
-//! - [`audit`]: JSONL audit lines, daily files per service.
+//! - [`audit`]: JSONL audit lines, daily files per service; reading them
+//!   back ([`audit::query`]: merge, filter, trace, follow).
 //! - [`http`]: the gateway's router, handlers and server.
 //! - [`service`]: wiring of the gateway and worker services.
 //! - [`store`]: the storage trait and its Postgres/SQLite implementation.
 //! - [`telemetry`]: tracing, Prometheus recorder, shutdown signal.
-//! - [`status`]: deployment health (`inlet status`) and the gauges sampler.
+//! - [`status`]: deployment health (`inlet status`): the report's types
+//!   ([`status::report`]), gathering ([`status::gather`](mod@status::gather)),
+//!   the verdict ([`status::judge`](mod@status::judge)) and the gauges
+//!   sampler ([`status::sampler`]). Rendering for a terminal is the CLI's.
 //! - [`sender`]: the outbound sender (Graph client, shared limiter, the
 //!   claim → pace → send → record loop).
 

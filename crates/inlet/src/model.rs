@@ -64,7 +64,11 @@ impl Direction {
 /// Delivery state of an outbound message.
 ///
 /// Ordering is the forward order `sent < delivered < read`; `failed` is
-/// handled by [`DeliveryStatus::supersedes`], not by rank alone.
+/// handled by [`DeliveryStatus::supersedes`], not by rank alone. A status
+/// Meta sends that Inlet does not know (`deleted`, `played`, …) is
+/// [`DeliveryStatus::Unknown`]: kept in the history under Meta's name
+/// ([`StatusUpdate::raw_status`]), never a message's current status, so it
+/// never regresses a known one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
@@ -76,10 +80,14 @@ pub enum DeliveryStatus {
     Read,
     /// Could not be delivered (errors attached).
     Failed,
+    /// A status name Inlet does not know; the name is in
+    /// [`StatusUpdate::raw_status`].
+    Unknown,
 }
 
 impl DeliveryStatus {
-    /// Every status, in rank order after `failed`.
+    /// Every status that can be a message's current status, in rank order
+    /// after `failed` ([`DeliveryStatus::Unknown`] never is).
     pub const ALL: [DeliveryStatus; 4] = [
         DeliveryStatus::Failed,
         DeliveryStatus::Sent,
@@ -94,10 +102,11 @@ impl DeliveryStatus {
             DeliveryStatus::Delivered => "delivered",
             DeliveryStatus::Read => "read",
             DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Unknown => "unknown",
         }
     }
 
-    /// Parses the stored (or Meta) name.
+    /// Parses the stored (or Meta) name of a known status.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "sent" => Some(DeliveryStatus::Sent),
@@ -109,9 +118,11 @@ impl DeliveryStatus {
     }
 
     /// Forward rank on the happy path: sent 1, delivered 2, read 3
-    /// (failed 0: it is not on that path and is decided by [`Self::supersedes`]).
+    /// (failed 0: it is not on that path and is decided by [`Self::supersedes`];
+    /// unknown -1: below everything).
     pub fn rank(self) -> i32 {
         match self {
+            DeliveryStatus::Unknown => -1,
             DeliveryStatus::Failed => 0,
             DeliveryStatus::Sent => 1,
             DeliveryStatus::Delivered => 2,
@@ -126,18 +137,24 @@ impl DeliveryStatus {
     /// Meta delivers them in. `failed` never undoes `read`; it replaces `sent`,
     /// and replaces `delivered` unless the delivery happened later. Nothing
     /// undoes `failed` except a `read`, or a `delivered` that happened after
-    /// the failure. The stores implement this same table in SQL
-    /// (`tests/status_order.rs` checks that both agree on every pair).
+    /// the failure. An unknown status never becomes the current one (and
+    /// any known status replaces one, should it be current). The stores
+    /// implement this same table in SQL (`tests/status_order.rs` checks
+    /// that both agree on every pair).
     pub fn supersedes(
         self,
         at: DateTime<Utc>,
         current: Option<(DeliveryStatus, DateTime<Utc>)>,
     ) -> bool {
         use DeliveryStatus::*;
+        if self == Unknown {
+            return false;
+        }
         let Some((current, current_at)) = current else {
             return true;
         };
         match (self, current) {
+            (_, Unknown) => true,
             (Read, Read) => false,
             (Read, _) => true,
             (Sent, _) => false,
@@ -205,6 +222,9 @@ pub enum IdentityKind {
     ParentUserId,
     /// WhatsApp username, used as a key only when nothing else is known.
     Username,
+    /// WhatsApp group id: the contact row standing for a group, which its
+    /// group conversation belongs to.
+    GroupId,
 }
 
 impl IdentityKind {
@@ -216,6 +236,7 @@ impl IdentityKind {
             IdentityKind::UserId => "user_id",
             IdentityKind::ParentUserId => "parent_user_id",
             IdentityKind::Username => "username",
+            IdentityKind::GroupId => "group_id",
         }
     }
 }
@@ -256,6 +277,29 @@ impl ContactRef {
         })
     }
 
+    /// The contact row standing for a WhatsApp group (its group
+    /// conversation's contact): keyed by the group id, named after its
+    /// subject.
+    pub fn group(group_id: String, subject: Option<String>) -> Self {
+        ContactRef {
+            external_id: group_id,
+            name: subject,
+            ..ContactRef::default()
+        }
+    }
+
+    /// How a contact is shown where a full phone number or BSUID must not
+    /// appear (audit lines, cache and API `display`): `@username` when
+    /// known, else the masked phone number, else the masked BSUID (or
+    /// other id).
+    pub fn display(&self) -> String {
+        display_of(
+            self.username.as_deref(),
+            self.wa_id.as_deref(),
+            &self.external_id,
+        )
+    }
+
     /// The identifiers the store links to one contact, in a stable order.
     /// WhatsApp: phone, BSUID and parent BSUID (the username only when none
     /// of them is known: usernames change hands). Other channels: the id.
@@ -278,6 +322,30 @@ impl ContactRef {
         }
         out
     }
+}
+
+/// How a contact is shown without its full phone number or BSUID:
+/// `@username`, else the masked phone number (`1555*****55`), else the
+/// masked id. Shared by [`ContactRef::display`] and the read side, which
+/// has the same three columns.
+pub fn display_of(username: Option<&str>, wa_id: Option<&str>, external_id: &str) -> String {
+    match (username, wa_id) {
+        (Some(u), _) if !u.is_empty() => format!("@{}", u.trim_start_matches('@')),
+        (_, Some(phone)) if !phone.is_empty() => mask(phone),
+        _ => mask(external_id),
+    }
+}
+
+/// Keeps the first 4 and last 2 characters of an identifier
+/// (`1555*****55`, `US.1**************18`); short ids are fully masked.
+pub fn mask(id: &str) -> String {
+    let chars: Vec<char> = id.chars().collect();
+    if chars.len() <= 6 {
+        return "*".repeat(chars.len());
+    }
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 2..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat(chars.len() - 6))
 }
 
 /// A media object attached to a message (downloaded later by id or URL).
@@ -354,6 +422,25 @@ pub struct NormalizedMessage {
     pub sent_at: DateTime<Utc>,
 }
 
+impl NormalizedMessage {
+    /// The WhatsApp group the message was sent in (`group_id`, kept in
+    /// `details.group_id`): the message belongs to the group's
+    /// conversation, its `contact` is the sender.
+    pub fn group_id(&self) -> Option<&str> {
+        self.details
+            .get("group_id")
+            .and_then(Value::as_str)
+            .filter(|g| !g.is_empty())
+    }
+
+    /// Whether the message was imported from a `history` webhook
+    /// (`details.history = true`): a past message, which is not new
+    /// activity (analytics, unread counts).
+    pub fn is_history(&self) -> bool {
+        self.details.get("history").and_then(Value::as_bool) == Some(true)
+    }
+}
+
 /// A provider error attached to a failed status or unsupported message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProviderError {
@@ -395,6 +482,21 @@ pub struct StatusUpdate {
     /// request (Inlet's outbound id), returned on sent/delivered/read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_data: Option<String>,
+    /// Meta's name of a status Inlet does not know ([`DeliveryStatus::Unknown`]:
+    /// `deleted`, `played`, …), as stored in the history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_status: Option<String>,
+}
+
+impl StatusUpdate {
+    /// The status as stored in the history: Meta's name for an unknown
+    /// status, else the known name.
+    pub fn status_name(&self) -> &str {
+        match (&self.raw_status, self.status) {
+            (Some(raw), DeliveryStatus::Unknown) => raw,
+            (_, known) => known.as_str(),
+        }
+    }
 }
 
 /// A non-message event on an account: Page `changes` (leadgen, feed), and
@@ -423,6 +525,41 @@ pub struct PageChange {
     pub occurred_at: DateTime<Utc>,
     /// The `value` object (or messaging event) verbatim.
     pub value: Value,
+    /// What a WhatsApp group webhook (`group_*`) changes in the group's
+    /// conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupChange>,
+}
+
+impl PageChange {
+    /// The contact this change updates, when it is one of the kinds that
+    /// update contacts: an address-book entry added or edited in the
+    /// WhatsApp Business app (`contact`, verb `add`) and a BSUID change
+    /// (`user_id_update`). Other changes only name who caused them.
+    pub fn updated_contact(&self) -> Option<&ContactRef> {
+        match (self.kind.as_str(), self.verb.as_deref()) {
+            ("contact", Some("add")) | ("user_id_update", _) => self.from.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// What a WhatsApp group webhook changes in the group's conversation.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct GroupChange {
+    /// The business phone number id the group belongs to.
+    pub business_id: String,
+    /// The group id.
+    pub group_id: String,
+    /// The group's subject, when the change sets it (creation, settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Participants who joined (or were added).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub joined: Vec<ContactRef>,
+    /// Participants who left (or were removed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left: Vec<ContactRef>,
 }
 
 /// One normalized item; a single webhook body yields any number of them.
@@ -431,7 +568,8 @@ pub struct PageChange {
 pub enum NormalizedItem {
     /// A message (or reaction/postback/referral/system notice).
     Message(NormalizedMessage),
-    /// A delivery/read/failed receipt.
+    /// A delivery/read/failed receipt (or one of a status Inlet does not
+    /// know).
     Status(StatusUpdate),
     /// A page change or unmodelled event.
     PageChange(PageChange),
@@ -454,7 +592,7 @@ impl NormalizedItem {
                 s.channel.as_str(),
                 s.business_id,
                 s.provider_message_id.as_deref().unwrap_or("-"),
-                s.status.as_str(),
+                s.status_name(),
                 s.watermark
                     .or(Some(s.at))
                     .map(|t| t.timestamp_millis())
@@ -523,11 +661,26 @@ mod tests {
         // A new variant fails to compile here until it is listed in ALL.
         let listed = |s: DeliveryStatus| match s {
             Sent | Delivered | Read | Failed => DeliveryStatus::ALL.contains(&s),
+            Unknown => !DeliveryStatus::ALL.contains(&s),
         };
         assert!(DeliveryStatus::ALL.iter().all(|s| listed(*s)));
+        assert!(listed(Unknown));
         assert_eq!(DeliveryStatus::ALL.len(), 4);
         for s in DeliveryStatus::ALL {
             assert_eq!(DeliveryStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(DeliveryStatus::parse("unknown"), None);
+        assert_eq!(DeliveryStatus::parse("deleted"), None);
+    }
+
+    #[test]
+    fn unknown_statuses_never_become_current_nor_regress_a_known_one() {
+        use DeliveryStatus::*;
+        let t = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
+        assert!(!Unknown.supersedes(t(1), None));
+        for known in DeliveryStatus::ALL {
+            assert!(!Unknown.supersedes(t(9), Some((known, t(1)))));
+            assert!(known.supersedes(t(1), Some((Unknown, t(9)))));
         }
     }
 }

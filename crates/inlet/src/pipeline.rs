@@ -132,7 +132,8 @@ impl Pipeline {
                         self.line("normalized", &event)
                             .duration(started.elapsed())
                             .with("items", items.len())
-                            .with("refs", item_refs(&items)),
+                            .with("refs", item_refs(&items))
+                            .with("contacts", item_contacts(&items)),
                     );
                     deliveries.push(Delivery { event, items });
                 }
@@ -308,9 +309,75 @@ fn item_refs(items: &[NormalizedItem]) -> Vec<String> {
         .collect()
 }
 
+/// The contacts of a delivery as audit lines show them: `@username`, else
+/// the masked phone number, else a BSUID's hashed reference
+/// (`bsuid:<id_ref>`) — never a full phone number or BSUID.
+fn item_contacts(items: &[NormalizedItem]) -> Vec<String> {
+    let mut out: Vec<String> = items
+        .iter()
+        .filter_map(|i| match i {
+            NormalizedItem::Message(m) => Some(&m.contact),
+            NormalizedItem::Status(s) => Some(&s.contact),
+            NormalizedItem::PageChange(c) => c.from.as_ref(),
+        })
+        .filter(|c| !c.external_id.is_empty())
+        .map(audit_contact)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// One contact as an audit line shows it (see [`item_contacts`]).
+fn audit_contact(c: &crate::model::ContactRef) -> String {
+    match (
+        &c.username,
+        &c.wa_id,
+        c.user_id.as_ref().or(c.parent_user_id.as_ref()),
+    ) {
+        (Some(_), _, _) | (None, Some(_), _) => c.display(),
+        (None, None, Some(bsuid)) => format!("bsuid:{}", id_ref(bsuid)),
+        (None, None, None) => crate::audit::mask_id(&c.external_id),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_lines_show_contacts_by_username_or_masked_phone_never_in_full() {
+        let body = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/meta/wa_bsuid_user_id_only.json"
+        ))
+        .unwrap();
+        let items = normalize(&body).unwrap();
+        assert_eq!(item_contacts(&items), vec!["@elif.sample".to_owned()]);
+        let phone = crate::model::ContactRef::whatsapp(
+            Some("15550005555".into()),
+            Some("US.10000000000000000055".into()),
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(audit_contact(&phone), "1555*****55");
+        let bsuid = crate::model::ContactRef::whatsapp(
+            None,
+            Some("US.10000000000000000055".into()),
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        let shown = audit_contact(&bsuid);
+        assert_eq!(
+            shown,
+            format!("bsuid:{}", id_ref("US.10000000000000000055"))
+        );
+        assert!(!shown.contains("10000000000000000055"));
+    }
 
     #[test]
     fn backoff_grows_exponentially() {

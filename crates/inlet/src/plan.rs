@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::envelope::RawEvent;
 use crate::model::{
-    Channel, ContactRef, DeliveryStatus, IdentityKind, NormalizedItem, NormalizedMessage,
-    PageChange, ProviderError, StatusUpdate,
+    Channel, ContactRef, DeliveryStatus, GroupChange, IdentityKind, NormalizedItem,
+    NormalizedMessage, PageChange, ProviderError, StatusUpdate,
 };
 
 /// Namespace of deterministic event ids (UUIDv5 of tenant + item identity).
@@ -67,6 +67,11 @@ pub struct ContactRow {
     pub first_seen: DateTime<Utc>,
     /// Latest activity in the batch.
     pub last_seen: DateTime<Utc>,
+    /// Whether the batch saw the person active (a live message). Without
+    /// it (history imports, address-book syncs, BSUID changes, group
+    /// membership, a group's own row) an existing contact keeps its
+    /// first/last seen times; a new one takes the batch's.
+    pub active: bool,
 }
 
 /// A conversation upsert.
@@ -78,6 +83,25 @@ pub struct ConversationRow {
     pub started: DateTime<Utc>,
     /// Latest message in the batch.
     pub last: DateTime<Utc>,
+    /// A WhatsApp group conversation: the group id (its contact is the
+    /// group's own row, its participants are people).
+    pub group_id: Option<String>,
+    /// The group's subject set by the latest change of the batch, and when.
+    pub subject: Option<(String, DateTime<Utc>)>,
+}
+
+/// A participant of a group conversation: joined (a message, an add or a
+/// join) or left, as of `at` (a later change wins).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParticipantRow {
+    /// The group conversation.
+    pub conversation: ConversationKey,
+    /// The person.
+    pub contact: ContactKey,
+    /// In the group (`false`: left or removed).
+    pub active: bool,
+    /// When that was last known.
+    pub at: DateTime<Utc>,
 }
 
 /// A message insert.
@@ -89,6 +113,9 @@ pub struct MessageRow {
     pub message: NormalizedMessage,
     /// Conversation it belongs to.
     pub conversation: ConversationKey,
+    /// Who sent it: the conversation's contact, or in a group the
+    /// participant who wrote it.
+    pub sender: ContactKey,
     /// Trace id of the delivery that carried it first in this batch.
     pub trace_id: Uuid,
 }
@@ -157,6 +184,8 @@ pub struct WritePlan {
     pub contacts: Vec<ContactRow>,
     /// Conversation upserts.
     pub conversations: Vec<ConversationRow>,
+    /// Group participant upserts.
+    pub participants: Vec<ParticipantRow>,
     /// Message inserts.
     pub messages: Vec<MessageRow>,
     /// Status history inserts.
@@ -193,8 +222,7 @@ impl WritePlan {
     pub fn build(deliveries: &[Delivery]) -> WritePlan {
         let mut plan = WritePlan::default();
         let mut tenants = std::collections::BTreeSet::new();
-        let mut contacts: BTreeMap<ContactKey, ContactRow> = BTreeMap::new();
-        let mut conversations: BTreeMap<ConversationKey, ConversationRow> = BTreeMap::new();
+        let mut acc = Rows::default();
         let mut messages: BTreeMap<(String, Channel, String), MessageRow> = BTreeMap::new();
         let mut statuses: BTreeMap<(String, String), StatusRow> = BTreeMap::new();
         let mut current: BTreeMap<(String, Channel, String), CurrentStatusRow> = BTreeMap::new();
@@ -229,39 +257,38 @@ impl WritePlan {
                         let Some(person) = people.of_contact(&tenant, m.channel, &m.contact) else {
                             continue;
                         };
-                        let ckey: ContactKey = person.key.clone();
-                        let contact = contacts.entry(ckey.clone()).or_insert_with(|| ContactRow {
-                            key: ckey.clone(),
-                            identities: person.identities.clone(),
-                            wa_id: person.contact.wa_id.clone(),
-                            user_id: person.contact.user_id.clone(),
-                            parent_user_id: person.contact.parent_user_id.clone(),
-                            username: person.contact.username.clone(),
-                            name: person.contact.name.clone(),
-                            first_seen: m.sent_at,
-                            last_seen: m.sent_at,
-                        });
-                        contact.first_seen = contact.first_seen.min(m.sent_at);
-                        contact.last_seen = contact.last_seen.max(m.sent_at);
-
-                        let conv_key: ConversationKey =
-                            (tenant.clone(), m.channel, m.business_id.clone(), ckey);
-                        let conv = conversations.entry(conv_key.clone()).or_insert_with(|| {
-                            ConversationRow {
-                                key: conv_key.clone(),
-                                started: m.sent_at,
-                                last: m.sent_at,
+                        // A history import is not activity of the person.
+                        let sender = acc.person(person, m.sent_at, !m.is_history());
+                        let conv_key = match m.group_id() {
+                            Some(group) => {
+                                let group =
+                                    acc.group_contact(&tenant, m.channel, group, None, m.sent_at);
+                                let key = acc.conversation(
+                                    (tenant.clone(), m.channel, m.business_id.clone(), group),
+                                    m.group_id(),
+                                    m.sent_at,
+                                );
+                                acc.participant(&key, &sender, true, m.sent_at);
+                                key
                             }
-                        });
-                        conv.started = conv.started.min(m.sent_at);
-                        conv.last = conv.last.max(m.sent_at);
-
+                            None => acc.conversation(
+                                (
+                                    tenant.clone(),
+                                    m.channel,
+                                    m.business_id.clone(),
+                                    sender.clone(),
+                                ),
+                                None,
+                                m.sent_at,
+                            ),
+                        };
                         messages
                             .entry((tenant.clone(), m.channel, m.provider_message_id.clone()))
                             .or_insert_with(|| MessageRow {
                                 tenant: tenant.clone(),
                                 message: m.clone(),
                                 conversation: conv_key,
+                                sender,
                                 trace_id: ev.trace_id,
                             });
                     }
@@ -275,22 +302,21 @@ impl WritePlan {
                         match &s.provider_message_id {
                             Some(pmid) => {
                                 let k = (tenant.clone(), s.channel, pmid.clone());
-                                let candidate = CurrentStatusRow {
-                                    tenant: tenant.clone(),
-                                    channel: s.channel,
-                                    provider_message_id: pmid.clone(),
-                                    status: s.status,
-                                    at: s.at,
-                                    errors: s.errors.clone(),
-                                };
-                                match current.get(&k) {
-                                    Some(cur)
-                                        if !s
-                                            .status
-                                            .supersedes(s.at, Some((cur.status, cur.at))) => {}
-                                    _ => {
-                                        current.insert(k, candidate);
-                                    }
+                                // Unknown statuses are history only: they
+                                // never become (nor regress) the current one.
+                                let cur = current.get(&k).map(|c| (c.status, c.at));
+                                if s.status.supersedes(s.at, cur) {
+                                    current.insert(
+                                        k,
+                                        CurrentStatusRow {
+                                            tenant: tenant.clone(),
+                                            channel: s.channel,
+                                            provider_message_id: pmid.clone(),
+                                            status: s.status,
+                                            at: s.at,
+                                            errors: s.errors.clone(),
+                                        },
+                                    );
                                 }
                                 statuses
                                     .entry((tenant.clone(), row.key.clone()))
@@ -304,6 +330,15 @@ impl WritePlan {
                         }
                     }
                     NormalizedItem::PageChange(c) => {
+                        if let Some(person) = c
+                            .updated_contact()
+                            .and_then(|p| people.of_contact(&tenant, c.channel, p))
+                        {
+                            acc.person(person, c.occurred_at, false);
+                        }
+                        if let Some(g) = &c.group {
+                            acc.group_change(&people, &tenant, c.channel, g, c.occurred_at);
+                        }
                         let key = item.identity();
                         changes
                             .entry((tenant.clone(), key.clone()))
@@ -318,14 +353,176 @@ impl WritePlan {
             }
         }
         plan.tenants = tenants.into_iter().collect();
-        plan.contacts = contacts.into_values().collect();
-        plan.conversations = conversations.into_values().collect();
+        plan.contacts = acc.contacts.into_values().collect();
+        plan.conversations = acc.conversations.into_values().collect();
+        plan.participants = acc.participants.into_values().collect();
         plan.messages = messages.into_values().collect();
         plan.statuses = statuses.into_values().collect();
         plan.current = current.into_values().collect();
         plan.watermarks = watermarks.into_values().collect();
         plan.changes = changes.into_values().collect();
         plan
+    }
+}
+
+/// Contacts, conversations and group participants of a batch, folded by
+/// key as items add to them.
+#[derive(Default)]
+struct Rows {
+    contacts: BTreeMap<ContactKey, ContactRow>,
+    conversations: BTreeMap<ConversationKey, ConversationRow>,
+    participants: BTreeMap<(ConversationKey, ContactKey), ParticipantRow>,
+}
+
+impl Rows {
+    /// The contact row of `person`, seen at `at` (`active`: a live
+    /// message); returns its key.
+    fn person(&mut self, person: &Person, at: DateTime<Utc>, active: bool) -> ContactKey {
+        let key = person.key.clone();
+        self.contact(
+            key.clone(),
+            person.identities.clone(),
+            &person.contact,
+            at,
+            active,
+        );
+        key
+    }
+
+    fn contact(
+        &mut self,
+        key: ContactKey,
+        identities: Vec<Identity>,
+        c: &ContactRef,
+        at: DateTime<Utc>,
+        active: bool,
+    ) {
+        let row = self
+            .contacts
+            .entry(key.clone())
+            .or_insert_with(|| ContactRow {
+                key,
+                identities,
+                wa_id: c.wa_id.clone(),
+                user_id: c.user_id.clone(),
+                parent_user_id: c.parent_user_id.clone(),
+                username: c.username.clone(),
+                name: c.name.clone(),
+                first_seen: at,
+                last_seen: at,
+                active,
+            });
+        if row.active == active {
+            row.first_seen = row.first_seen.min(at);
+            row.last_seen = row.last_seen.max(at);
+        } else if active {
+            // Live activity decides the times once there is any.
+            row.first_seen = at;
+            row.last_seen = at;
+            row.active = true;
+        }
+    }
+
+    /// The contact row standing for a WhatsApp group; returns its key.
+    fn group_contact(
+        &mut self,
+        tenant: &str,
+        channel: Channel,
+        group_id: &str,
+        subject: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> ContactKey {
+        let key: ContactKey = (tenant.to_owned(), channel, group_id.to_owned());
+        let group = ContactRef::group(group_id.to_owned(), subject.map(str::to_owned));
+        self.contact(
+            key.clone(),
+            vec![(IdentityKind::GroupId, group_id.to_owned())],
+            &group,
+            at,
+            false,
+        );
+        if let (Some(subject), Some(row)) = (subject, self.contacts.get_mut(&key)) {
+            row.name = Some(subject.to_owned());
+        }
+        key
+    }
+
+    /// The conversation `key` (of a group when `group_id` is given), with
+    /// activity at `at`; returns its key.
+    fn conversation(
+        &mut self,
+        key: ConversationKey,
+        group_id: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> ConversationKey {
+        let conv = self
+            .conversations
+            .entry(key.clone())
+            .or_insert_with(|| ConversationRow {
+                key: key.clone(),
+                started: at,
+                last: at,
+                group_id: group_id.map(str::to_owned),
+                subject: None,
+            });
+        conv.started = conv.started.min(at);
+        conv.last = conv.last.max(at);
+        key
+    }
+
+    fn participant(
+        &mut self,
+        conv: &ConversationKey,
+        contact: &ContactKey,
+        active: bool,
+        at: DateTime<Utc>,
+    ) {
+        let row = self
+            .participants
+            .entry((conv.clone(), contact.clone()))
+            .or_insert_with(|| ParticipantRow {
+                conversation: conv.clone(),
+                contact: contact.clone(),
+                active,
+                at,
+            });
+        if at >= row.at {
+            row.active = active;
+            row.at = at;
+        }
+    }
+
+    /// A group webhook: the group's conversation (subject), who joined and
+    /// who left.
+    fn group_change(
+        &mut self,
+        people: &People,
+        tenant: &str,
+        channel: Channel,
+        g: &GroupChange,
+        at: DateTime<Utc>,
+    ) {
+        let group = self.group_contact(tenant, channel, &g.group_id, g.subject.as_deref(), at);
+        let key = self.conversation(
+            (tenant.to_owned(), channel, g.business_id.clone(), group),
+            Some(&g.group_id),
+            at,
+        );
+        if let Some(conv) = self.conversations.get_mut(&key) {
+            if let Some(subject) = &g.subject {
+                if conv.subject.as_ref().is_none_or(|(_, t)| at >= *t) {
+                    conv.subject = Some((subject.clone(), at));
+                }
+            }
+        }
+        for (list, active) in [(&g.joined, true), (&g.left, false)] {
+            for p in list {
+                if let Some(person) = people.of_contact(tenant, channel, p) {
+                    let contact = self.person(person, at, false);
+                    self.participant(&key, &contact, active, at);
+                }
+            }
+        }
     }
 }
 
@@ -338,9 +535,10 @@ struct Person {
     contact: ContactRef,
 }
 
-/// The people of a batch: contacts of messages grouped by shared
-/// identifiers (union-find), so a phone-only, a phone-and-BSUID and a
-/// BSUID-only message of one person plan one contact.
+/// The people of a batch: contacts of messages, of contact-updating page
+/// changes and group participants, grouped by shared identifiers
+/// (union-find), so a phone-only, a phone-and-BSUID and a BSUID-only
+/// message of one person plan one contact.
 struct People {
     /// (tenant, channel, identity) → index into `people`.
     index: BTreeMap<(String, Channel, Identity), usize>,
@@ -353,8 +551,17 @@ impl People {
         let mut refs: Vec<(String, Channel, &ContactRef)> = Vec::new();
         for d in deliveries {
             for item in &d.items {
-                if let NormalizedItem::Message(m) = item {
-                    refs.push((d.event.tenant.clone(), m.channel, &m.contact));
+                match item {
+                    NormalizedItem::Message(m) => {
+                        refs.push((d.event.tenant.clone(), m.channel, &m.contact));
+                    }
+                    NormalizedItem::PageChange(c) => {
+                        let group = c.group.iter().flat_map(|g| g.joined.iter().chain(&g.left));
+                        for p in c.updated_contact().into_iter().chain(group) {
+                            refs.push((d.event.tenant.clone(), c.channel, p));
+                        }
+                    }
+                    NormalizedItem::Status(_) => {}
                 }
             }
         }
@@ -544,6 +751,114 @@ mod tests {
         ]);
         assert_eq!(plan.contacts.len(), 2);
         assert_eq!(plan.conversations.len(), 2);
+    }
+
+    #[test]
+    fn group_messages_plan_one_group_conversation_keyed_by_the_group() {
+        let plan = WritePlan::build(&[delivery("wa_group_message.json")]);
+        assert_eq!(plan.messages.len(), 2);
+        assert_eq!(plan.conversations.len(), 1, "one group conversation");
+        let conv = &plan.conversations[0];
+        let group = "Y2FwaV9ncm91cDoxNTU1MDAwOTk5OToxMjAzNjMwMDAwMDAwMDAwMDE=";
+        assert_eq!(conv.group_id.as_deref(), Some(group));
+        assert_eq!(conv.key.3 .2, group, "keyed by the group's own row");
+        let senders: Vec<&str> = plan.messages.iter().map(|m| m.sender.2.as_str()).collect();
+        assert_eq!(senders, ["15550001111", "15550002222"]);
+        assert!(plan.messages.iter().all(|m| m.conversation == conv.key));
+        assert_eq!(plan.participants.len(), 2, "participants = senders");
+        assert!(plan.participants.iter().all(|p| p.active));
+        let group_row = plan
+            .contacts
+            .iter()
+            .find(|c| c.key.2 == group)
+            .expect("group row");
+        assert_eq!(
+            group_row.identities,
+            vec![(IdentityKind::GroupId, group.to_owned())]
+        );
+        assert!(!group_row.active);
+    }
+
+    #[test]
+    fn group_changes_set_subject_and_participants_latest_first() {
+        let plan = WritePlan::build(&[
+            delivery("wa_group_settings.json"),
+            delivery("wa_group_lifecycle.json"),
+            delivery("wa_group_participants.json"),
+            delivery("wa_group_message.json"),
+        ]);
+        assert_eq!(plan.conversations.len(), 1);
+        let (subject, _) = plan.conversations[0].subject.clone().expect("subject");
+        assert_eq!(subject, "Kettle owners & friends", "the later change wins");
+        let state: Vec<(&str, bool)> = plan
+            .participants
+            .iter()
+            .map(|p| (p.contact.2.as_str(), p.active))
+            .collect();
+        assert!(state.contains(&("15550001111", true)));
+        assert!(
+            state.contains(&("15550002222", false)),
+            "Bruno left after writing"
+        );
+        assert!(state.contains(&("15550003333", true)), "Chidi joined");
+    }
+
+    #[test]
+    fn history_and_address_book_are_not_activity() {
+        let plan = WritePlan::build(&[
+            delivery("wa_history.json"),
+            delivery("wa_smb_app_state_sync.json"),
+        ]);
+        assert_eq!(plan.messages.len(), 3);
+        assert!(plan.messages.iter().all(|m| m.message.is_history()));
+        let gita: Vec<&ContactRow> = plan
+            .contacts
+            .iter()
+            .filter(|c| c.key.2 == "15550006666")
+            .collect();
+        assert_eq!(
+            gita.len(),
+            1,
+            "one person from history and the address book"
+        );
+        assert!(!gita[0].active);
+        assert_eq!(gita[0].name.as_deref(), Some("Gita Example"));
+        assert!(
+            !plan.contacts.iter().any(|c| c.key.2 == "15550007777"),
+            "a removed address-book entry creates no contact"
+        );
+    }
+
+    #[test]
+    fn user_id_update_links_the_old_and_new_bsuid_to_one_person() {
+        let plan = WritePlan::build(&[
+            delivery("wa_bsuid_user_id_only.json"),
+            delivery("wa_user_id_update.json"),
+        ]);
+        assert_eq!(plan.contacts.len(), 1, "{:?}", plan.contacts);
+        let c = &plan.contacts[0];
+        assert_eq!(
+            c.user_id.as_deref(),
+            Some("US.10000000000000000058"),
+            "moved"
+        );
+        assert!(c
+            .identities
+            .contains(&(IdentityKind::UserId, "US.10000000000000000055".to_owned())));
+        assert!(c.active, "the message made it active");
+    }
+
+    #[test]
+    fn unknown_statuses_are_history_only() {
+        let plan = WritePlan::build(&[
+            delivery("wa_status_read.json"),
+            delivery("wa_status_unknown.json"),
+        ]);
+        assert_eq!(plan.statuses.len(), 2);
+        assert_eq!(plan.current.len(), 1);
+        assert_eq!(plan.current[0].status, DeliveryStatus::Read);
+        let plan = WritePlan::build(&[delivery("wa_status_unknown.json")]);
+        assert!(plan.current.is_empty(), "never the current status");
     }
 
     #[test]

@@ -164,6 +164,11 @@ pub async fn start_gateway(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<RunningGateway, StartError> {
+    if !settings.is_prepared() {
+        return Err(StartError::Config(
+            "the default app has no secret yet: call Settings::prepare after loading".into(),
+        ));
+    }
     let settings = Arc::new(settings);
     // Install the recorder before the first metric (the mode gauge is set
     // while the acceptor starts, long before the router exists).

@@ -145,6 +145,7 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (C, "inlet_outbound_halts_total", Unit::Count, "Apps whose sending halted on an auth or account error, by class"),
     (H, "inlet_outbound_graph_seconds", Unit::Seconds, "Duration of one Graph API send call"),
     (H, "inlet_outbound_accept_seconds", Unit::Seconds, "Time from a command being stored to Meta accepting it"),
+    (H, "inlet_outbound_delivered_seconds", Unit::Seconds, "Time from Meta accepting a send to its first delivered (or read) status"),
     (G, "inlet_outbound_queued", Unit::Count, "Sends waiting (queued or claimed), by sender"),
     (G, "inlet_outbound_tokens", Unit::Count, "Tokens left in a sender's rate bucket, by sender"),
     (G, "inlet_outbound_halted", Unit::Count, "Apps whose sending is halted (1 per halted tenant)"),

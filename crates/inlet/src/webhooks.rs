@@ -20,7 +20,7 @@ use sha2::Sha256;
 use tokio::sync::RwLock;
 
 use crate::bus::{Handler, HandlerError};
-use crate::events::Event;
+use crate::events::{Event, Phase};
 use crate::store::events::Subscription;
 use crate::store::Store;
 
@@ -81,7 +81,10 @@ pub fn slack_message(event: &Event) -> serde_json::Value {
             field("channel"),
             field("direction"),
             field("message_type"),
-            crate::audit::mask_id(field("contact"))
+            match field("contact_display") {
+                "" => crate::audit::mask_id(field("contact")),
+                shown => shown.to_owned(),
+            }
         ),
         "message_status" => format!("{} {}", field("channel"), field("status")),
         "page_change" => format!("{} {} {}", field("channel"), field("field"), field("kind")),
@@ -91,8 +94,8 @@ pub fn slack_message(event: &Event) -> serde_json::Value {
     if let Some(e) = &event.error {
         detail.push_str(&format!(" — error: {e}"));
     }
-    let icon = match event.phase.as_str() {
-        "failed" => ":rotating_light:",
+    let icon = match event.phase {
+        Phase::Failed => ":rotating_light:",
         _ => ":incoming_envelope:",
     };
     json!({
@@ -262,7 +265,7 @@ impl Handler for WebhookHandler {
     }
 
     fn wants(&self, event: &Event) -> bool {
-        event.phase != "before"
+        event.phase != Phase::Before
     }
 
     // Idempotency is tracked per subscription inside `handle`.
@@ -297,6 +300,7 @@ impl Handler for WebhookHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Operation;
 
     #[test]
     fn standard_webhooks_reference_vector() {
@@ -336,8 +340,8 @@ mod tests {
     fn slack_messages_carry_no_text() {
         let e = Event::new(
             "message",
-            "after",
-            "create",
+            Phase::After,
+            Operation::Create,
             "k",
             "t",
             None,

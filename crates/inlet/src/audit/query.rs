@@ -4,12 +4,11 @@
 //! Every service appends to its own daily file (`gateway-…`, `worker-…`,
 //! `cli-…`), so one event's steps are spread over several files. This module
 //! merges them in time order, filters them, finds the traces of a provider
-//! message id through the `refs` hashes of `normalized` lines, follows the
-//! files as they grow, and formats lines for a terminal. It only reads.
+//! message id through the `refs` hashes of `normalized` lines, and follows
+//! the files as they grow. It only reads; the CLI formats what it returns.
 
 use std::collections::VecDeque;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -41,7 +40,7 @@ impl Filter {
         };
         (self.trace.is_none() || record.trace_id == self.trace)
             && listed(&self.stages, Some(&record.stage))
-            && listed(&self.sources, source_of(record))
+            && listed(&self.sources, record.webhook_source())
             && listed(&self.outcomes, Some(&record.outcome))
             && listed(&self.services, Some(&record.service))
     }
@@ -54,15 +53,6 @@ impl Filter {
             None => true,
         }
     }
-}
-
-/// The webhook source of a line: its `source` field, or the `source` extra
-/// of lines written before the delivery had one (rejections, handshakes).
-fn source_of(record: &AuditRecord) -> Option<&str> {
-    record
-        .source
-        .as_deref()
-        .or_else(|| record.extra.get("source").and_then(|v| v.as_str()))
 }
 
 /// An audit file and what its name says about it.
@@ -191,66 +181,6 @@ impl Trace {
     /// Microseconds from the first step to the last.
     pub fn total_us(&self) -> Option<i64> {
         self.steps.last().and_then(|s| self.offset_us(s))
-    }
-
-    /// Text rendering: a header, then one line per step with the time since
-    /// the first step and the step's own duration.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let first = self.steps.first();
-        let origin = first
-            .map(|f| {
-                format!(
-                    "{} / {}",
-                    source_of(f).unwrap_or("-"),
-                    f.tenant.as_deref().unwrap_or("-")
-                )
-            })
-            .unwrap_or_default();
-        let _ = writeln!(out, "trace {}  {origin}", self.trace_id);
-        let _ = writeln!(
-            out,
-            "  {:>10}  {:<27}  {:<7}  {:<13}  {:<12}  {:>9}  details",
-            "since", "time", "service", "stage", "outcome", "took"
-        );
-        for step in &self.steps {
-            let since = self
-                .offset_us(step)
-                .map(|us| format!("+{}", format_us(us.max(0).unsigned_abs())))
-                .unwrap_or_else(|| "?".into());
-            let _ = writeln!(
-                out,
-                "  {:>10}  {:<27}  {:<7}  {:<13}  {:<12}  {:>9}  {}",
-                since,
-                step.ts,
-                step.service,
-                step.stage,
-                step.outcome,
-                step.duration_us
-                    .map(format_us)
-                    .unwrap_or_else(|| "-".into()),
-                details(step)
-            );
-        }
-        let services: Vec<&str> = {
-            let mut seen = Vec::new();
-            for s in &self.steps {
-                if !seen.contains(&s.service.as_str()) {
-                    seen.push(s.service.as_str());
-                }
-            }
-            seen
-        };
-        let _ = writeln!(
-            out,
-            "  {} steps over {} ({})",
-            self.steps.len(),
-            self.total_us()
-                .map(|us| format_us(us.max(0).unsigned_abs()))
-                .unwrap_or_else(|| "?".into()),
-            services.join(", ")
-        );
-        out
     }
 }
 
@@ -482,60 +412,6 @@ pub fn tail(dir: &Path, filter: &Filter, n: usize) -> std::io::Result<Vec<AuditR
     Follower::at_end(dir)?.tail(filter, n)
 }
 
-/// A duration in microseconds for people: `850µs`, `12.3ms`, `1.204s`.
-pub fn format_us(us: u64) -> String {
-    if us < 1_000 {
-        format!("{us}µs")
-    } else if us < 1_000_000 {
-        format!("{:.1}ms", us as f64 / 1_000.0)
-    } else if us < 120_000_000 {
-        format!("{:.3}s", us as f64 / 1_000_000.0)
-    } else {
-        let s = us / 1_000_000;
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
-}
-
-/// `reason` and the extra fields as `key=value`, for the end of a line.
-fn details(record: &AuditRecord) -> String {
-    let mut parts = Vec::new();
-    if let Some(reason) = &record.reason {
-        parts.push(format!("reason={reason:?}"));
-    }
-    for (k, v) in &record.extra {
-        let v = match v {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        parts.push(format!("{k}={v}"));
-    }
-    parts.join(" ")
-}
-
-/// One line for `inlet audit tail`: time, service, stage, outcome, trace,
-/// source, duration, details.
-pub fn format_line(record: &AuditRecord) -> String {
-    format!(
-        "{:<27}  {:<7}  {:<13}  {:<12}  {:<36}  {:<9}  {:>9}  {}",
-        record.ts,
-        record.service,
-        record.stage,
-        record.outcome,
-        record
-            .trace_id
-            .map(|t| t.to_string())
-            .unwrap_or_else(|| "-".into()),
-        source_of(record).unwrap_or("-"),
-        record
-            .duration_us
-            .map(format_us)
-            .unwrap_or_else(|| "-".into()),
-        details(record)
-    )
-    .trim_end()
-    .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,12 +450,7 @@ mod tests {
         let stages: Vec<&str> = trace.steps.iter().map(|s| s.stage.as_str()).collect();
         assert_eq!(stages, ["received", "enqueued", "dequeued", "stored"]);
         assert_eq!(trace.offset_us(&trace.steps[3]), Some(400));
-        let text = trace.render();
-        assert!(text.contains("+400µs"), "{text}");
-        assert!(
-            text.contains("4 steps over 400µs (gateway, worker)"),
-            "{text}"
-        );
+        assert_eq!(trace.total_us(), Some(400));
     }
 
     #[test]
@@ -720,13 +591,5 @@ mod tests {
         let lines = tail(dir.path(), &Filter::default(), 10).unwrap();
         assert_eq!(lines.len(), 1);
         assert_eq!(trace(dir.path(), t).unwrap().steps.len(), 1);
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(format_us(850), "850µs");
-        assert_eq!(format_us(12_345), "12.3ms");
-        assert_eq!(format_us(1_204_000), "1.204s");
-        assert_eq!(format_us(600_000_000), "10m00s");
     }
 }

@@ -42,6 +42,7 @@ pub(super) struct RawOutbound {
     recovery_ms: u64,
     lease_ms: u64,
     unknown_deadline_ms: u64,
+    deferred_retry_ms: u64,
     unknown_policy_reply: String,
     unknown_policy_broadcast: String,
     window_margin_ms: u64,
@@ -135,6 +136,9 @@ pub struct OutboundSettings {
     pub lease: Duration,
     /// How long an `unknown` send waits for a status webhook.
     pub unknown_deadline: Duration,
+    /// How long a send Meta declined with 131049 (per-user marketing cap)
+    /// waits before its one more try.
+    pub deferred_retry: Duration,
     /// Policy for unsettled unknown replies (single messages).
     pub unknown_policy_reply: UnknownPolicy,
     /// Policy for unsettled unknown broadcast sends.
@@ -274,6 +278,10 @@ impl RawOutbound {
             backoff_cap: ms(self.backoff_cap_ms),
             lease: ms(positive("outbound.lease_ms", self.lease_ms)?),
             unknown_deadline: ms(self.unknown_deadline_ms),
+            deferred_retry: ms(positive(
+                "outbound.deferred_retry_ms",
+                self.deferred_retry_ms,
+            )?),
             unknown_policy_reply: UnknownPolicy::parse(
                 "outbound.unknown_policy_reply",
                 &self.unknown_policy_reply,

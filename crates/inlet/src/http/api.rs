@@ -28,7 +28,10 @@
 //! wrong token), 404 `api_disabled` (no token configured), 404 `not_found`,
 //! 400 `bad_request`, 503 `store_unavailable` (a miss while the database is
 //! down), 503 `dlq_unavailable` (Redis or the store failed while reading the
-//! DLQ), 503 `replay_failed` (the letter is kept).
+//! DLQ), 422 `replay_rejected` (processing refused the replayed event again),
+//! 409 `conflict` (the send is no longer dead-lettered), 503 `replay_failed`
+//! (Redis or the store failed; in each case the letter is kept). A malformed
+//! query parameter is a 400 `bad_request` too.
 
 use std::time::SystemTime;
 
@@ -44,7 +47,8 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use crate::cache::{CacheError, CacheKey};
-use crate::dlq::{Dlq, DlqError, DlqId, DlqItem, DlqView};
+use crate::dlq::{Dlq, DlqError, DlqId, DlqItem, DlqView, ReplayError};
+use crate::events::Phase;
 
 /// The `/api` routes, behind the bearer-token check.
 pub fn routes(state: AppState) -> Router<AppState> {
@@ -89,6 +93,32 @@ pub fn routes(state: AppState) -> Router<AppState> {
 /// A JSON error response.
 pub fn error(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
     (status, Json(json!({"code": code, "detail": detail.into()}))).into_response()
+}
+
+/// `axum::extract::Query` whose rejection is the API's JSON error (400
+/// `bad_request`) rather than axum's plain text.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(q)) => Ok(ApiQuery(q)),
+            Err(rejection) => Err(error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                rejection.body_text(),
+            )),
+        }
+    }
 }
 
 async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -145,6 +175,7 @@ async fn conversations(State(state): State<AppState>, headers: HeaderMap) -> Res
 #[utoipa::path(get, path = "/api/conversations/{id}/messages", tag = "read", params(("id" = i64, Path, description = "conversation id")),
     responses((status = 200, description = "conversations/{id}.json (cache document; ETag, X-Inlet-Cache)", content_type = "application/json"),
         (status = 304, description = "If-None-Match matched"),
+        (status = 400, description = "not a conversation id", body = ApiError),
         (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
         (status = 503, description = "not cached and the store is unreachable", body = ApiError)),
     security(("bearer" = [])))]
@@ -201,12 +232,13 @@ fn no_store() -> Response {
 #[utoipa::path(get, path = "/api/events/stats", tag = "events",
     params(("days" = Option<u32>, Query, description = "days back, 1..=366, default 7")),
     responses((status = 200, description = "event counts per type per day", content_type = "application/json"),
+        (status = 400, description = "a malformed query parameter", body = ApiError),
         (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
         (status = 503, description = "store unavailable", body = ApiError)),
     security(("bearer" = [])))]
 async fn event_stats(
     State(state): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Response {
     let Some(store) = state.cache.as_ref().map(|c| c.store()) else {
         return no_store();
@@ -229,12 +261,13 @@ async fn event_stats(
 #[utoipa::path(get, path = "/api/events/failed", tag = "events",
     params(("limit" = Option<i64>, Query, description = "1..=1000, default 50")),
     responses((status = 200, description = "failed write events and handler failures", content_type = "application/json"),
+        (status = 400, description = "a malformed query parameter", body = ApiError),
         (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
         (status = 503, description = "store unavailable", body = ApiError)),
     security(("bearer" = [])))]
 async fn events_failed(
     State(state): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Response {
     let Some(store) = state.cache.as_ref().map(|c| c.store()) else {
         return no_store();
@@ -242,7 +275,7 @@ async fn events_failed(
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let log = store.event_log();
     let failed = log
-        .logged_events(None, None, Some("failed"), 0, limit)
+        .logged_events(None, None, Some(Phase::Failed), 0, limit)
         .await;
     let handlers = log.handler_failures(limit).await;
     match (failed, handlers) {
@@ -409,13 +442,11 @@ async fn find_letter(dlq: &Dlq, raw: &str) -> Result<DlqItem, LetterError> {
     params(("limit" = Option<usize>, Query, description = "per place, 1..=1000, default 50"),
         ("body" = Option<bool>, Query, description = "include raw bodies")),
     responses((status = 200, description = "dead letters, oldest first", body = DlqList),
+        (status = 400, description = "a malformed query parameter", body = ApiError),
         (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
         (status = 503, description = "Redis or the store failed", body = ApiError)),
     security(("bearer" = [])))]
-async fn dlq_list(
-    State(state): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<DlqQuery>,
-) -> Response {
+async fn dlq_list(State(state): State<AppState>, ApiQuery(q): ApiQuery<DlqQuery>) -> Response {
     let dlq = dlq_of(&state).await;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let (items, len) = match (dlq.list(limit).await, dlq.len().await) {
@@ -439,14 +470,14 @@ async fn dlq_list(
     params(("id" = String, Path, description = "stream entry id (1700000000000-0), db-N or out-ID (outbound send)"),
         ("body" = Option<bool>, Query, description = "include the raw body")),
     responses((status = 200, description = "one dead letter", body = DlqView),
-        (status = 400, description = "not a dead-letter id", body = ApiError),
+        (status = 400, description = "not a dead-letter id, or a malformed query parameter", body = ApiError),
         (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
         (status = 503, description = "Redis or the store failed", body = ApiError)),
     security(("bearer" = [])))]
 async fn dlq_show(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<DlqQuery>,
+    ApiQuery(q): ApiQuery<DlqQuery>,
 ) -> Response {
     let dlq = dlq_of(&state).await;
     match find_letter(&dlq, &id).await {
@@ -460,6 +491,8 @@ async fn dlq_show(
     responses((status = 200, description = "replayed; the letter is removed", body = Replayed),
         (status = 400, description = "not a dead-letter id", body = ApiError),
         (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),
+        (status = 409, description = "the outbound send is no longer dead-lettered", body = ApiError),
+        (status = 422, description = "processing rejected the event again (not JSON, not Meta's shape); the letter is kept", body = ApiError),
         (status = 503, description = "the replay failed (the letter is kept) or Redis/the store failed", body = ApiError)),
     security(("bearer" = [])))]
 async fn dlq_replay(State(state): State<AppState>, Path(id): Path<String>) -> Response {
@@ -474,6 +507,19 @@ async fn dlq_replay(State(state): State<AppState>, Path(id): Path<String>) -> Re
             trace_id: item.letter.event.trace_id,
         })
         .into_response(),
+        Err(e @ DlqError::Replay(_, ReplayError::Dead { .. })) => {
+            // Processing refused the event again (not JSON, not Meta's
+            // shape): retrying cannot help, so this is no server error.
+            tracing::info!(error = %e, "DLQ replay rejected");
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "replay_rejected",
+                format!("{e}; the dead letter is kept"),
+            )
+        }
+        Err(e @ DlqError::Replay(_, ReplayError::NotDead(_))) => {
+            error(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
         Err(e @ DlqError::Replay(..)) => {
             tracing::warn!(error = %e, "DLQ replay failed");
             error(

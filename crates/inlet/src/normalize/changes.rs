@@ -43,6 +43,7 @@ fn leadgen(ctx: &EntryCtx, value: &Value) -> NormalizedItem {
         text: None,
         occurred_at: ctx.at(secs_at(value, "created_time")),
         value: value.clone(),
+        group: None,
     })
 }
 
@@ -76,6 +77,7 @@ fn feed(ctx: &EntryCtx, value: &Value) -> NormalizedItem {
         text: text_at(value, "message"),
         occurred_at: ctx.at(secs_at(value, "created_time")),
         value: value.clone(),
+        group: None,
     })
 }
 

@@ -137,6 +137,7 @@ impl Event<'_> {
             conversation: None,
             pricing: None,
             callback_data: None,
+            raw_status: None,
         })
     }
 }

@@ -370,7 +370,17 @@ fn string_at(value: &Value, key: &str) -> Option<String> {
 
 /// An id field: like [`string_at`], but an empty (or blank) string is missing.
 fn id_at(value: &Value, key: &str) -> Option<String> {
-    string_at(value, key).filter(|s| !s.trim().is_empty())
+    value.get(key).and_then(id_of)
+}
+
+/// An id value: a non-blank JSON string, or a number rendered as a string.
+fn id_of(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+    .filter(|s| !s.trim().is_empty())
 }
 
 /// A non-empty text field (string or number).
@@ -550,6 +560,7 @@ impl EntryCtx {
             text: None,
             occurred_at: self.at(at),
             value,
+            group: None,
         })
     }
 }

@@ -305,3 +305,158 @@ proptest! {
         prop_assert!(same_verdict(&bytes));
     }
 }
+
+/// The sender identifiers of a WhatsApp message.
+const SENDER_IDS: [&str; 3] = ["from", "from_user_id", "from_parent_user_id"];
+/// The identifiers of a `contacts[]` entry.
+const CONTACT_IDS: [&str; 3] = ["wa_id", "user_id", "parent_user_id"];
+
+/// One random edit of a message's identifiers: which sender fields to
+/// strip (bit mask; one present field is always kept), whether to swap
+/// `from` and `from_user_id`, which `contacts[]` identifiers to strip.
+#[derive(Debug, Clone, Copy)]
+struct IdEdit {
+    strip: u8,
+    swap: bool,
+    strip_contact: u8,
+}
+
+fn arb_id_edit() -> impl Strategy<Value = IdEdit> {
+    (any::<u8>(), any::<bool>(), any::<u8>()).prop_map(|(strip, swap, strip_contact)| IdEdit {
+        strip,
+        swap,
+        strip_contact,
+    })
+}
+
+/// Applies `edit` to one message object, keeping at least one sender
+/// identifier of its own.
+fn edit_sender(m: &mut serde_json::Map<String, Value>, edit: IdEdit) {
+    if edit.swap {
+        let from = m.remove("from");
+        let user = m.remove("from_user_id");
+        if let Some(v) = user {
+            m.insert("from".into(), v);
+        }
+        if let Some(v) = from {
+            m.insert("from_user_id".into(), v);
+        }
+    }
+    let present: Vec<&str> = SENDER_IDS
+        .iter()
+        .copied()
+        .filter(|k| m.get(*k).is_some())
+        .collect();
+    let Some(keep) = present
+        .get(usize::from(edit.strip) % present.len().max(1))
+        .copied()
+    else {
+        return;
+    };
+    for (bit, key) in SENDER_IDS.iter().enumerate() {
+        if *key != keep && edit.strip & (1 << bit) != 0 {
+            m.remove(*key);
+        }
+    }
+}
+
+/// Every message-like and status item of a WhatsApp body, edited in turn
+/// with `edits` (cycled): `messages[]` senders and `contacts[]` entries,
+/// history messages (`from`, the thread id stays), statuses' recipient
+/// fields.
+fn edit_identifiers(root: &mut Value, edits: &[IdEdit]) {
+    let mut n = 0usize;
+    let mut next = || {
+        let e = edits[n % edits.len()];
+        n += 1;
+        e
+    };
+    for entry in root["entry"].as_array_mut().into_iter().flatten() {
+        for change in entry["changes"].as_array_mut().into_iter().flatten() {
+            let value = &mut change["value"];
+            for msg in value["messages"].as_array_mut().into_iter().flatten() {
+                if let Value::Object(m) = msg {
+                    edit_sender(m, next());
+                }
+            }
+            for contact in value["contacts"].as_array_mut().into_iter().flatten() {
+                let edit = next();
+                if let Value::Object(c) = contact {
+                    for (bit, key) in CONTACT_IDS.iter().enumerate() {
+                        if edit.strip_contact & (1 << bit) != 0 {
+                            c.remove(*key);
+                        }
+                    }
+                    if edit.strip_contact & 8 != 0 {
+                        if let Some(Value::Object(p)) = c.get_mut("profile") {
+                            p.remove("username");
+                        }
+                    }
+                }
+            }
+            for st in value["statuses"].as_array_mut().into_iter().flatten() {
+                let edit = next();
+                if let Value::Object(s) = st {
+                    for (bit, key) in [
+                        "recipient_id",
+                        "recipient_user_id",
+                        "recipient_parent_user_id",
+                    ]
+                    .iter()
+                    .enumerate()
+                    {
+                        if edit.strip & (1 << bit) != 0 {
+                            s.remove(*key);
+                        }
+                    }
+                }
+            }
+            for chunk in value["history"].as_array_mut().into_iter().flatten() {
+                for thread in chunk["threads"].as_array_mut().into_iter().flatten() {
+                    for msg in thread["messages"].as_array_mut().into_iter().flatten() {
+                        let edit = next();
+                        if let (Value::Object(m), true) = (msg, edit.swap) {
+                            m.remove("from");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn whatsapp_fixtures() -> Vec<(&'static str, &'static [u8])> {
+    FIXTURES
+        .iter()
+        .copied()
+        .filter(|(name, _)| name.starts_with("wa_"))
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Stripping or swapping identifier fields of every WhatsApp fixture
+    /// (as long as a message keeps one identifier of its own) never turns
+    /// a message or a status into anything else.
+    #[test]
+    fn stripped_or_swapped_identifiers_never_unmake_a_message(
+        fixture in select(whatsapp_fixtures()),
+        edits in prop::collection::vec(arb_id_edit(), 1..8),
+    ) {
+        use crate::model::NormalizedItem;
+        let (name, bytes) = fixture;
+        let count = |items: &[NormalizedItem]| {
+            (
+                items.iter().filter(|i| matches!(i, NormalizedItem::Message(_))).count(),
+                items.iter().filter(|i| matches!(i, NormalizedItem::Status(_))).count(),
+            )
+        };
+        let original = count(&normalize(bytes).unwrap_or_default());
+        let mut root: Value = serde_json::from_slice(bytes).unwrap_or_default();
+        edit_identifiers(&mut root, &edits);
+        let edited = normalize(&serde_json::to_vec(&root).unwrap_or_default());
+        prop_assert!(edited.is_ok(), "{}", name);
+        prop_assert_eq!(count(&edited.unwrap_or_default()), original, "{}: {:?}", name, edits);
+    }
+}

@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 
 use super::{check_shape, normalize, NormalizeError};
 use crate::model::{
-    Channel, DeliveryStatus, Direction, NormalizedItem, NormalizedMessage, PageChange, StatusUpdate,
+    Channel, DeliveryStatus, Direction, IdentityKind, NormalizedItem, NormalizedMessage,
+    PageChange, StatusUpdate,
 };
 
 macro_rules! fixture {
@@ -46,25 +47,38 @@ pub(super) const FIXTURES: &[(&str, &[u8])] = &[
     fixture!("wa_bsuid_status_read"),
     fixture!("wa_bsuid_user_changed_user_id"),
     fixture!("wa_bsuid_user_id_only"),
+    fixture!("wa_business_username_update"),
     fixture!("wa_button"),
     fixture!("wa_contacts"),
     fixture!("wa_document"),
+    fixture!("wa_group_lifecycle"),
+    fixture!("wa_group_message"),
+    fixture!("wa_group_participants"),
+    fixture!("wa_group_settings"),
+    fixture!("wa_group_status"),
+    fixture!("wa_group_status_update"),
+    fixture!("wa_history"),
+    fixture!("wa_history_declined"),
     fixture!("wa_image"),
     fixture!("wa_interactive_button_reply"),
     fixture!("wa_interactive_list_reply"),
     fixture!("wa_location"),
     fixture!("wa_order"),
     fixture!("wa_reaction"),
+    fixture!("wa_smb_app_state_sync"),
     fixture!("wa_smb_echo"),
     fixture!("wa_status_delivered"),
     fixture!("wa_status_failed"),
     fixture!("wa_status_read"),
     fixture!("wa_status_sent"),
+    fixture!("wa_status_unknown"),
     fixture!("wa_sticker"),
     fixture!("wa_system"),
     fixture!("wa_text"),
     fixture!("wa_text_with_referral"),
     fixture!("wa_unsupported"),
+    fixture!("wa_user_id_update"),
+    fixture!("wa_user_preferences"),
     fixture!("wa_video"),
 ];
 
@@ -921,9 +935,9 @@ fn bad_parts_do_not_drop_good_items() {
             "page_change", // template status update
             "page_change", // message without id
             "message",
-            "message",     // text not an object → unsupported
-            "message",     // unknown type → unsupported
-            "page_change", // unknown status
+            "message", // text not an object → unsupported
+            "message", // unknown type → unsupported
+            "status",  // unknown status, kept as such
             "status",
         ]
     );
@@ -949,7 +963,9 @@ fn bad_parts_do_not_drop_good_items() {
         "no timestamp, no entry time"
     );
     assert_eq!(message(&items[6]).message_type, "unsupported");
-    assert_eq!(change(&items[7]).field, "statuses");
+    assert_eq!(message(&items[6]).details["type"], "new_thing");
+    assert_eq!(status(&items[7]).status, DeliveryStatus::Unknown);
+    assert_eq!(status(&items[7]).status_name(), "deleted");
     let s = status(&items[8]);
     assert_eq!(s.errors.len(), 1);
     assert_eq!(s.errors[0].code, 131_000);
@@ -1173,7 +1189,7 @@ fn wa_user_changed_user_id_moves_the_contact_to_the_new_bsuid() {
     );
     assert_eq!(m.contact.former_user_id.as_deref(), Some(ELIF_BSUID));
     let ids = m.contact.identities();
-    assert!(ids.contains(&(crate::model::IdentityKind::UserId, ELIF_BSUID.to_owned())));
+    assert!(ids.contains(&(IdentityKind::UserId, ELIF_BSUID.to_owned())));
 }
 
 #[test]
@@ -1186,4 +1202,208 @@ fn wa_smb_echo_is_an_outbound_message_sent_from_the_app() {
         Some("Welcome! We open at 10 on Sundays.")
     );
     assert_eq!(m.details["sent_from"], "business_app");
+}
+
+// ---------------------------------------------------------------------------
+// WhatsApp 2026: coexistence, BSUID updates, groups, unknown statuses
+
+const GITA: &str = "15550006666";
+const GROUP: &str = "Y2FwaV9ncm91cDoxNTU1MDAwOTk5OToxMjAzNjMwMDAwMDAwMDAwMDE=";
+
+#[test]
+fn wa_history_imports_past_messages_marked_as_history() {
+    let items = items("wa_history");
+    assert_eq!(items.len(), 3);
+    let inbound = message(&items[0]);
+    assert_eq!(inbound.direction, Direction::Inbound);
+    assert_eq!(inbound.contact.external_id, GITA);
+    assert_eq!(
+        inbound.text.as_deref(),
+        Some("Do you deliver on Saturdays?")
+    );
+    assert_eq!(inbound.sent_at, secs(1_795_161_600), "original time");
+    assert!(inbound.is_history());
+    assert_eq!(inbound.details["history_status"], "read");
+    assert_eq!(inbound.details["history_phase"], 0);
+    let reply = message(&items[1]);
+    assert_eq!(reply.direction, Direction::Outbound, "from the business");
+    assert_eq!(reply.contact.external_id, GITA, "the thread's customer");
+    assert!(reply.is_history());
+    let placeholder = message(&items[2]);
+    assert_eq!(placeholder.message_type, "unsupported");
+    assert_eq!(
+        placeholder.details["type"], "media_placeholder",
+        "Meta's type kept"
+    );
+    assert_eq!(
+        placeholder.details["raw"]["id"],
+        json!(placeholder.provider_message_id)
+    );
+    assert!(placeholder.is_history());
+}
+
+#[test]
+fn history_messages_from_the_business_are_outbound_without_a_to() {
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "changes": [{
+    "field": "history", "value": {
+        "metadata": {"display_phone_number": "+1 555-000-9999", "phone_number_id": PHONE_ID},
+        "history": [{"metadata": {"phase": 1}, "threads": [{"id": GITA, "messages": [
+            {"from": "15550009999", "id": "wamid.H1", "timestamp": "1795161600",
+             "type": "text", "text": {"body": "From the shop"}},
+            {"id": "wamid.H2", "timestamp": "1795161660", "type": "text",
+             "text": {"body": "No sender field"}}
+        ]}]}]}}]}]});
+    let items = normalize(&serde_json::to_vec(&body).expect("ser")).expect("ok");
+    let shop = message(&items[0]);
+    assert_eq!(shop.direction, Direction::Outbound);
+    assert_eq!(shop.contact.external_id, GITA);
+    let bare = message(&items[1]);
+    assert_eq!(bare.direction, Direction::Inbound, "the thread's user");
+    assert_eq!(bare.contact.external_id, GITA);
+}
+
+#[test]
+fn wa_history_declined_is_a_typed_change() {
+    let c = change(&only("wa_history_declined")).clone();
+    assert_eq!((c.field.as_str(), c.kind.as_str()), ("history", "history"));
+    assert_eq!(c.verb.as_deref(), Some("declined"));
+}
+
+#[test]
+fn wa_smb_app_state_sync_updates_contacts() {
+    let items = items("wa_smb_app_state_sync");
+    assert_eq!(items.len(), 2);
+    let added = change(&items[0]);
+    assert_eq!(
+        (added.kind.as_str(), added.verb.as_deref()),
+        ("contact", Some("add"))
+    );
+    let person = added.updated_contact().expect("an add updates the contact");
+    assert_eq!(person.wa_id.as_deref(), Some(GITA));
+    assert_eq!(person.name.as_deref(), Some("Gita Example"));
+    let removed = change(&items[1]);
+    assert_eq!(removed.verb.as_deref(), Some("remove"));
+    assert_eq!(
+        removed.updated_contact(),
+        None,
+        "a removal keeps the contact as it is"
+    );
+    assert_eq!(
+        removed.from.as_ref().map(|f| f.external_id.as_str()),
+        Some("15550007777")
+    );
+}
+
+#[test]
+fn wa_user_id_update_moves_the_contact_to_the_new_bsuid() {
+    let c = change(&only("wa_user_id_update")).clone();
+    assert_eq!(c.kind, "user_id_update");
+    let person = c.updated_contact().expect("updates the contact");
+    assert_eq!(person.user_id.as_deref(), Some("US.10000000000000000058"));
+    assert_eq!(person.former_user_id.as_deref(), Some(ELIF_BSUID));
+    assert_eq!(person.parent_user_id.as_deref(), Some(ELIF_PARENT));
+    assert!(person
+        .identities()
+        .contains(&(IdentityKind::UserId, ELIF_BSUID.to_owned())));
+}
+
+#[test]
+fn wa_business_username_and_user_preferences_are_typed_changes() {
+    let c = change(&only("wa_business_username_update")).clone();
+    assert_eq!(c.field, "business_username_updates");
+    assert_eq!(c.kind, "business_username");
+    assert_eq!(c.verb.as_deref(), Some("approved"));
+    assert_eq!(c.text.as_deref(), Some("kettle.shop"));
+    let p = change(&only("wa_user_preferences")).clone();
+    assert_eq!(p.kind, "user_preference");
+    assert_eq!(p.verb.as_deref(), Some("stop"));
+    assert_eq!(p.from.as_ref().and_then(|f| f.wa_id.as_deref()), Some(ANA));
+    assert_eq!(
+        p.from.as_ref().and_then(|f| f.name.as_deref()),
+        Some("Ana Testerman")
+    );
+    assert_eq!(p.updated_contact(), None);
+}
+
+#[test]
+fn wa_group_messages_name_their_group_and_sender() {
+    let items = items("wa_group_message");
+    assert_eq!(items.len(), 2);
+    for (item, sender, name) in [
+        (&items[0], ANA, "Ana Testerman"),
+        (&items[1], "15550002222", "Bruno Fakeman"),
+    ] {
+        let m = message(item);
+        assert_eq!(m.group_id(), Some(GROUP));
+        assert_eq!(m.contact.wa_id.as_deref(), Some(sender));
+        assert_eq!(m.contact.name.as_deref(), Some(name));
+    }
+}
+
+#[test]
+fn wa_group_webhooks_are_typed_changes_with_subject_and_participants() {
+    let created = change(&only("wa_group_lifecycle")).clone();
+    assert_eq!(
+        (created.kind.as_str(), created.verb.as_deref()),
+        ("group_lifecycle", Some("group_create"))
+    );
+    let g = created.group.expect("a group change");
+    assert_eq!(
+        (g.group_id.as_str(), g.business_id.as_str()),
+        (GROUP, PHONE_ID)
+    );
+    assert_eq!(g.subject.as_deref(), Some("Kettle owners club"));
+
+    let items = items("wa_group_participants");
+    let added = change(&items[0]).group.clone().expect("group");
+    assert_eq!(added.joined.len(), 1);
+    assert_eq!(added.joined[0].wa_id.as_deref(), Some("15550003333"));
+    let left = change(&items[1]).group.clone().expect("group");
+    assert_eq!(left.left[0].wa_id.as_deref(), Some("15550002222"));
+    assert_eq!(change(&items[1]).kind, "group_participants");
+
+    let settings = change(&only("wa_group_settings")).clone();
+    assert_eq!(settings.kind, "group_settings");
+    assert_eq!(
+        settings.group.and_then(|g| g.subject).as_deref(),
+        Some("Kettle owners & friends")
+    );
+    let status = change(&only("wa_group_status_update")).clone();
+    assert_eq!(
+        (status.kind.as_str(), status.verb.as_deref()),
+        ("group_status", Some("group_suspend"))
+    );
+}
+
+#[test]
+fn a_failed_subject_update_sets_no_subject() {
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "changes": [{
+        "field": "group_settings_update", "value": {"metadata": {"phone_number_id": PHONE_ID},
+        "groups": [{"group_id": "G1", "type": "group_settings_update", "timestamp": "1795164600",
+            "group_subject": {"text": "Nope", "update_successful": false}}]}}]}]});
+    let items = normalize(&serde_json::to_vec(&body).expect("ser")).expect("ok");
+    assert_eq!(
+        change(&items[0]).group.as_ref().map(|g| g.subject.clone()),
+        Some(None)
+    );
+}
+
+#[test]
+fn wa_group_statuses_are_per_message_and_name_the_group() {
+    let items = items("wa_group_status");
+    assert_eq!(items.len(), 2);
+    let s = status(&items[0]);
+    assert_eq!(s.status, DeliveryStatus::Delivered);
+    assert_eq!(s.contact.external_id, GROUP);
+    assert_eq!(s.contact.wa_id, None, "a group id is not a phone number");
+    assert_ne!(s.provider_message_id, status(&items[1]).provider_message_id);
+}
+
+#[test]
+fn unknown_status_names_are_kept_as_unknown_statuses() {
+    let s = status(&only("wa_status_unknown")).clone();
+    assert_eq!(s.status, DeliveryStatus::Unknown);
+    assert_eq!(s.raw_status.as_deref(), Some("deleted"));
+    assert_eq!(s.status_name(), "deleted");
+    assert!(only("wa_status_unknown").identity().contains("/deleted/"));
 }

@@ -1,6 +1,7 @@
 //! Rate arithmetic of the sender, shared by the in-process limiter and the
-//! Redis one (whose Lua script is the same arithmetic, line for line, so N
-//! workers together never exceed the rate: the Redis limiter, not built yet).
+//! Redis one (`sender::limiter`, whose Lua script is the same arithmetic,
+//! line for line, so N workers together never exceed the rate; a test in
+//! `tests/outbound.rs` checks that both answer a long sequence alike).
 //!
 //! - [`Bucket`]: a token bucket per sending number / page (`rate` tokens per
 //!   second, at most `burst` stored): in any window of `t` seconds at most

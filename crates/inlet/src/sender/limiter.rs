@@ -124,7 +124,26 @@ impl LocalLimiter {
         grant
     }
 
-    fn throttled_at(&self, sender: &str, pause_ms: i64, now: i64) {
+    /// [`SendLimiter::tokens`] at an explicit time (tests).
+    pub fn tokens_at(&self, sender: &str, now: i64) -> Option<f64> {
+        let senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
+        senders.get(sender).map(|s| {
+            let factor = s.slowdown.factor_at(now, self.limits.recovery_ms);
+            s.bucket
+                .available(now, self.limits.rate * factor, self.limits.burst)
+        })
+    }
+
+    /// [`SendLimiter::pair_throttled`] at an explicit time (tests).
+    pub fn pair_throttled_at(&self, sender: &str, recipient: &str, backoff_ms: i64, now: i64) {
+        let mut pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (sender.to_string(), recipient.to_string());
+        let pacer = pairs.get(&key).copied().unwrap_or(Pacer { tat_ms: 0 });
+        pairs.insert(key, pacer.push_back(now, backoff_ms));
+    }
+
+    /// [`SendLimiter::throttled`] at an explicit time (tests).
+    pub fn throttled_at(&self, sender: &str, pause_ms: i64, now: i64) {
         let mut senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
         let s = self.sender_state(&mut senders, sender, now);
         let state = LimiterState {
@@ -176,24 +195,14 @@ impl SendLimiter for LocalLimiter {
     ) -> BoxFuture<'a, Result<(), LimiterError>> {
         let now = self.now();
         Box::pin(async move {
-            let mut pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
-            let key = (sender.to_string(), recipient.to_string());
-            let pacer = pairs.get(&key).copied().unwrap_or(Pacer { tat_ms: 0 });
-            pairs.insert(key, pacer.push_back(now, backoff_ms));
+            self.pair_throttled_at(sender, recipient, backoff_ms, now);
             Ok(())
         })
     }
 
     fn tokens<'a>(&'a self, sender: &'a str) -> BoxFuture<'a, Result<Option<f64>, LimiterError>> {
         let now = self.now();
-        Box::pin(async move {
-            let senders = self.senders.lock().unwrap_or_else(|p| p.into_inner());
-            Ok(senders.get(sender).map(|s| {
-                let factor = s.slowdown.factor_at(now, self.limits.recovery_ms);
-                s.bucket
-                    .available(now, self.limits.rate * factor, self.limits.burst)
-            }))
-        })
+        Box::pin(async move { Ok(self.tokens_at(sender, now)) })
     }
 }
 
@@ -201,7 +210,7 @@ impl SendLimiter for LocalLimiter {
 /// acquisition is atomic across all sender processes, on Redis's clock
 /// (`TIME`). The script is the arithmetic of [`crate::outbound::rate`] line
 /// for line (bucket refill, GCRA pacer, throttle slowdown); a test compares
-/// the two on the same sequence of calls. Both keys of one sender carry the
+/// the two on the same sequence of calls (`tests/outbound.rs`). Both keys of one sender carry the
 /// sender in a `{…}` hash tag (one Redis Cluster slot); the recipient is
 /// hashed, so no phone number or BSUID appears in a key. Keys expire when
 /// idle.
@@ -377,6 +386,28 @@ impl RedisLimiter {
     }
 }
 
+impl RedisLimiter {
+    /// [`SendLimiter::pair_throttled`] at an explicit time (tests) or now (0).
+    pub async fn pair_throttled_at(
+        &self,
+        sender: &str,
+        recipient: &str,
+        backoff_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), LimiterError> {
+        let _: i64 = self
+            .call("pair", sender, recipient, backoff_ms, now_ms)
+            .await?;
+        Ok(())
+    }
+
+    /// [`SendLimiter::tokens`] at an explicit time (tests) or now (0).
+    pub async fn tokens_at(&self, sender: &str, now_ms: i64) -> Result<Option<f64>, LimiterError> {
+        let v: Option<String> = self.call("tokens", sender, "", 0, now_ms).await?;
+        Ok(v.and_then(|s| s.parse().ok()))
+    }
+}
+
 impl SendLimiter for RedisLimiter {
     fn acquire<'a>(
         &'a self,
@@ -401,17 +432,11 @@ impl SendLimiter for RedisLimiter {
         recipient: &'a str,
         backoff_ms: i64,
     ) -> BoxFuture<'a, Result<(), LimiterError>> {
-        Box::pin(async move {
-            let _: i64 = self.call("pair", sender, recipient, backoff_ms, 0).await?;
-            Ok(())
-        })
+        Box::pin(self.pair_throttled_at(sender, recipient, backoff_ms, 0))
     }
 
     fn tokens<'a>(&'a self, sender: &'a str) -> BoxFuture<'a, Result<Option<f64>, LimiterError>> {
-        Box::pin(async move {
-            let v: Option<String> = self.call("tokens", sender, "", 0, 0).await?;
-            Ok(v.and_then(|s| s.parse().ok()))
-        })
+        Box::pin(self.tokens_at(sender, 0))
     }
 }
 

@@ -11,7 +11,8 @@
 //!   processes), sends them concurrently, and records: accepted (with the
 //!   timeline message), requeued (throttle, pacing, transient error with
 //!   jittered backoff), final (permanent error, window closed, retries
-//!   exhausted) or unknown (answer lost). Housekeeping turns sends orphaned
+//!   exhausted), deferred (131049: set aside once, out of the recipient's
+//!   queue) or unknown (answer lost). Housekeeping turns sends orphaned
 //!   by a dead process into `unknown`, settles unknowns from status
 //!   webhooks or by policy, finishes broadcasts, and lifts an app's halt
 //!   once its token changed.
@@ -508,6 +509,27 @@ impl Sender {
                     .await?;
                 Ok(())
             }
+            // 131049 (per-user marketing cap): Meta's advice is not to
+            // retry soon. Set aside once for `deferred_retry`, out of the
+            // recipient's queue; a second 131049 is final.
+            ErrorClass::RecipientDeferred
+                if row.error_class.as_deref() != Some(ErrorClass::RecipientDeferred.as_str()) =>
+            {
+                let retry = self.settings.outbound.deferred_retry;
+                let finish = Finish::Defer {
+                    due_ms: now_ms() + retry.as_millis() as i64,
+                    error_class: class.as_str().into(),
+                    error,
+                };
+                if out.finish(&row.id, &self.owner, &finish).await? {
+                    metrics::counter!("inlet_outbound_sends_total", "outcome" => "deferred", "class" => class.as_str()).increment(1);
+                    self.audit(row, "deferred", |r| {
+                        r.reason(class.as_str())
+                            .with("retry_in_ms", retry.as_millis() as u64)
+                    });
+                }
+                Ok(())
+            }
             ErrorClass::Transient => self.transient(row, class, error).await,
             ErrorClass::NeedsTemplate => {
                 self.final_failure(row, state::NEEDS_TEMPLATE, class, error)
@@ -534,6 +556,10 @@ impl Sender {
                 "sends in flight of a stopped sender are now unknown"
             );
         }
+        let released = out.release_deferred(now).await?;
+        if released > 0 {
+            tracing::info!(released, "deferred sends queued again");
+        }
         let (settled, resent, failed) = out
             .settle_unknown(
                 now,
@@ -544,6 +570,12 @@ impl Sender {
             .await?;
         if settled + resent + failed > 0 {
             tracing::info!(settled, resent, failed, "unknown sends settled");
+        }
+        // Accepted → delivered latency, once per send, from the status
+        // webhooks joined back to it.
+        for d in out.record_deliveries(1000).await? {
+            let latency = (d.delivered_ms - d.accepted_ms).max(0) as f64 / 1000.0;
+            metrics::histogram!("inlet_outbound_delivered_seconds").record(latency);
         }
         out.finish_broadcasts(now).await?;
         let stats = out.outbound_stats().await?;

@@ -11,7 +11,7 @@ use sqlx::{QueryBuilder, Row};
 
 use super::sql::{classify, for_each_backend, Backend, SqlStore};
 use super::StoreError;
-use crate::events::Event;
+use crate::events::{Event, Operation, Phase};
 
 /// An outgoing-webhook subscription.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -107,7 +107,7 @@ pub trait EventLogStore: Send + Sync {
         &'a self,
         from: Option<DateTime<Utc>>,
         to: Option<DateTime<Utc>>,
-        phase: Option<&'a str>,
+        phase: Option<Phase>,
         after_seq: i64,
         limit: i64,
     ) -> BoxFuture<'a, Result<Vec<(i64, Event)>, StoreError>>;
@@ -160,8 +160,8 @@ where
             id: uuid::Uuid::parse_str(&id).unwrap_or_default(),
             event_type: row.try_get("event_type")?,
             entity: row.try_get("entity")?,
-            phase: row.try_get("phase")?,
-            operation: row.try_get("operation")?,
+            phase: word(row.try_get("phase")?)?,
+            operation: word(row.try_get("operation")?)?,
             data: row.try_get::<Json<serde_json::Value>, _>("data")?.0,
             result: row
                 .try_get::<Option<Json<serde_json::Value>>, _>("result")?
@@ -176,6 +176,13 @@ where
             replay: None,
         },
     ))
+}
+
+/// A phase or operation read from the event log.
+fn word<T: std::str::FromStr<Err = crate::events::UnknownWord>>(
+    value: String,
+) -> Result<T, sqlx::Error> {
+    value.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 fn subscription_from_row<R: Row>(row: &R) -> Result<Subscription, sqlx::Error>
@@ -200,10 +207,10 @@ where
     })
 }
 
-fn subscription_event(sub: &Subscription, op: &str, actor: &str) -> Event {
+fn subscription_event(sub: &Subscription, op: Operation, actor: &str) -> Event {
     Event::new(
         "subscription",
-        "after",
+        Phase::After,
         op,
         &format!(
             "{}/{}/{}",
@@ -311,7 +318,7 @@ macro_rules! impl_event_log {
                 &'a self,
                 from: Option<DateTime<Utc>>,
                 to: Option<DateTime<Utc>>,
-                phase: Option<&'a str>,
+                phase: Option<Phase>,
                 after_seq: i64,
                 limit: i64,
             ) -> BoxFuture<'a, Result<Vec<(i64, Event)>, StoreError>> {
@@ -326,7 +333,7 @@ macro_rules! impl_event_log {
                         qb.push(" AND occurred_at < ").push_bind(to);
                     }
                     if let Some(phase) = phase {
-                        qb.push(" AND phase = ").push_bind(phase);
+                        qb.push(" AND phase = ").push_bind(phase.as_str());
                     }
                     qb.push(" ORDER BY seq LIMIT ").push_bind(limit);
                     let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
@@ -381,7 +388,7 @@ macro_rules! impl_event_log {
                     qb.push(" RETURNING *");
                     let row = qb.build().fetch_one(&self.pool).await.map_err(classify)?;
                     let sub = subscription_from_row(&row).map_err(classify)?;
-                    self.append_events(&[subscription_event(&sub, "create", "cli")]).await?;
+                    self.append_events(&[subscription_event(&sub, Operation::Create, "cli")]).await?;
                     Ok(sub)
                 })
             }
@@ -419,7 +426,11 @@ macro_rules! impl_event_log {
                         return Ok(false);
                     };
                     let sub = subscription_from_row(&row).map_err(classify)?;
-                    let op = if active { "activate" } else { "deactivate" };
+                    let op = if active {
+                        Operation::Activate
+                    } else {
+                        Operation::Deactivate
+                    };
                     self.append_events(&[subscription_event(&sub, op, "cli")]).await?;
                     Ok(true)
                 })
@@ -459,7 +470,7 @@ macro_rules! impl_event_log {
                         let mut sub = sub;
                         sub.active = false;
                         sub.disabled_reason = Some(reason);
-                        self.append_events(&[subscription_event(&sub, "deactivate", "webhooks")]).await?;
+                        self.append_events(&[subscription_event(&sub, Operation::Deactivate, "webhooks")]).await?;
                         return Ok(true);
                     }
                     Ok(false)

@@ -38,6 +38,10 @@ pub mod state {
     pub const HELD: &str = "held";
     /// The answer was lost; waiting for a status webhook or the deadline.
     pub const UNKNOWN: &str = "unknown";
+    /// Declined by Meta for now (131049, per-user marketing cap): waits
+    /// until its due time apart from the recipient's queue (later
+    /// messages to the recipient go meanwhile), then is queued once more.
+    pub const DEFERRED: &str = "deferred";
     /// Final failure (permanent error or unknown outcome by policy).
     pub const FAILED: &str = "failed";
     /// Retries exhausted or unclassified error: in the DLQ.
@@ -51,6 +55,18 @@ pub mod state {
 /// Epoch milliseconds now.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// An accepted send's first delivery, as [`OutboundStore::record_deliveries`]
+/// stamps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// Outbound id.
+    pub id: String,
+    /// When Meta accepted it (epoch ms).
+    pub accepted_ms: i64,
+    /// Time of its first delivered/read status (epoch ms).
+    pub delivered_ms: i64,
 }
 
 /// A command to store.
@@ -156,6 +172,16 @@ pub enum Finish {
         /// The attempt does not count (throttles, halts): only transient
         /// failures use up `outbound.max_attempts`.
         refund_attempt: bool,
+    },
+    /// Set aside until `due_ms` (131049): out of the recipient's queue
+    /// order, queued again by [`OutboundStore::release_deferred`].
+    Defer {
+        /// Not before.
+        due_ms: i64,
+        /// Error class.
+        error_class: String,
+        /// The error.
+        error: Value,
     },
     /// Final: failed / dead_lettered / needs_template.
     Final {
@@ -314,7 +340,7 @@ pub trait OutboundStore: Send + Sync {
     fn outbound_recent(&self, limit: i64)
         -> BoxFuture<'_, Result<Vec<OutboundRecord>, StoreError>>;
     /// Reserves up to `limit` due sends for `owner` until `now + lease`:
-    /// queued (or claimed with an expired lease) rows that head their
+    /// queued rows (expired claims are requeued by [`Self::expire_sending`]) that head their
     /// (sender, recipient) queue, of apps not halted and broadcasts not
     /// paused, oldest first.
     fn claim<'a>(
@@ -341,6 +367,7 @@ pub trait OutboundStore: Send + Sync {
         finish: &'a Finish,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// `sending` rows whose lease ran out become `unknown`; returns them.
+    /// `claimed` rows whose lease ran out (never begun) go back to `queued`.
     fn expire_sending(&self, now_ms: i64) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
     /// Settles `unknown` rows from status webhooks (by provider id or
     /// callback data), then applies the policy to those older than the
@@ -381,6 +408,14 @@ pub trait OutboundStore: Send + Sync {
         id: &'a str,
         paused: Option<&'a str>,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Accepted sends whose first `delivered` (or `read`) status arrived:
+    /// stamps each with the status time (once) and returns up to `limit`
+    /// of them.
+    fn record_deliveries(&self, limit: i64) -> BoxFuture<'_, Result<Vec<Delivered>, StoreError>>;
+    /// Deferred sends whose time came are queued again (in their old
+    /// place: ahead of what was queued for the recipient meanwhile);
+    /// returns how many.
+    fn release_deferred(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Marks broadcasts whose sends are all final as finished.
     fn finish_broadcasts(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Queue figures.

@@ -15,16 +15,38 @@ use sqlx::{QueryBuilder, Row};
 
 use super::sql::{classify, for_each_backend, Backend, Dialect, SqlStore};
 use super::StoreError;
+use crate::model::display_of;
 
-/// The customer of a conversation, as listed.
+/// The customer of a conversation (or, for a WhatsApp group, the group),
+/// as listed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContactBrief {
     /// Contact row id.
     pub id: i64,
-    /// Channel-scoped id (wa_id, PSID, IGSID).
+    /// Channel-scoped id (wa_id, BSUID, PSID, IGSID, group id).
     pub external_id: String,
     /// Display name, when known.
     pub name: Option<String>,
+    /// WhatsApp username, when known.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// How to show the contact without its phone number or BSUID:
+    /// `@username`, else the masked phone number, else the masked id
+    /// ([`crate::model::display_of`]).
+    #[serde(default)]
+    pub display: String,
+}
+
+/// A WhatsApp group conversation: the group and who is in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The group id.
+    pub id: String,
+    /// Its latest subject, when a group webhook set one.
+    pub subject: Option<String>,
+    /// Participants in the group now (senders, people added or joining,
+    /// minus those removed or leaving).
+    pub participants: Vec<ContactBrief>,
 }
 
 /// The latest message of a conversation, as a preview.
@@ -74,15 +96,19 @@ pub struct ConversationSummary {
     pub channel: String,
     /// The business endpoint (WhatsApp phone number id, Page or IG account).
     pub business_id: String,
-    /// The customer.
+    /// The customer (for a group conversation, the group's own row).
     pub contact: ContactBrief,
+    /// Set for a WhatsApp group conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupInfo>,
     /// First message.
     pub started_at: DateTime<Utc>,
     /// Latest message (last activity).
     pub last_activity_at: DateTime<Utc>,
     /// Latest message.
     pub last_message: Option<MessagePreview>,
-    /// Inbound messages after the latest outbound one.
+    /// Inbound messages after the latest outbound one (messages imported
+    /// from a `history` webhook never count).
     pub unread_count: i64,
     /// Latest outbound message and its current status.
     pub last_outbound: Option<OutboundState>,
@@ -162,6 +188,12 @@ pub struct ContactSummary {
     pub external_id: String,
     /// Display name, when known.
     pub name: Option<String>,
+    /// WhatsApp username, when known.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// `@username`, else the masked phone number, else the masked id.
+    #[serde(default)]
+    pub display: String,
     /// First activity.
     pub first_seen_at: DateTime<Utc>,
     /// Latest activity.
@@ -278,10 +310,11 @@ pub trait ReadModel: Send + Sync {
 /// `messages_direction_timeline`).
 fn conversation_select(d: &Dialect) -> String {
     format!(
-        "SELECT v.id, v.tenant, v.channel, v.business_id, v.started_at, \
+        "SELECT v.id, v.tenant, v.channel, v.business_id, v.started_at, v.group_id, v.subject, \
  v.last_message_at, c.id AS contact_id, c.external_id AS contact_external_id, c.name AS contact_name, \
+ c.username AS contact_username, c.wa_id AS contact_wa_id, \
  (SELECT count(*) FROM messages i WHERE i.conversation_id = v.id AND i.direction = 'inbound' \
-   AND i.sent_at > COALESCE((SELECT max(o.sent_at) FROM messages o WHERE o.conversation_id = v.id \
+   AND NOT i.history AND i.sent_at > COALESCE((SELECT max(o.sent_at) FROM messages o WHERE o.conversation_id = v.id \
      AND o.direction = 'outbound'), {floor})) AS unread_count, \
  (SELECT m.id FROM messages m WHERE m.conversation_id = v.id \
    ORDER BY m.sent_at DESC, m.id DESC LIMIT 1) AS last_message_id, \
@@ -425,9 +458,13 @@ macro_rules! impl_read_model {
                 qb.push(" ORDER BY v.last_message_at DESC, v.id DESC LIMIT ")
                     .push_bind(limit);
                 let rows = qb.build().fetch_all(&mut *conn).await.map_err(classify)?;
-                let heads = rows
+                let mut heads = rows
                     .iter()
                     .map(|r| {
+                        let external_id: String = r.try_get("contact_external_id")?;
+                        let username: Option<String> = r.try_get("contact_username")?;
+                        let wa_id: Option<String> = r.try_get("contact_wa_id")?;
+                        let group_id: Option<String> = r.try_get("group_id")?;
                         Ok(ConversationHead {
                             summary: ConversationSummary {
                                 id: r.try_get("id")?,
@@ -436,8 +473,18 @@ macro_rules! impl_read_model {
                                 business_id: r.try_get("business_id")?,
                                 contact: ContactBrief {
                                     id: r.try_get("contact_id")?,
-                                    external_id: r.try_get("contact_external_id")?,
+                                    display: display_of(username.as_deref(), wa_id.as_deref(), &external_id),
+                                    external_id,
                                     name: r.try_get("contact_name")?,
+                                    username,
+                                },
+                                group: match group_id {
+                                    Some(id) => Some(GroupInfo {
+                                        id,
+                                        subject: r.try_get("subject")?,
+                                        participants: Vec::new(),
+                                    }),
+                                    None => None,
                                 },
                                 started_at: r.try_get("started_at")?,
                                 last_activity_at: r.try_get("last_message_at")?,
@@ -451,6 +498,7 @@ macro_rules! impl_read_model {
                     })
                     .collect::<Result<Vec<_>, sqlx::Error>>()
                     .map_err(classify)?;
+                Self::attach_participants(&mut *conn, &mut heads).await?;
                 let ids: Vec<i64> = heads
                     .iter()
                     .flat_map(|h| [h.last_message_id, h.last_outbound_id])
@@ -491,6 +539,58 @@ macro_rules! impl_read_model {
                 Ok(attach(heads, previews))
             }
 
+            /// Fills the participants of the group conversations among
+            /// `heads` (one query per 400 groups).
+            async fn attach_participants(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                heads: &mut [ConversationHead],
+            ) -> Result<(), StoreError> {
+                let groups: Vec<i64> = heads
+                    .iter()
+                    .filter(|h| h.summary.group.is_some())
+                    .map(|h| h.summary.id)
+                    .collect();
+                let mut by_conversation: std::collections::HashMap<i64, Vec<ContactBrief>> =
+                    std::collections::HashMap::new();
+                for chunk in groups.chunks(400) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT p.conversation_id, c.id, c.external_id, c.name, c.username, c.wa_id \
+                         FROM conversation_participants p JOIN contacts c ON c.id = p.contact_id \
+                         WHERE p.active AND p.conversation_id IN (",
+                    );
+                    let mut sep = qb.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(*id);
+                    }
+                    qb.push(") ORDER BY p.conversation_id, c.id");
+                    for r in qb.build().fetch_all(&mut *conn).await.map_err(classify)? {
+                        let brief = (|| {
+                            let external_id: String = r.try_get("external_id")?;
+                            let username: Option<String> = r.try_get("username")?;
+                            let wa_id: Option<String> = r.try_get("wa_id")?;
+                            Ok::<_, sqlx::Error>((
+                                r.try_get::<i64, _>("conversation_id")?,
+                                ContactBrief {
+                                    id: r.try_get("id")?,
+                                    display: display_of(username.as_deref(), wa_id.as_deref(), &external_id),
+                                    external_id,
+                                    name: r.try_get("name")?,
+                                    username,
+                                },
+                            ))
+                        })()
+                        .map_err(classify)?;
+                        by_conversation.entry(brief.0).or_default().push(brief.1);
+                    }
+                }
+                for h in heads.iter_mut() {
+                    if let Some(group) = &mut h.summary.group {
+                        group.participants = by_conversation.remove(&h.summary.id).unwrap_or_default();
+                    }
+                }
+                Ok(())
+            }
+
             async fn day_counts(
                 &self,
                 table_expr: &str,
@@ -526,7 +626,7 @@ macro_rules! impl_read_model {
                 now: DateTime<Utc>,
             ) -> Result<i64, StoreError> {
                 let mut qb = QueryBuilder::<$db>::new(
-                    "SELECT count(DISTINCT conversation_id) AS n FROM messages WHERE sent_at >= ",
+                    "SELECT count(DISTINCT conversation_id) AS n FROM messages WHERE NOT history AND sent_at >= ",
                 );
                 qb.push_bind(since).push(" AND sent_at <= ").push_bind(now);
                 let row = qb.build().fetch_one(&self.pool).await.map_err(classify)?;
@@ -612,20 +712,28 @@ macro_rules! impl_read_model {
 
             fn contacts(&self, limit: i64) -> BoxFuture<'_, Result<Vec<ContactSummary>, StoreError>> {
                 Box::pin(async move {
+                    // A group's own row is not a contact of anyone.
                     let mut qb = QueryBuilder::<$db>::new(
-                        "SELECT id, tenant, channel, external_id, name, first_seen_at, last_seen_at \
-                         FROM contacts ORDER BY last_seen_at DESC, id DESC LIMIT ",
+                        "SELECT id, tenant, channel, external_id, name, username, wa_id, first_seen_at, last_seen_at \
+                         FROM contacts c WHERE NOT EXISTS (SELECT 1 FROM contact_identities g \
+                           WHERE g.contact_id = c.id AND g.kind = 'group_id') \
+                         ORDER BY last_seen_at DESC, id DESC LIMIT ",
                     );
                     qb.push_bind(limit);
                     let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
                     rows.iter()
                         .map(|r| {
+                            let external_id: String = r.try_get("external_id")?;
+                            let username: Option<String> = r.try_get("username")?;
+                            let wa_id: Option<String> = r.try_get("wa_id")?;
                             Ok(ContactSummary {
                                 id: r.try_get("id")?,
                                 tenant: r.try_get("tenant")?,
                                 channel: r.try_get("channel")?,
-                                external_id: r.try_get("external_id")?,
+                                display: display_of(username.as_deref(), wa_id.as_deref(), &external_id),
+                                external_id,
                                 name: r.try_get("name")?,
+                                username,
                                 first_seen_at: r.try_get("first_seen_at")?,
                                 last_seen_at: r.try_get("last_seen_at")?,
                             })
@@ -645,7 +753,7 @@ macro_rules! impl_read_model {
 
                     let mut qb = QueryBuilder::<$db>::new("SELECT ");
                     qb.push(<$db as Backend>::DIALECT.day("sent_at"))
-                        .push(" AS day, channel, direction, count(*) AS n FROM messages WHERE sent_at >= ")
+                        .push(" AS day, channel, direction, count(*) AS n FROM messages WHERE NOT history AND sent_at >= ")
                         .push_bind(from)
                         .push(" AND sent_at <= ")
                         .push_bind(now)
@@ -703,7 +811,7 @@ macro_rules! impl_read_model {
                          (SELECT min(o.sent_at) FROM messages o WHERE o.conversation_id = f.conversation_id \
                            AND o.direction = 'outbound' AND o.sent_at > f.first_in) AS first_out \
                          FROM (SELECT conversation_id, min(sent_at) AS first_in FROM messages \
-                           WHERE direction = 'inbound' GROUP BY conversation_id) f \
+                           WHERE direction = 'inbound' AND NOT history GROUP BY conversation_id) f \
                          WHERE f.first_in >= ",
                     );
                     qb.push_bind(from)
@@ -725,8 +833,18 @@ macro_rules! impl_read_model {
 
                     out.active_24h = self.active_since(now - Duration::hours(24), now).await?;
                     out.active_7d = self.active_since(now - Duration::days(7), now).await?;
+                    // A contact is new on the day of its first live message
+                    // (history imports, address-book entries and group
+                    // members who never wrote are not new activity).
                     out.new_contacts_per_day = self
-                        .day_counts("contacts", "first_seen_at", "", from, now)
+                        .day_counts(
+                            "(SELECT contact_id, min(sent_at) AS first_seen_at FROM messages \
+                             WHERE NOT history GROUP BY contact_id) f",
+                            "first_seen_at",
+                            "",
+                            from,
+                            now,
+                        )
                         .await?;
                     out.leads_per_day = self
                         .day_counts("page_changes", "occurred_at", "kind = 'lead' AND ", from, now)
@@ -751,12 +869,16 @@ macro_rules! impl_read_model {
                 limit: i64,
             ) -> BoxFuture<'_, Result<StatusChanges, StoreError>> {
                 Box::pin(async move {
-                    // A receipt names the contact and the business endpoint,
-                    // which is exactly a conversation's key (watermark
-                    // receipts carry no message id, so this is the one join
-                    // that covers both kinds).
+                    // A receipt of a stored message belongs to that message's
+                    // conversation (whichever identifier the receipt names the
+                    // recipient by: phone, BSUID, group). Otherwise (watermark
+                    // receipts carry no message id) it names the contact and
+                    // the business endpoint, which is a conversation's key.
                     let mut qb = QueryBuilder::<$db>::new(
-                        "SELECT s.id AS id, v.id AS conversation_id FROM message_statuses s \
+                        "SELECT s.id AS id, COALESCE(m.conversation_id, v.id) AS conversation_id \
+                         FROM message_statuses s \
+                         LEFT JOIN messages m ON m.tenant = s.tenant AND m.channel = s.channel \
+                           AND m.provider_message_id = s.provider_message_id \
                          LEFT JOIN contacts c ON c.tenant = s.tenant AND c.channel = s.channel \
                            AND c.external_id = s.contact_external_id \
                          LEFT JOIN conversations v ON v.tenant = s.tenant AND v.channel = s.channel \

@@ -159,9 +159,19 @@ const PG_MIGRATIONS: Migrations = &[
         include_str!("../../../../../migrations/postgres/0006_contact_identities.sql"),
     ),
     (
+        7,
+        "groups history",
+        include_str!("../../../../../migrations/postgres/0007_groups_history.sql"),
+    ),
+    (
         9,
         "media",
         include_str!("../../../../../migrations/postgres/0009_media.sql"),
+    ),
+    (
+        10,
+        "outbound delivered",
+        include_str!("../../../../../migrations/postgres/0010_outbound_delivered.sql"),
     ),
 ];
 
@@ -197,9 +207,19 @@ const SQLITE_MIGRATIONS: Migrations = &[
         include_str!("../../../../../migrations/sqlite/0006_contact_identities.sql"),
     ),
     (
+        7,
+        "groups history",
+        include_str!("../../../../../migrations/sqlite/0007_groups_history.sql"),
+    ),
+    (
         9,
         "media",
         include_str!("../../../../../migrations/sqlite/0009_media.sql"),
+    ),
+    (
+        10,
+        "outbound delivered",
+        include_str!("../../../../../migrations/sqlite/0010_outbound_delivered.sql"),
     ),
 ];
 

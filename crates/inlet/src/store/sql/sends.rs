@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use sqlx::{QueryBuilder, Row};
 
 use super::{classify, for_each_backend, Backend, SqlStore, CHUNK};
-use crate::events::Event;
+use crate::events::{Event, Operation, Phase};
 use crate::outbound::{BroadcastSpec, SendSpec};
 use crate::store::outbound::{
-    state, BroadcastRecord, Finish, Halt, HistoryEntry, NewBroadcast, NewSend, OutboundRecord,
-    OutboundStats, OutboundStore, WithHistory,
+    state, BroadcastRecord, Delivered, Finish, Halt, HistoryEntry, NewBroadcast, NewSend,
+    OutboundRecord, OutboundStats, OutboundStore, WithHistory,
 };
 use crate::store::StoreError;
 use futures_util::future::BoxFuture;
@@ -48,8 +48,8 @@ fn failed_event(
 ) -> Event {
     let mut e = Event::new(
         "message",
-        "failed",
-        "create",
+        Phase::Failed,
+        Operation::Create,
         &format!("outbound/{id}"),
         tenant,
         Some(trace.to_string()),
@@ -408,12 +408,14 @@ macro_rules! impl_sends {
                         .push_bind(now_ms + lease_ms)
                         .push(", updated_ms = ")
                         .push_bind(now_ms)
-                        .push(
-                            " WHERE seq IN (SELECT o.seq FROM outbound_messages o WHERE \
-                             (o.status = 'queued' OR (o.status = 'claimed' AND o.lease_until_ms < ",
-                        )
-                        .push_bind(now_ms)
-                        .push(")) AND o.due_ms <= ")
+                        // Only `queued` rows, walked in `(status, seq)` index
+                        // order so the scan stops after `limit` heads however
+                        // long the backlog: an OR with expired claims here
+                        // made the planner filter and sort the whole backlog
+                        // on every claim (a 10,000-send broadcast stalled).
+                        // Expired claims go back to `queued` in housekeeping
+                        // (`expire_sending`).
+                        .push(" WHERE seq IN (SELECT o.seq FROM outbound_messages o WHERE o.status = 'queued' AND o.due_ms <= ")
                         .push_bind(now_ms)
                         .push(" AND NOT EXISTS (SELECT 1 FROM outbound_messages p WHERE p.sender_id = o.sender_id \
                                AND p.recipient = o.recipient AND p.seq < o.seq AND p.status IN ")
@@ -528,6 +530,16 @@ macro_rules! impl_sends {
                             }
                             (note, Some(detail))
                         }
+                        Finish::Defer { due_ms, error_class, error } => {
+                            qb.push(", status = 'deferred', due_ms = ")
+                                .push_bind(*due_ms)
+                                .push(", error_class = ")
+                                .push_bind(error_class.clone())
+                                .push(", error = ")
+                                .push_bind(json_text(error))
+                                .push(", lease_owner = NULL, lease_until_ms = NULL");
+                            (state::DEFERRED, Some(serde_json::json!({"due_ms": due_ms, "error_class": error_class, "error": error})))
+                        }
                         Finish::Final { status, error_class, error } => {
                             qb.push(", status = ")
                                 .push_bind(*status)
@@ -585,6 +597,17 @@ macro_rules! impl_sends {
                         .push(", lease_owner = NULL, error = '{\"reason\":\"sender_lost\"}' WHERE status = 'sending' AND lease_until_ms < ")
                         .push_bind(now_ms)
                         .push(" RETURNING id");
+                    // Claimed but never begun (the process stopped or was
+                    // too slow): nothing left, so back to the queue. Rows
+                    // another process is updating are left for the next round.
+                    let mut requeue = QueryBuilder::<$db>::new("UPDATE outbound_messages SET status = 'queued', lease_owner = NULL, lease_until_ms = NULL, updated_ms = ");
+                    requeue
+                        .push_bind(now_ms)
+                        .push(" WHERE seq IN (SELECT seq FROM outbound_messages WHERE status = 'claimed' AND lease_until_ms < ")
+                        .push_bind(now_ms)
+                        .push(if d.name == "postgres" { " FOR UPDATE SKIP LOCKED" } else { "" })
+                        .push(")");
+                    requeue.build().execute(&mut *tx).await.map_err(classify)?;
                     let ids: Vec<String> = qb
                         .build()
                         .fetch_all(&mut *tx)
@@ -797,6 +820,66 @@ macro_rules! impl_sends {
                 })
             }
 
+            fn record_deliveries(&self, limit: i64) -> BoxFuture<'_, Result<Vec<Delivered>, StoreError>> {
+                Box::pin(async move {
+                    let d = <$db as Backend>::DIALECT;
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT o.id, o.accepted_ms, s.at FROM outbound_messages o JOIN message_status_current s \
+                         ON s.tenant = o.tenant AND s.channel = o.channel AND s.provider_message_id = o.provider_message_id \
+                         WHERE o.delivered_ms IS NULL AND o.status IN ('accepted', 'held') \
+                         AND s.status IN ('delivered', 'read') LIMIT ",
+                    );
+                    qb.push_bind(limit);
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    let mut out = Vec::with_capacity(rows.len());
+                    let mut tx = self.pool.begin_with(d.write_begin).await.map_err(classify)?;
+                    for row in rows {
+                        let id: String = row.try_get("id").map_err(classify)?;
+                        let accepted: Option<i64> = row.try_get("accepted_ms").map_err(classify)?;
+                        let at: chrono::DateTime<chrono::Utc> = row.try_get("at").map_err(classify)?;
+                        let delivered = at.timestamp_millis();
+                        let mut qb = QueryBuilder::<$db>::new("UPDATE outbound_messages SET delivered_ms = ");
+                        qb.push_bind(delivered)
+                            .push(" WHERE id = ")
+                            .push_bind(id.clone())
+                            .push(" AND delivered_ms IS NULL");
+                        let changed = qb.build().execute(&mut *tx).await.map_err(classify)?.rows_affected();
+                        if changed == 1 {
+                            out.push(Delivered { id, accepted_ms: accepted.unwrap_or(delivered), delivered_ms: delivered });
+                        }
+                    }
+                    tx.commit().await.map_err(classify)?;
+                    Ok(out)
+                })
+            }
+
+            fn release_deferred(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+                Box::pin(async move {
+                    let d = <$db as Backend>::DIALECT;
+                    let mut tx = self.pool.begin_with(d.write_begin).await.map_err(classify)?;
+                    let mut qb = QueryBuilder::<$db>::new("UPDATE outbound_messages SET status = 'queued', updated_ms = ");
+                    qb.push_bind(now_ms)
+                        .push(" WHERE status = 'deferred' AND due_ms <= ")
+                        .push_bind(now_ms)
+                        .push(" RETURNING id");
+                    let ids: Vec<String> = qb
+                        .build()
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(classify)?
+                        .iter()
+                        .map(|r| r.try_get::<String, _>("id"))
+                        .collect::<Result<_, _>>()
+                        .map_err(classify)?;
+                    let detail = serde_json::json!({"reason": "deferred_retry"});
+                    for id in &ids {
+                        Self::history_in(&mut tx, id, state::QUEUED, now_ms, Some(&detail)).await?;
+                    }
+                    tx.commit().await.map_err(classify)?;
+                    Ok(ids.len() as u64)
+                })
+            }
+
             fn finish_broadcasts(&self, now_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
                 Box::pin(async move {
                     let mut qb = QueryBuilder::<$db>::new("UPDATE broadcasts SET status = 'finished', finished_ms = ");
@@ -805,10 +888,10 @@ macro_rules! impl_sends {
                         .push_bind(now_ms)
                         .push(
                             " WHERE status = 'running' AND NOT EXISTS (SELECT 1 FROM outbound_messages o \
-                             WHERE o.broadcast_id = broadcasts.id AND o.status IN ",
+                             WHERE o.broadcast_id = broadcasts.id AND (o.status = 'deferred' OR o.status IN ",
                         )
                         .push(OPEN)
-                        .push(")");
+                        .push("))");
                     Ok(qb.build().execute(&self.pool).await.map_err(classify)?.rows_affected())
                 })
             }

@@ -17,6 +17,7 @@ use super::{classify, fields_text, for_each_backend, Backend, SqlStore, CHUNK};
 use crate::dlq::letter::DeadLetter;
 use crate::envelope::RawEvent;
 use crate::events::{after_events, before_events, failed_events, Event, WriteResults};
+use crate::model::DeliveryStatus;
 use crate::plan::{errors_json, ContactKey, ConversationKey, OutboxRow, StatusRow, WritePlan};
 use crate::store::{StoreError, WriteReport};
 
@@ -159,7 +160,8 @@ macro_rules! impl_writes {
                         .map(|c| contact_id(&c.key.3))
                         .collect::<Result<Vec<_>, _>>()?;
                     let mut qb = QueryBuilder::<$db>::new(
-                        "INSERT INTO conversations (tenant, channel, business_id, contact_id, started_at, last_message_at) ",
+                        "INSERT INTO conversations (tenant, channel, business_id, contact_id, started_at, last_message_at, \
+                         group_id, subject, subject_at) ",
                     );
                     qb.push_values(chunk.iter().zip(&ids), |mut b, (c, id)| {
                         b.push_bind(&c.key.0)
@@ -167,12 +169,22 @@ macro_rules! impl_writes {
                             .push_bind(&c.key.2)
                             .push_bind(*id)
                             .push_bind(c.started)
-                            .push_bind(c.last);
+                            .push_bind(c.last)
+                            .push_bind(&c.group_id)
+                            .push_bind(c.subject.as_ref().map(|(s, _)| s.clone()))
+                            .push_bind(c.subject.as_ref().map(|(_, at)| *at));
                     });
+                    // A group's subject: the one set last (by its change's
+                    // time), whatever order the changes arrive in.
+                    let newer_subject = "excluded.subject_at IS NOT NULL AND (conversations.subject_at IS NULL \
+                         OR excluded.subject_at >= conversations.subject_at)";
                     qb.push(format!(
                         " ON CONFLICT (tenant, channel, business_id, contact_id) DO UPDATE SET \
                          started_at = {least}(conversations.started_at, excluded.started_at), \
-                         last_message_at = {greatest}(conversations.last_message_at, excluded.last_message_at) \
+                         last_message_at = {greatest}(conversations.last_message_at, excluded.last_message_at), \
+                         group_id = COALESCE(conversations.group_id, excluded.group_id), \
+                         subject = CASE WHEN {newer_subject} THEN excluded.subject ELSE conversations.subject END, \
+                         subject_at = CASE WHEN {newer_subject} THEN excluded.subject_at ELSE conversations.subject_at END \
                          RETURNING id, contact_id, business_id",
                         least = d.least,
                         greatest = d.greatest,
@@ -210,13 +222,13 @@ macro_rules! impl_writes {
                             let conv = conversation_ids.get(&m.conversation).copied().ok_or_else(|| {
                                 StoreError::Rejected("conversation missing after upsert".into())
                             })?;
-                            Ok((conv, contact_id(&m.conversation.3)?))
+                            Ok((conv, contact_id(&m.sender)?))
                         })
                         .collect::<Result<Vec<_>, StoreError>>()?;
                     let mut qb = QueryBuilder::<$db>::new(
                         "INSERT INTO messages (tenant, channel, conversation_id, contact_id, provider_message_id, \
                          direction, kind, message_type, text, media, reply_to, forwarded, referral, details, \
-                         sent_at, trace_id, stored_at) ",
+                         sent_at, trace_id, stored_at, history) ",
                     );
                     qb.push_values(chunk.iter().zip(&ids), |mut b, (row, (conv, contact))| {
                         let m = &row.message;
@@ -236,7 +248,8 @@ macro_rules! impl_writes {
                             .push_bind(Json(&m.details))
                             .push_bind(m.sent_at)
                             .push_bind(row.trace_id.to_string())
-                            .push_bind(now);
+                            .push_bind(now)
+                            .push_bind(m.is_history());
                     });
                     qb.push(" ON CONFLICT (tenant, channel, provider_message_id) DO NOTHING \
                               RETURNING id, tenant, channel, provider_message_id");
@@ -255,6 +268,36 @@ macro_rules! impl_writes {
                 // their jobs on media.processing, with the message.
                 let media_jobs =
                     Self::queue_media_jobs(tx, &plan.messages, &new_message_ids, now).await?;
+
+                // Group participants: one row per (conversation, person);
+                // the later change wins. Two planned people may have turned
+                // out to be one contact (merged above): keep the latest.
+                let mut participants: HashMap<(i64, i64), (bool, DateTime<Utc>)> = HashMap::new();
+                for p in &plan.participants {
+                    let conv = conversation_ids.get(&p.conversation).copied().ok_or_else(|| {
+                        StoreError::Rejected("conversation missing after upsert".into())
+                    })?;
+                    let who = contact_id(&p.contact)?;
+                    let slot = participants.entry((conv, who)).or_insert((p.active, p.at));
+                    if p.at >= slot.1 {
+                        *slot = (p.active, p.at);
+                    }
+                }
+                let mut participants: Vec<_> = participants.into_iter().collect();
+                participants.sort_unstable_by_key(|(k, _)| *k);
+                for chunk in participants.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO conversation_participants (conversation_id, contact_id, active, at) ",
+                    );
+                    qb.push_values(chunk, |mut b, ((conv, who), (active, at))| {
+                        b.push_bind(*conv).push_bind(*who).push_bind(*active).push_bind(*at);
+                    });
+                    qb.push(
+                        " ON CONFLICT (conversation_id, contact_id) DO UPDATE SET active = excluded.active, \
+                         at = excluded.at WHERE excluded.at >= conversation_participants.at",
+                    );
+                    qb.build().execute(&mut **tx).await.map_err(classify)?;
+                }
 
                 for chunk in plan.statuses.chunks(CHUNK).chain(plan.watermarks.chunks(CHUNK)) {
                     for key in self.insert_status_history(tx, chunk, now).await? {
@@ -315,7 +358,7 @@ macro_rules! impl_writes {
 
                 // Watermark receipts: every outbound message of that contact
                 // on that business endpoint sent up to the watermark.
-                for w in &plan.watermarks {
+                for w in plan.watermarks.iter().filter(|w| w.status.status != DeliveryStatus::Unknown) {
                     let s = &w.status;
                     let watermark = s.watermark.unwrap_or(s.at);
                     let mut qb = QueryBuilder::<$db>::new(
@@ -443,45 +486,57 @@ macro_rules! impl_writes {
                     .collect();
                 let mut by_external: HashMap<(String, String, String), i64> = HashMap::new();
                 let rows: Vec<_> = plan.contacts.iter().zip(&targets).collect();
-                for chunk in rows.chunks(CHUNK) {
-                    let mut qb = QueryBuilder::<$db>::new(
-                        "INSERT INTO contacts (tenant, channel, external_id, name, wa_id, user_id, parent_user_id, \
-                         username, first_seen_at, last_seen_at) ",
-                    );
-                    qb.push_values(chunk, |mut b, (c, target)| {
-                        b.push_bind(&c.key.0)
-                            .push_bind(c.key.1.as_str())
-                            .push_bind(*target)
-                            .push_bind(&c.name)
-                            .push_bind(&c.wa_id)
-                            .push_bind(&c.user_id)
-                            .push_bind(&c.parent_user_id)
-                            .push_bind(&c.username)
-                            .push_bind(c.first_seen)
-                            .push_bind(c.last_seen);
-                    });
-                    qb.push(format!(
-                        " ON CONFLICT (tenant, channel, external_id) DO UPDATE SET \
-                         name = COALESCE(excluded.name, contacts.name), \
-                         wa_id = COALESCE(excluded.wa_id, contacts.wa_id), \
-                         user_id = COALESCE(excluded.user_id, contacts.user_id), \
-                         parent_user_id = COALESCE(excluded.parent_user_id, contacts.parent_user_id), \
-                         username = COALESCE(excluded.username, contacts.username), \
-                         first_seen_at = {least}(contacts.first_seen_at, excluded.first_seen_at), \
-                         last_seen_at = {greatest}(contacts.last_seen_at, excluded.last_seen_at) \
-                         RETURNING id, tenant, channel, external_id",
-                        least = d.least,
-                        greatest = d.greatest,
-                    ));
-                    for row in qb.build().fetch_all(&mut **tx).await.map_err(classify)? {
-                        by_external.insert(
-                            (
-                                row.try_get("tenant").map_err(classify)?,
-                                row.try_get("channel").map_err(classify)?,
-                                row.try_get("external_id").map_err(classify)?,
-                            ),
-                            row.try_get("id").map_err(classify)?,
+                // People seen active (a live message) move their first/last
+                // seen times; the others (history, address book, BSUID
+                // changes, groups) only set them on a new row.
+                for active in [true, false] {
+                    let seen = if active {
+                        format!(
+                            "first_seen_at = {least}(contacts.first_seen_at, excluded.first_seen_at), \
+                             last_seen_at = {greatest}(contacts.last_seen_at, excluded.last_seen_at)",
+                            least = d.least,
+                            greatest = d.greatest,
+                        )
+                    } else {
+                        "first_seen_at = contacts.first_seen_at".to_owned()
+                    };
+                    let these: Vec<_> = rows.iter().filter(|(c, _)| c.active == active).collect();
+                    for chunk in these.chunks(CHUNK) {
+                        let mut qb = QueryBuilder::<$db>::new(
+                            "INSERT INTO contacts (tenant, channel, external_id, name, wa_id, user_id, parent_user_id, \
+                             username, first_seen_at, last_seen_at) ",
                         );
+                        qb.push_values(chunk, |mut b, (c, target)| {
+                            b.push_bind(&c.key.0)
+                                .push_bind(c.key.1.as_str())
+                                .push_bind(*target)
+                                .push_bind(&c.name)
+                                .push_bind(&c.wa_id)
+                                .push_bind(&c.user_id)
+                                .push_bind(&c.parent_user_id)
+                                .push_bind(&c.username)
+                                .push_bind(c.first_seen)
+                                .push_bind(c.last_seen);
+                        });
+                        qb.push(format!(
+                            " ON CONFLICT (tenant, channel, external_id) DO UPDATE SET \
+                             name = COALESCE(excluded.name, contacts.name), \
+                             wa_id = COALESCE(excluded.wa_id, contacts.wa_id), \
+                             user_id = COALESCE(excluded.user_id, contacts.user_id), \
+                             parent_user_id = COALESCE(excluded.parent_user_id, contacts.parent_user_id), \
+                             username = COALESCE(excluded.username, contacts.username), {seen} \
+                             RETURNING id, tenant, channel, external_id",
+                        ));
+                        for row in qb.build().fetch_all(&mut **tx).await.map_err(classify)? {
+                            by_external.insert(
+                                (
+                                    row.try_get("tenant").map_err(classify)?,
+                                    row.try_get("channel").map_err(classify)?,
+                                    row.try_get("external_id").map_err(classify)?,
+                                ),
+                                row.try_get("id").map_err(classify)?,
+                            );
+                        }
                     }
                 }
                 for (c, target) in &rows {
@@ -645,6 +700,7 @@ macro_rules! impl_writes {
                     let mut qb = QueryBuilder::<$db>::new("UPDATE messages SET conversation_id = ");
                     qb.push_bind(s).push(" WHERE conversation_id = ").push_bind(l);
                     qb.build().execute(&mut **tx).await.map_err(classify)?;
+                    Self::move_participants(tx, "conversation_id", l, s).await?;
                     let mut qb = QueryBuilder::<$db>::new(format!(
                         "UPDATE conversations SET started_at = {}(started_at, ",
                         d.least
@@ -659,6 +715,7 @@ macro_rules! impl_writes {
                     qb.push_bind(l);
                     qb.build().execute(&mut **tx).await.map_err(classify)?;
                 }
+                Self::move_participants(tx, "contact_id", loser, survivor).await?;
                 for table in ["conversations", "messages", "contact_identities"] {
                     let mut qb = QueryBuilder::<$db>::new(format!("UPDATE {table} SET contact_id = "));
                     qb.push_bind(survivor).push(" WHERE contact_id = ").push_bind(loser);
@@ -696,6 +753,30 @@ macro_rules! impl_writes {
                 Ok(())
             }
 
+            /// Moves group participant rows from `from` to `to` in `column`
+            /// (`contact_id` or `conversation_id`); where both are there
+            /// already, the row moved is dropped for the one kept.
+            async fn move_participants(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                column: &str,
+                from: i64,
+                to: i64,
+            ) -> Result<(), StoreError> {
+                let other = if column == "contact_id" { "conversation_id" } else { "contact_id" };
+                let mut qb = QueryBuilder::<$db>::new(format!(
+                    "DELETE FROM conversation_participants WHERE {column} = "
+                ));
+                qb.push_bind(from).push(format!(
+                    " AND {other} IN (SELECT {other} FROM conversation_participants WHERE {column} = "
+                ));
+                qb.push_bind(to).push(")");
+                qb.build().execute(&mut **tx).await.map_err(classify)?;
+                let mut qb = QueryBuilder::<$db>::new(format!("UPDATE conversation_participants SET {column} = "));
+                qb.push_bind(to).push(format!(" WHERE {column} = ")).push_bind(from);
+                qb.build().execute(&mut **tx).await.map_err(classify)?;
+                Ok(())
+            }
+
             async fn insert_status_history(
                 &self,
                 tx: &mut sqlx::Transaction<'_, $db>,
@@ -714,7 +795,7 @@ macro_rules! impl_writes {
                         .push_bind(&s.business_id)
                         .push_bind(&s.provider_message_id)
                         .push_bind(&s.contact.external_id)
-                        .push_bind(s.status.as_str())
+                        .push_bind(s.status_name())
                         .push_bind(s.at)
                         .push_bind(s.watermark)
                         .push_bind(Json(errors_json(&s.errors)))
@@ -749,8 +830,8 @@ macro_rules! impl_writes {
                         b.push_bind(e.id.to_string())
                             .push_bind(&e.event_type)
                             .push_bind(&e.entity)
-                            .push_bind(&e.phase)
-                            .push_bind(&e.operation)
+                            .push_bind(e.phase.as_str())
+                            .push_bind(e.operation.as_str())
                             .push_bind(&e.tenant_id)
                             .push_bind(&e.trace_id)
                             .push_bind(&e.correlation_id)
