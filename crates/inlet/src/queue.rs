@@ -263,8 +263,13 @@ impl RedisQueue {
     /// The trim length of a stream: none for the ones whose entries are
     /// work, not notifications.
     fn maxlen_of(&self, stream: &str) -> Option<usize> {
-        (stream != crate::streams::OUTGOING_COMMAND && self.derived_maxlen > 0)
-            .then_some(self.derived_maxlen)
+        // Work queues are never trimmed: a trimmed command or media job
+        // would be work lost.
+        let work = [
+            crate::streams::OUTGOING_COMMAND,
+            crate::streams::MEDIA_PROCESSING,
+        ];
+        (!work.contains(&stream) && self.derived_maxlen > 0).then_some(self.derived_maxlen)
     }
 
     /// Appends several entries to a derived stream in one round trip.
