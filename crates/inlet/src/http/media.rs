@@ -9,11 +9,11 @@
 use std::ops::Range;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::api::error;
+use super::api::{error, ApiQuery};
 use super::AppState;
 use crate::media::storage::StorageError;
 use crate::media::{content_key, is_hex_digest};
@@ -89,10 +89,10 @@ fn counted(outcome: &'static str, res: Response) -> Response {
 #[utoipa::path(get, path = "/api/media/{message_id}", tag = "media",
     params(("message_id" = i64, Path, description = "message row id (`id` in the conversation file)"),
         ("index" = Option<i32>, Query, description = "which attachment of the message, default 0")),
-    responses((status = 200, description = "the stored bytes (Content-Type, ETag = SHA-256, Accept-Ranges)", content_type = "application/octet-stream"),
-        (status = 206, description = "the requested byte range (Content-Range)"),
+    responses((status = 200, description = "the stored bytes, with the attachment's own Content-Type (ETag = SHA-256, Accept-Ranges)", content_type = "*/*"),
+        (status = 206, description = "the requested byte range (Content-Range)", content_type = "*/*"),
         (status = 304, description = "If-None-Match matched"),
-        (status = 400, description = "not a message id", body = super::api::ApiError),
+        (status = 400, description = "not a message id, or a malformed query", body = super::api::ApiError),
         (status = 401, description = "missing or wrong bearer token", body = super::api::ApiError),
         (status = 404, description = "no such attachment, or not stored yet (X-Inlet-Media-State: pending, failed, dead_lettered)", body = super::api::ApiError),
         (status = 416, description = "range outside the file"),
@@ -101,7 +101,7 @@ fn counted(outcome: &'static str, res: Response) -> Response {
 pub async fn get_media(
     State(app): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<MediaQuery>,
+    ApiQuery(q): ApiQuery<MediaQuery>,
     headers: HeaderMap,
 ) -> Response {
     let (Ok(message_id), index) = (id.parse::<i64>(), q.index.unwrap_or(0)) else {
