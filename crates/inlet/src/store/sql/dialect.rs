@@ -159,6 +159,11 @@ const PG_MIGRATIONS: Migrations = &[
         include_str!("../../../../../migrations/postgres/0006_contact_identities.sql"),
     ),
     (
+        8,
+        "drafts",
+        include_str!("../../../../../migrations/postgres/0008_drafts.sql"),
+    ),
+    (
         10,
         "outbound delivered",
         include_str!("../../../../../migrations/postgres/0010_outbound_delivered.sql"),
@@ -195,6 +200,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         6,
         "contact identities",
         include_str!("../../../../../migrations/sqlite/0006_contact_identities.sql"),
+    ),
+    (
+        8,
+        "drafts",
+        include_str!("../../../../../migrations/sqlite/0008_drafts.sql"),
     ),
     (
         10,
