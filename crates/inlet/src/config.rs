@@ -94,6 +94,16 @@ pub struct Settings {
     pub graph: GraphSettings,
     /// `[outbound]`: the sender.
     pub outbound: OutboundSettings,
+    /// `[drafts]`: AI drafts waiting for approval.
+    pub drafts: DraftSettings,
+}
+
+/// AI drafts (`[drafts]`).
+#[derive(Debug, Clone)]
+pub struct DraftSettings {
+    /// Open (pending or stale) drafts nobody reviewed within this long
+    /// become `expired`.
+    pub expire_after: Duration,
 }
 
 /// Event bus behaviour (`[events]`).
@@ -111,6 +121,16 @@ pub struct EventSettings {
     pub webhook_retry_schedule: Vec<Duration>,
     /// Consecutive failed events after which a subscription is disabled.
     pub webhook_disable_after: u32,
+    /// `GET /api/events/stream`: how often the event log is read for new
+    /// rows.
+    pub stream_poll: Duration,
+    /// Interval of the stream's heartbeat comment lines.
+    pub stream_heartbeat: Duration,
+    /// Events that may wait for one stream client.
+    pub stream_buffer: usize,
+    /// A stream client that takes none of its waiting events for this long
+    /// is disconnected (it resumes with `Last-Event-ID`).
+    pub stream_stall: Duration,
 }
 
 /// One Meta app (one `X-Hub-Signature-256` secret set) and its tenant.
@@ -364,6 +384,12 @@ struct RawSettings {
     events: RawEvents,
     graph: outbound::RawGraph,
     outbound: outbound::RawOutbound,
+    drafts: RawDrafts,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawDrafts {
+    expire_after_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -377,6 +403,10 @@ struct RawEvents {
     #[serde(default)]
     webhook_retry_schedule_ms: StringList,
     webhook_disable_after: u32,
+    stream_poll_ms: u64,
+    stream_heartbeat_ms: u64,
+    stream_buffer: usize,
+    stream_stall_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -735,6 +765,23 @@ impl RawSettings {
                     })
                     .collect::<Result<_, _>>()?,
                 webhook_disable_after: self.events.webhook_disable_after.max(1),
+                stream_poll: Duration::from_millis(positive(
+                    "events.stream_poll_ms",
+                    self.events.stream_poll_ms,
+                )?),
+                stream_heartbeat: Duration::from_millis(positive(
+                    "events.stream_heartbeat_ms",
+                    self.events.stream_heartbeat_ms,
+                )?),
+                stream_buffer: usize::try_from(positive(
+                    "events.stream_buffer",
+                    self.events.stream_buffer as u64,
+                )?)
+                .unwrap_or(usize::MAX),
+                stream_stall: Duration::from_millis(positive(
+                    "events.stream_stall_ms",
+                    self.events.stream_stall_ms,
+                )?),
             },
             cache: CacheSettings {
                 conversations_limit: self.cache.conversations_limit,
@@ -746,6 +793,12 @@ impl RawSettings {
             },
             graph,
             outbound,
+            drafts: DraftSettings {
+                expire_after: Duration::from_millis(positive(
+                    "drafts.expire_after_ms",
+                    self.drafts.expire_after_ms,
+                )?),
+            },
         })
     }
 }

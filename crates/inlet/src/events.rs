@@ -23,14 +23,16 @@ pub const SCHEMA_VERSION: i32 = 1;
 
 /// Phases of a write.
 pub const PHASES: [&str; 3] = ["before", "after", "failed"];
-/// Operations of a write.
-pub const OPERATIONS: [&str; 6] = [
+/// Operations of a write (`approve` and `reject` are a draft's reviews).
+pub const OPERATIONS: [&str; 8] = [
     "create",
     "update",
     "delete",
     "upsert",
     "activate",
     "deactivate",
+    "approve",
+    "reject",
 ];
 
 /// One write event.
@@ -123,11 +125,14 @@ pub fn type_matches(event_type: &str, pattern: &str) -> bool {
         return true;
     }
     let mut parts = event_type.split('.');
-    for p in pattern.split('.') {
+    let mut segments = pattern.split('.').peekable();
+    while let Some(p) = segments.next() {
         if p == "**" {
             return true;
         }
         match parts.next() {
+            // A trailing `*` takes this segment and the rest (`draft.*`).
+            Some(_) if p == "*" && segments.peek().is_none() => return true,
             Some(part) if p == "*" || p == part => {}
             _ => return false,
         }
@@ -511,6 +516,12 @@ mod tests {
             "message_status.after.create",
             "message.after.*"
         ));
+        // A trailing `*` matches the rest, at least one segment.
+        assert!(type_matches("draft.after.create", "draft.*"));
+        assert!(type_matches("draft.after.approve", "draft.after.*"));
+        assert!(!type_matches("draft", "draft.*"));
+        assert!(!type_matches("drafts.after.create", "draft.*"));
+        assert!(type_matches("message.failed.create", "*.failed.*"));
     }
 
     #[test]

@@ -92,7 +92,10 @@ impl DraftStatus {
 
     /// The stored names of [`DraftStatus::sources`].
     pub fn source_names(action: Action) -> Vec<&'static str> {
-        Self::sources(action).into_iter().map(Self::as_str).collect()
+        Self::sources(action)
+            .into_iter()
+            .map(Self::as_str)
+            .collect()
     }
 
     /// What `action` makes of a draft in this status, or why it cannot.
@@ -259,6 +262,15 @@ pub fn outbound_id(draft_id: &str) -> String {
     Uuid::new_v5(&DRAFT_SEND_NAMESPACE, draft_id.as_bytes()).to_string()
 }
 
+/// Housekeeping limits at `now_ms`: a WhatsApp draft whose conversation
+/// has no inbound message after the first value has a closed window (the
+/// 24 hours less `margin_ms`, as [`super::window::is_open`] decides); an
+/// open draft created before the second value is expired.
+pub fn close_thresholds(now_ms: i64, margin_ms: i64, expire_after_ms: i64) -> (i64, i64) {
+    let window = super::window::WINDOW.num_milliseconds();
+    (now_ms - window + margin_ms, now_ms - expire_after_ms)
+}
+
 /// Who a draft answers: the conversation's business endpoint and contact.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplyTarget {
@@ -322,9 +334,7 @@ fn text_field(
     required: bool,
 ) -> Result<Option<String>, Invalid> {
     match obj.get(field) {
-        None | Some(Value::Null) if required => {
-            Err(invalid("missing_field", field, "is required"))
-        }
+        None | Some(Value::Null) if required => Err(invalid("missing_field", field, "is required")),
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
             let s = s.trim();
@@ -377,9 +387,17 @@ impl DraftRequest {
         // The channel's own limit (4096 on WhatsApp, 2000 on Messenger) is
         // checked by `reply_spec` once the conversation is known.
         let text = match obj.get("text") {
-            None | Some(Value::Null) => return Err(invalid("missing_field", "text", "is required")),
+            None | Some(Value::Null) => {
+                return Err(invalid("missing_field", "text", "is required"))
+            }
             Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-            Some(_) => return Err(invalid("invalid_field", "text", "must be a non-empty string")),
+            Some(_) => {
+                return Err(invalid(
+                    "invalid_field",
+                    "text",
+                    "must be a non-empty string",
+                ))
+            }
         };
         let author = text_field(&obj, "author", MAX_AUTHOR, true)?.unwrap_or_default();
         let reply_to = text_field(&obj, "reply_to", 512, false)?;
@@ -408,7 +426,9 @@ impl ApproveRequest {
     pub fn parse(body: &[u8]) -> Result<ApproveRequest, Invalid> {
         let obj = body_object(body)?;
         let version = match obj.get("version") {
-            None | Some(Value::Null) => return Err(invalid("missing_field", "version", "is required")),
+            None | Some(Value::Null) => {
+                return Err(invalid("missing_field", "version", "is required"))
+            }
             Some(v) => v
                 .as_i64()
                 .filter(|v| *v >= 1)
@@ -424,7 +444,13 @@ impl ApproveRequest {
         let text = match obj.get("text") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
-            Some(_) => return Err(invalid("invalid_field", "text", "must be a non-empty string")),
+            Some(_) => {
+                return Err(invalid(
+                    "invalid_field",
+                    "text",
+                    "must be a non-empty string",
+                ))
+            }
         };
         let force = match obj.get("force") {
             None | Some(Value::Null) => false,
@@ -577,6 +603,27 @@ mod tests {
     }
 
     #[test]
+    fn housekeeping_closes_the_window_as_the_gate_does() {
+        let now = 1_800_000_000_000_i64;
+        let margin = 600_000;
+        let (opened_after, created_before) = close_thresholds(now, margin, 7 * 86_400_000);
+        assert_eq!(created_before, now - 7 * 86_400_000);
+        let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).unwrap();
+        let margin_d = chrono::Duration::milliseconds(margin);
+        // A last message just after the threshold: open; at it: closed.
+        assert!(crate::outbound::window::is_open(
+            Some(at(opened_after + 1)),
+            at(now),
+            margin_d
+        ));
+        assert!(!crate::outbound::window::is_open(
+            Some(at(opened_after)),
+            at(now),
+            margin_d
+        ));
+    }
+
+    #[test]
     fn names_round_trip() {
         for s in S::ALL {
             assert_eq!(S::parse(s.as_str()), Some(s));
@@ -652,8 +699,8 @@ mod tests {
         assert_eq!(field(r#"{"conversation_id": 7, "text": "a"}"#), "author");
         assert_eq!(field("[]"), "body");
 
-        let a = ApproveRequest::parse(br#"{"version": 2, "text": "edited", "force": true}"#)
-            .unwrap();
+        let a =
+            ApproveRequest::parse(br#"{"version": 2, "text": "edited", "force": true}"#).unwrap();
         assert_eq!(
             a,
             ApproveRequest {

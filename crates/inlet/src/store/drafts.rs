@@ -106,6 +106,8 @@ pub enum Created {
     NoConversation,
     /// `reply_to` names no inbound message of that conversation.
     NoSuchMessage,
+    /// The text cannot be sent on the conversation's channel (too long).
+    Invalid(crate::outbound::Invalid),
 }
 
 /// An approval to apply.
@@ -174,11 +176,12 @@ pub struct Closed {
 /// Drafts storage.
 pub trait DraftStore: Send + Sync {
     /// Stores a `pending` draft with its anchor and `draft.after.create`.
-    fn create_draft<'a>(&'a self, draft: &'a NewDraft)
-        -> BoxFuture<'a, Result<Created, StoreError>>;
+    fn create_draft<'a>(
+        &'a self,
+        draft: &'a NewDraft,
+    ) -> BoxFuture<'a, Result<Created, StoreError>>;
     /// One draft.
-    fn draft<'a>(&'a self, id: &'a str)
-        -> BoxFuture<'a, Result<Option<DraftRecord>, StoreError>>;
+    fn draft<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<DraftRecord>, StoreError>>;
     /// Drafts matching the filter, newest first.
     fn drafts<'a>(
         &'a self,

@@ -12,7 +12,8 @@ use sqlx::{QueryBuilder, Row};
 
 use super::{classify, for_each_backend, Backend, SqlStore, CHUNK};
 use crate::events::Event;
-use crate::outbound::draft::{Action, DraftStatus};
+use crate::model::Channel;
+use crate::outbound::draft::{reply_spec, Action, DraftStatus, ReplyTarget};
 use crate::store::drafts::{
     Approval, Approved, Change, Closed, Created, DraftFilter, DraftRecord, DraftStore, NewDraft,
 };
@@ -244,6 +245,15 @@ macro_rules! impl_drafts {
                     .map_err(classify)?
                     .try_get("external_id")
                     .map_err(classify)?;
+                let target = ReplyTarget {
+                    channel: Channel::parse(&channel)
+                        .ok_or_else(|| StoreError::Rejected(format!("conversation with unknown channel {channel:?}")))?,
+                    business_id: business_id.clone(),
+                    contact: contact.clone(),
+                };
+                if let Err(e) = reply_spec(&target, &draft.text, draft.reply_to.as_deref()) {
+                    return Ok(Created::Invalid(e));
+                }
                 let mut qb = QueryBuilder::<$db>::new(
                     "SELECT id, provider_message_id, sent_at FROM messages WHERE conversation_id = ",
                 );
