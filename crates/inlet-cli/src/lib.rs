@@ -22,10 +22,12 @@ use inlet::store::{RawFilter, Store};
 use inlet::ExposeSecret;
 use serde_json::json;
 
+mod drafts;
 mod events;
 mod ops;
 mod send;
 
+pub use drafts::DraftsAction;
 pub use events::{EventsAction, SubscriptionsAction};
 pub use ops::AuditAction;
 
@@ -118,6 +120,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: send::BroadcastsAction,
+    },
+    /// AI drafts waiting for approval: list, show, approve, reject.
+    Drafts {
+        /// What to do.
+        #[command(subcommand)]
+        action: DraftsAction,
     },
     /// The send side: status (halts, queues), recent sends, one send.
     Outbound {
@@ -241,6 +249,7 @@ pub async fn run_with(
         Command::Send(args) => send::send(args, &settings, json, out).await,
         Command::Broadcasts { action } => send::broadcasts(action, &settings, json, out).await,
         Command::Outbound { action } => send::outbound(action, &settings, json, out).await,
+        Command::Drafts { action } => drafts::drafts(action, &settings, json, out).await,
         Command::Messages {
             conversation,
             limit,
