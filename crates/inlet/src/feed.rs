@@ -460,6 +460,109 @@ mod tests {
         assert_eq!(parse_last_event_id("abc"), None);
     }
 
+    #[tokio::test]
+    async fn a_client_that_takes_nothing_is_cut_off_and_others_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/feed.db", dir.path().display());
+        let store = crate::store::open(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let shutdown = CancellationToken::new();
+        let feed = Feed::new(store.clone(), Duration::from_millis(20), shutdown.clone());
+        let all = StreamFilter::default();
+        let slow = feed
+            .reader(
+                Start::Head,
+                all.clone(),
+                ReaderLimits {
+                    buffer: 2,
+                    stall: Duration::from_millis(100),
+                },
+            )
+            .await
+            .unwrap();
+        let mut fast = feed
+            .reader(
+                Start::Head,
+                all,
+                ReaderLimits {
+                    buffer: 2,
+                    stall: Duration::from_secs(60),
+                },
+            )
+            .await
+            .unwrap();
+        for i in 0..6 {
+            let e = Event::new(
+                "subscription",
+                "after",
+                "create",
+                &format!("k{i}"),
+                "t",
+                None,
+                "test",
+                json!({"i": i}),
+            );
+            store.log_event(&e).await.unwrap();
+        }
+        // A client that reads gets every event, in order, through a buffer
+        // of two.
+        let mut seqs = Vec::new();
+        for i in 0..6 {
+            let (cursor, e) = tokio::time::timeout(Duration::from_secs(30), fast.events.recv())
+                .await
+                .expect("an event")
+                .expect("the reader runs");
+            assert_eq!(e.data["i"], i);
+            seqs.push(cursor.seq);
+        }
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        // The one that reads nothing holds two events and is cut off.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !slow.too_slow.load(Ordering::Acquire) {
+            assert!(tokio::time::Instant::now() < deadline, "never cut off");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut slow = slow;
+        let mut held = Vec::new();
+        while let Some((_, e)) = slow.events.recv().await {
+            held.push(e.data["i"].as_i64().unwrap());
+        }
+        assert_eq!(held, [0, 1], "a bounded buffer, then the end");
+
+        // Resuming after the second event starts with the third.
+        let mut resumed = feed
+            .reader(
+                Start::After(seqs[1]),
+                StreamFilter::default(),
+                ReaderLimits {
+                    buffer: 8,
+                    stall: Duration::from_secs(60),
+                },
+            )
+            .await
+            .unwrap();
+        let (_, e) = resumed.events.recv().await.unwrap();
+        assert_eq!(e.data["i"], 2);
+        assert!(matches!(
+            feed.reader(
+                Start::After(424242),
+                StreamFilter::default(),
+                ReaderLimits {
+                    buffer: 1,
+                    stall: Duration::from_secs(1)
+                }
+            )
+            .await,
+            Err(FeedError::UnknownEvent(424242))
+        ));
+        shutdown.cancel();
+        let drained = tokio::time::timeout(Duration::from_secs(30), async {
+            while resumed.events.recv().await.is_some() {}
+        })
+        .await;
+        assert!(drained.is_ok(), "readers end on shutdown");
+    }
+
     #[test]
     fn cursors_order_by_transaction_then_sequence() {
         // A row of an older transaction with a later sequence comes first:
