@@ -224,7 +224,7 @@ impl Feed {
         let log = self.0.store.event_log();
         let cursor = match start {
             Start::Head => log.log_head().await?,
-            Start::After(seq) if seq == 0 => LogCursor::default(),
+            Start::After(0) => LogCursor::default(),
             Start::After(seq) => log
                 .log_position(seq)
                 .await?
