@@ -722,3 +722,78 @@ async fn the_cli_reviews_drafts_and_housekeeping_closes_old_ones() {
     assert!(!text.contains("10% off"), "a draft's text in the audit log");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn in_queue_mode_the_worker_makes_drafts_stale_and_the_stream_tells() {
+    let graph = MockGraph::start().await;
+    let db = TestDb::create().await;
+    let cfg = config(&graph)
+        .set("INLET_REDIS_URL", inlet_suite::redis_url())
+        .set("INLET_DATABASE_URL", db.url.clone());
+    let gw = TestGateway::start(cfg).await;
+    let worker = inlet_suite::TestWorker::start(&gw.config).await;
+    let store = gw.store();
+    let stored = |wamid: &'static str| {
+        let store = store.clone();
+        async move {
+            eventually(WAIT, &format!("{wamid} stored by the worker"), || async {
+                store.message_by_provider_id(wamid).await.unwrap()
+            })
+            .await
+        }
+    };
+    let t = now();
+    let body = inbound(CONTACT, "wamid.QUEUE.1", t - 30, "Open on Sunday?");
+    assert_eq!(
+        gw.post_signed("whatsapp", &body, SECRET).await.status(),
+        200
+    );
+    let conv = stored("wamid.QUEUE.1").await.conversation_id;
+
+    let mut stream =
+        SseClient::connect(&gw, &format!("?type=draft.*&conversation_id={conv}"), None).await;
+    let id = create_draft(&gw, conv, "Yes, 10 to 4.", None).await;
+    let (_, created) = stream.event().await;
+    assert_eq!(created["type"], "draft.after.create", "{created}");
+    let body = inbound(CONTACT, "wamid.QUEUE.2", t - 5, "And on holidays?");
+    assert_eq!(
+        gw.post_signed("whatsapp", &body, SECRET).await.status(),
+        200
+    );
+    let (_, stale) = stream.event().await;
+    assert_eq!(stale["type"], "draft.after.update", "{stale}");
+    assert_eq!(stale["data"]["id"], id.as_str());
+    assert_eq!(stale["data"]["status"], "stale");
+    assert_eq!(stale["actor"], "pipeline");
+    assert_eq!(draft(&gw, &id).await["status"], "stale");
+    worker.stop().await;
+    inlet_suite::cleanup_prefix(&gw.config.prefix).await;
+    gw.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn drafts_nobody_reviews_expire() {
+    let graph = MockGraph::start().await;
+    let gw = TestGateway::start(config(&graph).set("INLET_DRAFTS__EXPIRE_AFTER_MS", "1")).await;
+    let conv = receive(&gw, CONTACT, "wamid.EXPIRE.1", now() - 5, "Hello?").await;
+    let id = create_draft(&gw, conv, "Hi! How can we help?", None).await;
+    let d = wait_draft(&gw, &id, "expired").await;
+    assert_eq!(
+        (d["reason"].as_str(), d["version"].as_i64()),
+        (Some("not_reviewed"), Some(2))
+    );
+    let (status, body) = api(
+        &gw,
+        "POST",
+        &format!("/api/drafts/{id}/approve"),
+        Some(json!({"version": 2, "force": true})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("invalid_state")),
+        "{body}"
+    );
+    gw.stop().await;
+}
