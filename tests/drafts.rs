@@ -153,6 +153,7 @@ impl SseClient {
         assert_eq!(res.status(), 200);
         let ct = res.headers()["content-type"].to_str().unwrap().to_string();
         assert!(ct.starts_with("text/event-stream"), "{ct}");
+        assert_eq!(res.headers()["x-accel-buffering"], "no");
         SseClient {
             res,
             buf: Vec::new(),

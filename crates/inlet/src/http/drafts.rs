@@ -472,11 +472,17 @@ pub(super) async fn event_stream(
             Poll::Pending => Poll::Pending,
         }
     });
-    Sse::new(stream)
+    let mut res = Sse::new(stream)
         .keep_alive(
             KeepAlive::new()
                 .interval(events.stream_heartbeat)
                 .text("heartbeat"),
         )
-        .into_response()
+        .into_response();
+    // nginx (config/nginx) would otherwise buffer the stream.
+    res.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
+    res
 }
