@@ -256,7 +256,10 @@ pub async fn start_gateway(
     } else {
         None
     };
-    let state = AppState::new(settings.clone(), ingest.clone(), audit).with_cache(cache.clone());
+    let feed = crate::feed::Feed::new(store.clone(), settings.events.stream_poll, shutdown.clone());
+    let state = AppState::new(settings.clone(), ingest.clone(), audit)
+        .with_cache(cache.clone())
+        .with_feed(feed);
     let gateway = Gateway::bind(state, shutdown)
         .await
         .map_err(io("binding the listen address"))?;

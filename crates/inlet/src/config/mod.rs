@@ -16,7 +16,7 @@
 //! (`redis_url`, `stream_prefix`, `[redis]`), [`store`](mod@store)
 //! (`database_url`, `[database]`), [`worker`](mod@worker),
 //! [`cache`](mod@cache), [`audit`](mod@audit), [`events`](mod@events),
-//! [`apps`](mod@apps) (`[[apps]]` and the default app), `outbound`
+//! [`apps`](mod@apps) (`[[apps]]` and the default app), [`drafts`](mod@drafts), `outbound`
 //! (`[graph]`, `[outbound]`); [`prepare`](mod@prepare) holds the side effects.
 
 use std::net::SocketAddr;
@@ -28,6 +28,7 @@ use serde::Deserialize;
 pub mod apps;
 pub mod audit;
 pub mod cache;
+pub mod drafts;
 pub mod events;
 pub mod http;
 mod outbound;
@@ -39,6 +40,7 @@ pub mod worker;
 pub use apps::{AppSettings, DEV_SECRET_FILE};
 pub use audit::AuditSettings;
 pub use cache::CacheSettings;
+pub use drafts::DraftSettings;
 pub use events::EventSettings;
 pub use http::HttpSettings;
 pub use outbound::{GraphSettings, OutboundSettings, TokenSource, UnknownPolicy};
@@ -120,6 +122,8 @@ pub struct Settings {
     pub graph: GraphSettings,
     /// `[outbound]`: the sender.
     pub outbound: OutboundSettings,
+    /// `[drafts]`: AI drafts waiting for approval.
+    pub drafts: DraftSettings,
 }
 
 /// `config/default.toml`, compiled in: the first configuration layer. The
@@ -267,6 +271,7 @@ struct RawSettings {
     events: events::RawEvents,
     graph: outbound::RawGraph,
     outbound: outbound::RawOutbound,
+    drafts: drafts::RawDrafts,
 }
 
 fn default_tenant() -> String {
@@ -326,6 +331,7 @@ impl RawSettings {
             cache: self.cache.validate(),
             graph,
             outbound,
+            drafts: self.drafts.validate()?,
         })
     }
 }

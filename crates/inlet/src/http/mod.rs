@@ -1,5 +1,5 @@
-//! The gateway's HTTP surface: webhook endpoints, health, metrics and the
-//! read API, assembled into one router with limits, timeouts and graceful
+//! The gateway's HTTP surface: webhook endpoints, health, metrics, the
+//! read API, the send and drafts APIs and the event stream, assembled into one router with limits, timeouts and graceful
 //! shutdown.
 //!
 //! [`Gateway::build`] binds the listener (port 0 works, for tests) and
@@ -7,6 +7,7 @@
 //! shutdown token is cancelled, then finishes in-flight requests.
 
 pub mod api;
+pub mod drafts;
 mod health;
 pub mod outbound;
 mod webhooks;
@@ -81,6 +82,8 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     /// The JSON cache behind the read API (`None`: the API answers 503).
     pub cache: Option<crate::cache::Cache>,
+    /// Live readers of the event log (`None`: the event stream answers 503).
+    pub feed: Option<crate::feed::Feed>,
 }
 
 impl AppState {
@@ -106,6 +109,7 @@ impl AppState {
             audit,
             metrics: crate::telemetry::metrics_handle(),
             cache: None,
+            feed: None,
         }))
     }
 
@@ -113,6 +117,13 @@ impl AppState {
     pub fn with_cache(self, cache: crate::cache::Cache) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.0);
         shared.cache = Some(cache);
+        Self(Arc::new(shared))
+    }
+
+    /// The same state serving `GET /api/events/stream` from `feed`.
+    pub fn with_feed(self, feed: crate::feed::Feed) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.feed = Some(feed);
         Self(Arc::new(shared))
     }
 

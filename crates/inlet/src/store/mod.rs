@@ -9,6 +9,7 @@
 //! same message is stored once), the forward-only current status, page
 //! changes and outbox entries.
 
+pub mod drafts;
 pub mod events;
 pub mod outbound;
 pub mod read;
@@ -301,6 +302,8 @@ pub trait EventStore: Send + Sync + 'static {
     fn read_model(&self) -> &dyn read::ReadModel;
     /// The outbound side: sends, broadcasts, halts.
     fn outbound(&self) -> &dyn outbound::OutboundStore;
+    /// AI drafts waiting for approval.
+    fn drafts(&self) -> &dyn drafts::DraftStore;
 }
 
 /// Shared store handle.

@@ -164,6 +164,11 @@ const PG_MIGRATIONS: Migrations = &[
         include_str!("../../../../../migrations/postgres/0007_groups_history.sql"),
     ),
     (
+        8,
+        "drafts",
+        include_str!("../../../../../migrations/postgres/0008_drafts.sql"),
+    ),
+    (
         10,
         "outbound delivered",
         include_str!("../../../../../migrations/postgres/0010_outbound_delivered.sql"),
@@ -205,6 +210,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         7,
         "groups history",
         include_str!("../../../../../migrations/sqlite/0007_groups_history.sql"),
+    ),
+    (
+        8,
+        "drafts",
+        include_str!("../../../../../migrations/sqlite/0008_drafts.sql"),
     ),
     (
         10,

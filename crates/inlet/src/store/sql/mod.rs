@@ -11,7 +11,9 @@
 //!   events), dead letters, idempotency records, pruning;
 //! - `outbox`: the relay's claims of outbox entries and event-log rows;
 //! - `query`: reads of raw events, messages, statuses and counts;
-//! - `sends`: the outbound tables (sends, history, broadcasts, halts).
+//! - `sends`: the outbound tables (sends, history, broadcasts, halts);
+//! - `drafts`: AI drafts, and the hooks that make them stale (write path)
+//!   and follow their sends (sender bookkeeping).
 //!
 //! sqlx's bounds for "a database that encodes and decodes all of these
 //! types" would have to be repeated on every generic function, so each file
@@ -42,6 +44,7 @@ use crate::events::{Event, EventFilter, EventSink};
 use crate::plan::{Delivery, WritePlan};
 
 pub mod dialect;
+mod drafts;
 mod outbox;
 mod query;
 mod sends;
@@ -371,6 +374,10 @@ macro_rules! impl_event_store {
             }
 
             fn outbound(&self) -> &dyn super::outbound::OutboundStore {
+                self
+            }
+
+            fn drafts(&self) -> &dyn super::drafts::DraftStore {
                 self
             }
         }
