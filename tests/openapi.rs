@@ -37,6 +37,12 @@ fn the_committed_document_is_the_generated_one() {
         ("/api/dlq/{id}", "get"),
         ("/api/dlq/{id}/replay", "post"),
         ("/api/openapi.json", "get"),
+        ("/api/drafts", "post"),
+        ("/api/drafts", "get"),
+        ("/api/drafts/{id}", "get"),
+        ("/api/drafts/{id}/approve", "post"),
+        ("/api/drafts/{id}/reject", "post"),
+        ("/api/events/stream", "get"),
     ] {
         assert!(
             doc["paths"][path][method].is_object(),

@@ -33,11 +33,13 @@ use inlet::store::{RawFilter, Store};
 use inlet::ExposeSecret;
 use serde_json::json;
 
+mod drafts;
 mod events;
 mod ops;
 pub mod render;
 mod send;
 
+pub use drafts::DraftsAction;
 pub use events::{EventsAction, SubscriptionsAction};
 pub use ops::AuditAction;
 
@@ -130,6 +132,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: send::BroadcastsAction,
+    },
+    /// AI drafts waiting for approval: list, show, approve, reject.
+    Drafts {
+        /// What to do.
+        #[command(subcommand)]
+        action: DraftsAction,
     },
     /// The send side: status (halts, queues), recent sends, one send.
     Outbound {
@@ -258,6 +266,7 @@ pub async fn run_with(
         Command::Send(args) => send::send(args, &settings, json, out).await,
         Command::Broadcasts { action } => send::broadcasts(action, &settings, json, out).await,
         Command::Outbound { action } => send::outbound(action, &settings, json, out).await,
+        Command::Drafts { action } => drafts::drafts(action, &settings, json, out).await,
         Command::Messages {
             conversation,
             limit,

@@ -205,11 +205,14 @@ pub fn type_matches(event_type: &str, pattern: &str) -> bool {
         return true;
     }
     let mut parts = event_type.split('.');
-    for p in pattern.split('.') {
+    let mut segments = pattern.split('.').peekable();
+    while let Some(p) = segments.next() {
         if p == "**" {
             return true;
         }
         match parts.next() {
+            // A trailing `*` takes this segment and the rest (`draft.*`).
+            Some(_) if p == "*" && segments.peek().is_none() => return true,
             Some(part) if p == "*" || p == part => {}
             _ => return false,
         }
@@ -605,6 +608,12 @@ mod tests {
             "message_status.after.create",
             "message.after.*"
         ));
+        // A trailing `*` matches the rest, at least one segment.
+        assert!(type_matches("draft.after.create", "draft.*"));
+        assert!(type_matches("draft.after.approve", "draft.after.*"));
+        assert!(!type_matches("draft", "draft.*"));
+        assert!(!type_matches("drafts.after.create", "draft.*"));
+        assert!(type_matches("message.failed.create", "*.failed.*"));
     }
 
     #[test]

@@ -20,10 +20,10 @@ const LAYERS: &[&[&str]] = &[
     &["store"],
     &["queue"],
     &["ingest"],
-    &["relay"],
+    &["relay", "feed"],
     &["bus"],
     &["pipeline", "cache", "webhooks", "media"],
-    &["worker", "direct", "dlq", "status", "sender"],
+    &["worker", "direct", "dlq", "status", "sender", "drafts"],
     &["http"],
     &["service"],
 ];

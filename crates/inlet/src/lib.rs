@@ -42,6 +42,9 @@
 //!   sampler ([`status::sampler`]). Rendering for a terminal is the CLI's.
 //! - [`sender`]: the outbound sender (Graph client, shared limiter, the
 //!   claim → pace → send → record loop).
+//! - [`drafts`]: AI drafts with human approval (create, approve, reject),
+//!   shared by the API and the CLI.
+//! - [`feed`]: live readers of the event log (`GET /api/events/stream`).
 
 pub mod audit;
 pub mod backoff;
@@ -50,8 +53,10 @@ pub mod cache;
 pub mod config;
 pub mod direct;
 pub mod dlq;
+pub mod drafts;
 pub mod envelope;
 pub mod events;
+pub mod feed;
 pub mod http;
 pub mod ingest;
 #[cfg(test)]

@@ -275,8 +275,10 @@ pub async fn start_gateway(
     } else {
         None
     };
+    let feed = crate::feed::Feed::new(store.clone(), settings.events.stream_poll, shutdown.clone());
     let state = AppState::new(settings.clone(), ingest.clone(), audit)
         .with_cache(cache.clone())
+        .with_feed(feed)
         .with_media(media_storage);
     let gateway = Gateway::bind(state, shutdown)
         .await

@@ -156,6 +156,12 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (C, "inlet_media_url_refreshes_total", Unit::Count, "Expired media download URLs replaced by a fresh GET /{media-id}"),
     (C, "inlet_media_requests_total", Unit::Count, "GET /api/media requests, by outcome (served, partial, not_modified, not_stored, not_found, unsatisfiable, missing, error)"),
     (C, "inlet_media_uploads_total", Unit::Count, "Outbound media, by outcome (uploaded, cached, refused, failed)"),
+    // AI drafts and the event stream.
+    (C, "inlet_draft_requests_total", Unit::Count, "Drafts API and CLI requests, by action (create, approve, reject) and outcome (created, approved, rejected, invalid, not_found, conflict, needs_template, unavailable)"),
+    (C, "inlet_drafts_changed_total", Unit::Count, "Drafts moved by something other than a reviewer, by the status entered (stale, sent, failed, needs_template, expired, approved on a DLQ replay)"),
+    (G, "inlet_event_stream_clients", Unit::Count, "Clients connected to GET /api/events/stream"),
+    (C, "inlet_event_stream_events_total", Unit::Count, "Events handed to event stream clients"),
+    (C, "inlet_event_stream_disconnects_total", Unit::Count, "Event stream clients that ended, by reason (closed by the client, slow: took no event for events.stream_stall_ms, shutdown)"),
 ];
 
 use MetricKind::{Counter as C, Gauge as G, Histogram as H};

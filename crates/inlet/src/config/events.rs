@@ -22,6 +22,16 @@ pub struct EventSettings {
     pub webhook_retry_schedule: Vec<Duration>,
     /// Consecutive failed events after which a subscription is disabled.
     pub webhook_disable_after: u32,
+    /// `GET /api/events/stream`: how often the event log is read for new
+    /// rows.
+    pub stream_poll: Duration,
+    /// Interval of the stream's heartbeat comment lines.
+    pub stream_heartbeat: Duration,
+    /// Events that may wait for one stream client.
+    pub stream_buffer: usize,
+    /// A stream client that takes none of its waiting events for this long
+    /// is disconnected (it resumes with `Last-Event-ID`).
+    pub stream_stall: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +45,10 @@ pub(super) struct RawEvents {
     #[serde(default)]
     webhook_retry_schedule_ms: StringList,
     webhook_disable_after: u32,
+    stream_poll_ms: u64,
+    stream_heartbeat_ms: u64,
+    stream_buffer: usize,
+    stream_stall_ms: u64,
 }
 
 impl RawEvents {
@@ -64,6 +78,23 @@ impl RawEvents {
                 })
                 .collect::<Result<_, _>>()?,
             webhook_disable_after: self.webhook_disable_after.max(1),
+            stream_poll: Duration::from_millis(positive(
+                "events.stream_poll_ms",
+                self.stream_poll_ms,
+            )?),
+            stream_heartbeat: Duration::from_millis(positive(
+                "events.stream_heartbeat_ms",
+                self.stream_heartbeat_ms,
+            )?),
+            stream_buffer: usize::try_from(positive(
+                "events.stream_buffer",
+                self.stream_buffer as u64,
+            )?)
+            .unwrap_or(usize::MAX),
+            stream_stall: Duration::from_millis(positive(
+                "events.stream_stall_ms",
+                self.stream_stall_ms,
+            )?),
         })
     }
 }

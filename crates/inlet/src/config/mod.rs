@@ -16,7 +16,7 @@
 //! (`redis_url`, `stream_prefix`, `[redis]`), [`store`](mod@store)
 //! (`database_url`, `[database]`), [`worker`](mod@worker),
 //! [`cache`](mod@cache), [`audit`](mod@audit), [`events`](mod@events),
-//! [`apps`](mod@apps) (`[[apps]]` and the default app), `media` (`[media]`), `outbound`
+//! [`apps`](mod@apps) (`[[apps]]` and the default app), [`drafts`](mod@drafts), `media` (`[media]`), `outbound`
 //! (`[graph]`, `[outbound]`); [`prepare`](mod@prepare) holds the side effects.
 
 use std::net::SocketAddr;
@@ -28,6 +28,7 @@ use serde::Deserialize;
 pub mod apps;
 pub mod audit;
 pub mod cache;
+pub mod drafts;
 pub mod events;
 pub mod http;
 mod media;
@@ -40,6 +41,7 @@ pub mod worker;
 pub use apps::{AppSettings, DEV_SECRET_FILE};
 pub use audit::AuditSettings;
 pub use cache::CacheSettings;
+pub use drafts::DraftSettings;
 pub use events::EventSettings;
 pub use http::HttpSettings;
 pub use media::{MaxBytes, MediaSettings, MediaStorageKind, S3Settings};
@@ -124,6 +126,8 @@ pub struct Settings {
     pub outbound: OutboundSettings,
     /// `[media]`: downloads, storage, uploads.
     pub media: MediaSettings,
+    /// `[drafts]`: AI drafts waiting for approval.
+    pub drafts: DraftSettings,
 }
 
 /// `config/default.toml`, compiled in: the first configuration layer. The
@@ -272,6 +276,7 @@ struct RawSettings {
     graph: outbound::RawGraph,
     outbound: outbound::RawOutbound,
     media: media::RawMedia,
+    drafts: drafts::RawDrafts,
 }
 
 fn default_tenant() -> String {
@@ -333,6 +338,7 @@ impl RawSettings {
             graph,
             outbound,
             media,
+            drafts: self.drafts.validate()?,
         })
     }
 }

@@ -13,6 +13,8 @@
 //! | `GET /api/dlq/{id}?body=true` | one dead letter (`body` adds the raw body) |
 //! | `POST /api/dlq/{id}/replay` | replays it; the letter is removed once the replay is durable |
 //! | `GET /api/media/{message_id}` | an attachment's stored bytes ([`super::media`]) |
+//! | `GET /api/events/stream` | Server-Sent Events of the event log ([`super::drafts`]) |
+//! | `/api/drafts…` | AI drafts with human approval ([`super::drafts`]) |
 //! | `GET /api/openapi.json` | the OpenAPI 3.1 document ([`ApiDoc`], committed as `docs/openapi.json`) |
 //!
 //! The DLQ endpoints use [`crate::dlq::Dlq`], the same code as `inlet dlq`:
@@ -85,6 +87,17 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/api/broadcasts/{id}/resume",
             post(super::outbound::resume_broadcast),
         )
+        .route(
+            "/api/drafts",
+            post(super::drafts::create_draft).get(super::drafts::list_drafts),
+        )
+        .route("/api/drafts/{id}", get(super::drafts::get_draft))
+        .route(
+            "/api/drafts/{id}/approve",
+            post(super::drafts::approve_draft),
+        )
+        .route("/api/drafts/{id}/reject", post(super::drafts::reject_draft))
+        .route("/api/events/stream", get(super::drafts::event_stream))
         .route("/api", get(unknown))
         .route("/api/{*rest}", get(unknown))
         .route_layer(middleware::from_fn_with_state(state, authorize))
@@ -338,8 +351,10 @@ pub struct Replayed {
     paths(conversations, conversation_messages, contacts, summary, event_stats, events_failed, dlq_list, dlq_show, dlq_replay, openapi_json,
         super::outbound::send_message, super::outbound::get_message, super::outbound::create_broadcast, super::outbound::list_broadcasts,
         super::outbound::get_broadcast, super::outbound::pause_broadcast, super::outbound::resume_broadcast,
-        super::media::get_media),
-    components(schemas(ApiError, DlqList, DlqTotals, Replayed, DlqView, super::outbound::Queued, super::outbound::BroadcastQueued, super::outbound::InvalidBody)),
+        super::drafts::create_draft, super::drafts::list_drafts, super::drafts::get_draft, super::drafts::approve_draft,
+        super::drafts::reject_draft, super::drafts::event_stream, super::media::get_media),
+    components(schemas(ApiError, DlqList, DlqTotals, Replayed, DlqView, super::outbound::Queued, super::outbound::BroadcastQueued, super::outbound::InvalidBody,
+        super::drafts::DraftCreated, super::drafts::DraftApproved, super::drafts::DraftConflict)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

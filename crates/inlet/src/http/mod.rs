@@ -1,5 +1,5 @@
-//! The gateway's HTTP surface: webhook endpoints, health, metrics and the
-//! read API, assembled into one router with limits, timeouts and graceful
+//! The gateway's HTTP surface: webhook endpoints, health, metrics, the
+//! read API, the send and drafts APIs and the event stream, assembled into one router with limits, timeouts and graceful
 //! shutdown.
 //!
 //! [`Gateway::build`] binds the listener (port 0 works, for tests) and
@@ -7,6 +7,7 @@
 //! shutdown token is cancelled, then finishes in-flight requests.
 
 pub mod api;
+pub mod drafts;
 mod health;
 pub mod media;
 pub mod outbound;
@@ -84,6 +85,8 @@ pub struct Shared {
     pub cache: Option<crate::cache::Cache>,
     /// Stored media behind `GET /api/media/{id}` (`None`: it answers 503).
     pub media: Option<crate::media::storage::Storage>,
+    /// Live readers of the event log (`None`: the event stream answers 503).
+    pub feed: Option<crate::feed::Feed>,
 }
 
 impl AppState {
@@ -110,6 +113,7 @@ impl AppState {
             metrics: crate::telemetry::metrics_handle(),
             cache: None,
             media: None,
+            feed: None,
         }))
     }
 
@@ -124,6 +128,13 @@ impl AppState {
     pub fn with_media(self, storage: crate::media::storage::Storage) -> Self {
         let mut shared = Arc::unwrap_or_clone(self.0);
         shared.media = Some(storage);
+        Self(Arc::new(shared))
+    }
+
+    /// The same state serving `GET /api/events/stream` from `feed`.
+    pub fn with_feed(self, feed: crate::feed::Feed) -> Self {
+        let mut shared = Arc::unwrap_or_clone(self.0);
+        shared.feed = Some(feed);
         Self(Arc::new(shared))
     }
 

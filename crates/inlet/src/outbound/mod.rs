@@ -11,8 +11,11 @@
 //! - [`classify`]: Graph error code → [`classify::ErrorClass`], with sources.
 //! - [`rate`]: token bucket, pair pacer (GCRA), throttle slow-down.
 //! - [`window`]: the customer-service window gate.
+//! - [`draft`]: AI drafts with human approval: states, transitions, the
+//!   derived send id, the drafts API's bodies.
 
 pub mod classify;
+pub mod draft;
 pub mod rate;
 pub mod request;
 pub mod window;

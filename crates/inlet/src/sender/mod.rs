@@ -14,8 +14,9 @@
 //!   exhausted), deferred (131049: set aside once, out of the recipient's
 //!   queue) or unknown (answer lost). Housekeeping turns sends orphaned
 //!   by a dead process into `unknown`, settles unknowns from status
-//!   webhooks or by policy, finishes broadcasts, and lifts an app's halt
-//!   once its token changed.
+//!   webhooks or by policy, finishes broadcasts, closes open AI drafts
+//!   whose window closed or that expired, and lifts an app's halt once its
+//!   token changed.
 
 pub mod graph;
 pub mod intake;
@@ -578,6 +579,29 @@ impl Sender {
             metrics::histogram!("inlet_outbound_delivered_seconds").record(latency);
         }
         out.finish_broadcasts(now).await?;
+        // Open AI drafts whose window closed (WhatsApp) or that nobody
+        // reviewed in time.
+        let (opened_after, created_before) = crate::outbound::draft::close_thresholds(
+            now,
+            cfg.window_margin.as_millis() as i64,
+            self.settings.drafts.expire_after.as_millis() as i64,
+        );
+        let closed = self
+            .store
+            .drafts()
+            .close_drafts(now, opened_after, created_before)
+            .await?;
+        if closed.needs_template + closed.expired > 0 {
+            tracing::info!(
+                needs_template = closed.needs_template,
+                expired = closed.expired,
+                "open drafts closed"
+            );
+            metrics::counter!("inlet_drafts_changed_total", "status" => "needs_template")
+                .increment(closed.needs_template);
+            metrics::counter!("inlet_drafts_changed_total", "status" => "expired")
+                .increment(closed.expired);
+        }
         let stats = out.outbound_stats().await?;
         for (sender, n) in &stats.queued_by_sender {
             metrics::gauge!("inlet_outbound_queued", "sender" => sender.clone()).set(*n as f64);

@@ -75,8 +75,35 @@ pub struct EventStat {
     pub count: i64,
 }
 
+/// A position in the event log, in the order rows become readable: the
+/// writing transaction, then the sequence (`event_log.tx`, `seq`; SQLite
+/// commits one writer at a time, so its `tx` is always 0). Only rows no
+/// still-running transaction can commit behind are read (the relay's
+/// horizon), so a reader that moves a cursor through the log in this order
+/// never skips a row that commits late. Within one transaction `seq`
+/// orders the rows, so the sequence alone names a row (an SSE event id).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct LogCursor {
+    /// Id of the transaction that wrote the row (`xid8`; 0 on SQLite).
+    pub tx: u64,
+    /// `event_log.seq`.
+    pub seq: i64,
+}
+
 /// The event-bus side of the store.
 pub trait EventLogStore: Send + Sync {
+    /// The newest readable position (the start of a live tail); the zero
+    /// cursor when the log is empty.
+    fn log_head(&self) -> BoxFuture<'_, Result<LogCursor, StoreError>>;
+    /// The position of the row with sequence `seq` (a resume point), if it
+    /// exists.
+    fn log_position(&self, seq: i64) -> BoxFuture<'_, Result<Option<LogCursor>, StoreError>>;
+    /// Readable rows after `after`, in cursor order, at most `limit`.
+    fn log_after(
+        &self,
+        after: LogCursor,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<(LogCursor, Event)>, StoreError>>;
     /// Whether `handler` already processed `key`.
     fn is_processed<'a>(
         &'a self,
@@ -233,9 +260,85 @@ fn subscription_event(sub: &Subscription, op: Operation, actor: &str) -> Event {
     )
 }
 
+/// A cursor read back: `CAST(tx AS text)` and `seq`.
+fn cursor_from_row<R: Row>(row: &R) -> Result<LogCursor, StoreError>
+where
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    let tx: String = row.try_get("tx_text").map_err(classify)?;
+    Ok(LogCursor {
+        tx: tx
+            .trim()
+            .parse()
+            .map_err(|e| StoreError::Rejected(format!("unreadable event_log.tx {tx:?}: {e}")))?,
+        seq: row.try_get("seq").map_err(classify)?,
+    })
+}
+
 macro_rules! impl_event_log {
     ($db:ty) => {
         impl EventLogStore for SqlStore<$db> {
+            fn log_head(&self) -> BoxFuture<'_, Result<LogCursor, StoreError>> {
+                Box::pin(async move {
+                    let d = <$db as Backend>::DIALECT;
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT CAST(tx AS text) AS tx_text, seq FROM event_log WHERE 1 = 1",
+                    );
+                    qb.push(d.horizon).push(" ORDER BY tx DESC, seq DESC LIMIT 1");
+                    match qb.build().fetch_optional(&self.pool).await.map_err(classify)? {
+                        Some(row) => cursor_from_row(&row),
+                        None => Ok(LogCursor::default()),
+                    }
+                })
+            }
+
+            fn log_position(&self, seq: i64) -> BoxFuture<'_, Result<Option<LogCursor>, StoreError>> {
+                Box::pin(async move {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT CAST(tx AS text) AS tx_text, seq FROM event_log WHERE seq = ",
+                    );
+                    qb.push_bind(seq);
+                    qb.build()
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(classify)?
+                        .map(|row| cursor_from_row(&row))
+                        .transpose()
+                })
+            }
+
+            fn log_after(
+                &self,
+                after: LogCursor,
+                limit: i64,
+            ) -> BoxFuture<'_, Result<Vec<(LogCursor, Event)>, StoreError>> {
+                Box::pin(async move {
+                    let d = <$db as Backend>::DIALECT;
+                    let mut qb = QueryBuilder::<$db>::new("SELECT CAST(tx AS text) AS tx_text, ");
+                    qb.push(super::sql::EVENT_COLUMNS)
+                        .push(" FROM event_log WHERE (tx, seq) > (CAST(")
+                        .push_bind(after.tx.to_string())
+                        .push(" AS ")
+                        .push(d.tx_type)
+                        .push("), ")
+                        .push_bind(after.seq)
+                        .push(")")
+                        .push(d.horizon)
+                        .push(" ORDER BY tx, seq LIMIT ")
+                        .push_bind(limit);
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    rows.iter()
+                        .map(|row| {
+                            let cursor = cursor_from_row(row)?;
+                            let (_, event) = event_from_row(row).map_err(classify)?;
+                            Ok((cursor, event))
+                        })
+                        .collect()
+                })
+            }
+
             fn is_processed<'a>(&'a self, key: &'a str, handler: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
                 Box::pin(async move {
                     let mut qb = QueryBuilder::<$db>::new("SELECT 1 AS one FROM processed_events WHERE event_id = ");

@@ -9,6 +9,7 @@
 //! same message is stored once), the forward-only current status, page
 //! changes and outbox entries.
 
+pub mod drafts;
 pub mod events;
 pub mod media;
 pub mod outbound;
@@ -304,6 +305,8 @@ pub trait EventStore: Send + Sync + 'static {
     fn outbound(&self) -> &dyn outbound::OutboundStore;
     /// The media side: download state per attachment, upload cache.
     fn media(&self) -> &dyn media::MediaStore;
+    /// AI drafts waiting for approval.
+    fn drafts(&self) -> &dyn drafts::DraftStore;
 }
 
 /// Shared store handle.

@@ -164,6 +164,11 @@ const PG_MIGRATIONS: Migrations = &[
         include_str!("../../../../../migrations/postgres/0007_groups_history.sql"),
     ),
     (
+        8,
+        "drafts",
+        include_str!("../../../../../migrations/postgres/0008_drafts.sql"),
+    ),
+    (
         9,
         "media",
         include_str!("../../../../../migrations/postgres/0009_media.sql"),
@@ -210,6 +215,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         7,
         "groups history",
         include_str!("../../../../../migrations/sqlite/0007_groups_history.sql"),
+    ),
+    (
+        8,
+        "drafts",
+        include_str!("../../../../../migrations/sqlite/0008_drafts.sql"),
     ),
     (
         9,

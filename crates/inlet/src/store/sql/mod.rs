@@ -12,7 +12,9 @@
 //! - `outbox`: the relay's claims of outbox entries and event-log rows;
 //! - `query`: reads of raw events, messages, statuses and counts;
 //! - `sends`: the outbound tables (sends, history, broadcasts, halts);
-//! - `media`: download state per attachment, the upload cache.
+//! - `media`: download state per attachment, the upload cache;
+//! - `drafts`: AI drafts, and the hooks that make them stale (write path)
+//!   and follow their sends (sender bookkeeping).
 //!
 //! sqlx's bounds for "a database that encodes and decodes all of these
 //! types" would have to be repeated on every generic function, so each file
@@ -43,6 +45,7 @@ use crate::events::{Event, EventFilter, EventSink};
 use crate::plan::{Delivery, WritePlan};
 
 pub mod dialect;
+mod drafts;
 mod media;
 mod outbox;
 mod query;
@@ -377,6 +380,10 @@ macro_rules! impl_event_store {
             }
 
             fn media(&self) -> &dyn super::media::MediaStore {
+                self
+            }
+
+            fn drafts(&self) -> &dyn super::drafts::DraftStore {
                 self
             }
         }

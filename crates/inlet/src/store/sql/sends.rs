@@ -7,6 +7,7 @@ use sqlx::{QueryBuilder, Row};
 
 use super::{classify, for_each_backend, Backend, SqlStore, CHUNK};
 use crate::events::{Event, Operation, Phase};
+use crate::outbound::draft::{Action, SendOutcome};
 use crate::outbound::{BroadcastSpec, SendSpec};
 use crate::store::outbound::{
     state, BroadcastRecord, Delivered, Finish, Halt, HistoryEntry, NewBroadcast, NewSend,
@@ -176,6 +177,49 @@ macro_rules! impl_sends {
                 Ok(inserted)
             }
 
+            /// Stores a command inside the caller's transaction (see
+            /// [`OutboundStore::enqueue`]): the send approved with a draft
+            /// is stored in the approval's transaction.
+            pub(super) async fn enqueue_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                send: &NewSend,
+                now: i64,
+            ) -> Result<(OutboundRecord, bool), StoreError> {
+                let inserted = Self::insert_sends(tx, std::slice::from_ref(send), now, true).await?;
+                let created = !inserted.is_empty();
+                if created {
+                    let fields = BTreeMap::from([
+                        ("id".to_string(), send.id.clone()),
+                        ("tenant".to_string(), send.tenant.clone()),
+                        ("trace_id".to_string(), send.trace_id.clone()),
+                        ("command".to_string(), serde_json::to_string(&send.spec).unwrap_or_default()),
+                    ]);
+                    let mut qb = QueryBuilder::<$db>::new("INSERT INTO outbox (stream, fields, created_at) VALUES (");
+                    qb.push_bind(crate::streams::OUTGOING_COMMAND)
+                        .push(", ")
+                        .push_bind(super::fields_text(&fields))
+                        .push(", ")
+                        .push_bind(chrono::Utc::now())
+                        .push(")");
+                    qb.build().execute(&mut **tx).await.map_err(classify)?;
+                }
+                // The stored row: this one, or the one holding the id or
+                // the idempotency key.
+                let mut qb = QueryBuilder::<$db>::new("SELECT ");
+                qb.push(COLUMNS).push(FROM).push(" WHERE o.id = ").push_bind(send.id.clone());
+                if let Some(key) = &send.spec.idempotency_key {
+                    qb.push(" OR (o.tenant = ")
+                        .push_bind(send.tenant.clone())
+                        .push(" AND o.idempotency_key = ")
+                        .push_bind(key.clone())
+                        .push(")");
+                }
+                qb.push(" ORDER BY o.seq LIMIT 1");
+                let row = qb.build().fetch_one(&mut **tx).await.map_err(classify)?;
+                let record = Self::outbound_from_row(&row)?;
+                Ok((record, created))
+            }
+
             async fn history_in(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 id: &str,
@@ -262,38 +306,7 @@ macro_rules! impl_sends {
                     let d = <$db as Backend>::DIALECT;
                     let now = crate::store::outbound::now_ms();
                     let mut tx = self.pool.begin_with(d.write_begin).await.map_err(classify)?;
-                    let inserted = Self::insert_sends(&mut tx, std::slice::from_ref(send), now, true).await?;
-                    let created = !inserted.is_empty();
-                    if created {
-                        let fields = BTreeMap::from([
-                            ("id".to_string(), send.id.clone()),
-                            ("tenant".to_string(), send.tenant.clone()),
-                            ("trace_id".to_string(), send.trace_id.clone()),
-                            ("command".to_string(), serde_json::to_string(&send.spec).unwrap_or_default()),
-                        ]);
-                        let mut qb = QueryBuilder::<$db>::new("INSERT INTO outbox (stream, fields, created_at) VALUES (");
-                        qb.push_bind(crate::streams::OUTGOING_COMMAND)
-                            .push(", ")
-                            .push_bind(super::fields_text(&fields))
-                            .push(", ")
-                            .push_bind(chrono::Utc::now())
-                            .push(")");
-                        qb.build().execute(&mut *tx).await.map_err(classify)?;
-                    }
-                    // The stored row: this one, or the one holding the id or
-                    // the idempotency key.
-                    let mut qb = QueryBuilder::<$db>::new("SELECT ");
-                    qb.push(COLUMNS).push(FROM).push(" WHERE o.id = ").push_bind(send.id.clone());
-                    if let Some(key) = &send.spec.idempotency_key {
-                        qb.push(" OR (o.tenant = ")
-                            .push_bind(send.tenant.clone())
-                            .push(" AND o.idempotency_key = ")
-                            .push_bind(key.clone())
-                            .push(")");
-                    }
-                    qb.push(" ORDER BY o.seq LIMIT 1");
-                    let row = qb.build().fetch_one(&mut *tx).await.map_err(classify)?;
-                    let record = Self::outbound_from_row(&row)?;
+                    let (record, created) = Self::enqueue_in(&mut tx, send, now).await?;
                     tx.commit().await.map_err(classify)?;
                     Ok((record, created))
                 })
@@ -564,13 +577,24 @@ macro_rules! impl_sends {
                         .push_bind(id.to_string())
                         .push(" AND lease_owner = ")
                         .push_bind(owner.to_string())
-                        .push(" AND status IN ('claimed', 'sending', 'unknown') RETURNING tenant, trace_id");
+                        .push(" AND status IN ('claimed', 'sending', 'unknown') RETURNING tenant, trace_id, broadcast_id");
                     let Some(row) = qb.build().fetch_optional(&mut *tx).await.map_err(classify)? else {
                         return Ok(false);
                     };
                     let tenant: String = row.try_get("tenant").map_err(classify)?;
                     let trace: String = row.try_get("trace_id").map_err(classify)?;
+                    let broadcast: Option<String> = row.try_get("broadcast_id").map_err(classify)?;
                     Self::history_in(&mut tx, id, status, now, detail.as_ref()).await?;
+                    // An approved draft follows its send (broadcast sends
+                    // have no draft).
+                    if let (None, Some(outcome)) = (&broadcast, SendOutcome::of_send_state(status)) {
+                        let class = match finish {
+                            Finish::Final { error_class, .. } => error_class.clone(),
+                            _ => None,
+                        };
+                        self.drafts_of_sends_in(&mut tx, &[id.to_string()], Action::SendEnded(outcome), class, now)
+                            .await?;
+                    }
                     match finish {
                         Finish::Accepted { plan, .. } => {
                             self.write_plan_in(&mut tx, plan).await?;
@@ -656,6 +680,9 @@ macro_rules! impl_sends {
                     for id in &settled {
                         Self::history_in(&mut tx, id, "settled", now_ms, Some(&detail)).await?;
                     }
+                    self.drafts_of_sends_in(&mut tx, &settled, Action::SendEnded(SendOutcome::Accepted), None, now_ms)
+                        .await?;
+                    let mut failed_replies = Vec::new();
                     let mut resent = 0;
                     let mut failed = 0;
                     for (broadcasts, resend) in [(false, resend_replies), (true, resend_broadcasts)] {
@@ -682,6 +709,9 @@ macro_rules! impl_sends {
                                 Self::history_in(&mut tx, &id, "resend", now_ms, Some(&detail)).await?;
                             } else {
                                 failed += 1;
+                                if !broadcasts {
+                                    failed_replies.push(id.clone());
+                                }
                                 let error = serde_json::json!({"reason": "unknown_outcome"});
                                 Self::history_in(&mut tx, &id, state::FAILED, now_ms, Some(&error)).await?;
                                 let tenant: String = row.try_get("tenant").map_err(classify)?;
@@ -693,6 +723,14 @@ macro_rules! impl_sends {
                             }
                         }
                     }
+                    self.drafts_of_sends_in(
+                        &mut tx,
+                        &failed_replies,
+                        Action::SendEnded(SendOutcome::Failed),
+                        Some("unknown_outcome".into()),
+                        now_ms,
+                    )
+                    .await?;
                     tx.commit().await.map_err(classify)?;
                     Ok((settled.len() as u64, resent, failed))
                 })
@@ -971,6 +1009,10 @@ macro_rules! impl_sends {
                     let detail = serde_json::json!({"from": "dlq", "error_class": class});
                     Self::history_in(&mut tx, id, "replayed", now_ms, Some(&detail)).await?;
                     Self::history_in(&mut tx, id, state::QUEUED, now_ms, None).await?;
+                    if broadcast.is_none() {
+                        self.drafts_of_sends_in(&mut tx, &[id.to_string()], Action::SendRevived, None, now_ms)
+                            .await?;
+                    }
                     if let Some(b) = broadcast {
                         let mut qb = QueryBuilder::<$db>::new(
                             "UPDATE broadcasts SET status = 'running', finished_ms = NULL, updated_ms = ",

@@ -51,6 +51,42 @@ fn cache_jobs(report: &WriteReport) -> Vec<OutboxRow> {
     jobs
 }
 
+/// The newest inbound message this write stored in each conversation:
+/// (conversation id, sent at in epoch ms, provider id). Redeliveries (rows
+/// that existed) are not new.
+fn newer_inbound(
+    plan: &WritePlan,
+    results: &WriteResults,
+    conversation_ids: &HashMap<ConversationKey, i64>,
+) -> Vec<(i64, i64, String)> {
+    let mut newest: HashMap<i64, (i64, String)> = HashMap::new();
+    for m in &plan.messages {
+        let msg = &m.message;
+        if msg.direction != crate::model::Direction::Inbound {
+            continue;
+        }
+        let key = (
+            m.tenant.clone(),
+            msg.channel.as_str().to_string(),
+            msg.provider_message_id.clone(),
+        );
+        let Some(conv) = conversation_ids.get(&m.conversation) else {
+            continue;
+        };
+        if !results.new_messages.contains(&key) {
+            continue;
+        }
+        let sent = msg.sent_at.timestamp_millis();
+        let slot = newest.entry(*conv).or_insert((sent, key.2.clone()));
+        if sent > slot.0 {
+            *slot = (sent, key.2);
+        }
+    }
+    let mut out: Vec<_> = newest.into_iter().map(|(c, (t, p))| (c, t, p)).collect();
+    out.sort_unstable();
+    out
+}
+
 /// Headers as stored: a JSON object.
 pub(super) fn headers_json(event: &RawEvent) -> serde_json::Value {
     serde_json::Value::Object(
@@ -432,7 +468,12 @@ macro_rules! impl_writes {
                 outbox.extend(media_jobs);
                 // `after` events: appended to the log in this transaction; the
                 // relay publishes them from the log by its cursor.
-                let events = after_events(plan, &results, &self.filter);
+                let mut events = after_events(plan, &results, &self.filter);
+                // Pending drafts of conversations that got a newer inbound
+                // message are stale now, in this transaction (see
+                // `store::drafts`).
+                let newer = newer_inbound(plan, &results, &conversation_ids);
+                events.extend(self.stale_drafts_in(tx, &newer).await?);
                 Self::log_events(tx, &events).await?;
                 for chunk in outbox.chunks(CHUNK) {
                     let mut qb = QueryBuilder::<$db>::new("INSERT INTO outbox (stream, fields, created_at) ");
@@ -710,6 +751,9 @@ macro_rules! impl_writes {
                         .push_bind(last)
                         .push(") WHERE id = ")
                         .push_bind(s);
+                    qb.build().execute(&mut **tx).await.map_err(classify)?;
+                    let mut qb = QueryBuilder::<$db>::new("UPDATE drafts SET conversation_id = ");
+                    qb.push_bind(s).push(" WHERE conversation_id = ").push_bind(l);
                     qb.build().execute(&mut **tx).await.map_err(classify)?;
                     let mut qb = QueryBuilder::<$db>::new("DELETE FROM conversations WHERE id = ");
                     qb.push_bind(l);
