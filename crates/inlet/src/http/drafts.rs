@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::api::error;
+use super::api::{error, ApiQuery};
 use super::outbound::{message_view, InvalidBody};
 use super::AppState;
 use crate::audit::AuditRecord;
@@ -248,7 +248,7 @@ pub(super) struct ListQuery {
     security(("bearer" = [])))]
 pub(super) async fn list_drafts(
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Response {
     if let Some(s) = &q.status {
         if DraftStatus::parse(s).is_none() {
@@ -404,7 +404,7 @@ pub(super) struct StreamQuery {
     security(("bearer" = [])))]
 pub(super) async fn event_stream(
     State(state): State<AppState>,
-    Query(q): Query<StreamQuery>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
     headers: HeaderMap,
 ) -> Response {
     let Some(feed) = &state.feed else {
