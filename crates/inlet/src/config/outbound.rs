@@ -23,9 +23,6 @@ pub(super) struct RawGraph {
     access_token_file: Option<PathBuf>,
 }
 
-/// Seconds of rate kept off the burst (see [`RawOutbound::validate`]).
-const GRANT_MARGIN_S: f64 = 0.1;
-
 #[derive(Debug, Deserialize)]
 pub(super) struct RawOutbound {
     enabled: bool,
@@ -46,6 +43,7 @@ pub(super) struct RawOutbound {
     unknown_policy_reply: String,
     unknown_policy_broadcast: String,
     window_margin_ms: u64,
+    grant_margin_ms: u64,
     claim_batch: u32,
     poll_ms: u64,
     token_reload_ms: u64,
@@ -249,6 +247,12 @@ impl RawOutbound {
                 "must be between 1 and 1000",
             ));
         }
+        if self.grant_margin_ms >= 1000 {
+            return Err(invalid(
+                "outbound.grant_margin_ms",
+                "must be below 1000 (a second of rate kept off the burst leaves none)",
+            ));
+        }
         if self.backoff_cap_ms < self.backoff_base_ms {
             return Err(invalid(
                 "outbound.backoff_cap_ms",
@@ -261,10 +265,10 @@ impl RawOutbound {
             limits: Limits {
                 rate,
                 // A grant and the request it pays for are a database write
-                // apart: keep GRANT_MARGIN of rate off the burst so requests
+                // apart: keep `grant_margin_ms` of rate off the burst so requests
                 // that leave late do not add up past rate + burst in any
                 // second at Meta's end.
-                burst: (burst - rate * GRANT_MARGIN_S).max(1.0),
+                burst: (burst - rate * self.grant_margin_ms as f64 / 1000.0).max(1.0),
                 media_rate,
                 media_burst: (burst * media_rate / rate).max(1.0),
                 pair_interval_ms: self.pair_interval_ms as i64,

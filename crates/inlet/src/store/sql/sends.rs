@@ -220,6 +220,30 @@ macro_rules! impl_sends {
                 Ok((record, created))
             }
 
+            /// Runs an `UPDATE … RETURNING id` and writes one history entry
+            /// (`status`, `detail`) for each row it changed; returns their ids.
+            async fn update_with_history(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                mut update: QueryBuilder<'_, $db>,
+                status: &str,
+                now: i64,
+                detail: &serde_json::Value,
+            ) -> Result<Vec<String>, StoreError> {
+                let ids: Vec<String> = update
+                    .build()
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(classify)?
+                    .iter()
+                    .map(|r| r.try_get::<String, _>("id"))
+                    .collect::<Result<_, _>>()
+                    .map_err(classify)?;
+                for id in &ids {
+                    Self::history_in(tx, id, status, now, Some(detail)).await?;
+                }
+                Ok(ids)
+            }
+
             async fn history_in(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 id: &str,
@@ -632,19 +656,8 @@ macro_rules! impl_sends {
                         .push(if d.name == "postgres" { " FOR UPDATE SKIP LOCKED" } else { "" })
                         .push(")");
                     requeue.build().execute(&mut *tx).await.map_err(classify)?;
-                    let ids: Vec<String> = qb
-                        .build()
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(classify)?
-                        .iter()
-                        .map(|r| r.try_get::<String, _>("id"))
-                        .collect::<Result<_, _>>()
-                        .map_err(classify)?;
                     let detail = serde_json::json!({"reason": "the sending process stopped with the request in flight"});
-                    for id in &ids {
-                        Self::history_in(&mut tx, id, state::UNKNOWN, now_ms, Some(&detail)).await?;
-                    }
+                    let ids = Self::update_with_history(&mut tx, qb, state::UNKNOWN, now_ms, &detail).await?;
                     tx.commit().await.map_err(classify)?;
                     Ok(ids)
                 })
@@ -667,19 +680,8 @@ macro_rules! impl_sends {
                         .push(", updated_ms = ")
                         .push_bind(now_ms)
                         .push(", error = NULL WHERE status = 'unknown' AND provider_message_id IS NOT NULL RETURNING id");
-                    let settled: Vec<String> = qb
-                        .build()
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(classify)?
-                        .iter()
-                        .map(|r| r.try_get::<String, _>("id"))
-                        .collect::<Result<_, _>>()
-                        .map_err(classify)?;
                     let detail = serde_json::json!({"reason": "a status webhook carried this send's id"});
-                    for id in &settled {
-                        Self::history_in(&mut tx, id, "settled", now_ms, Some(&detail)).await?;
-                    }
+                    let settled = Self::update_with_history(&mut tx, qb, "settled", now_ms, &detail).await?;
                     self.drafts_of_sends_in(&mut tx, &settled, Action::SendEnded(SendOutcome::Accepted), None, now_ms)
                         .await?;
                     let mut failed_replies = Vec::new();
@@ -900,19 +902,8 @@ macro_rules! impl_sends {
                         .push(" WHERE status = 'deferred' AND due_ms <= ")
                         .push_bind(now_ms)
                         .push(" RETURNING id");
-                    let ids: Vec<String> = qb
-                        .build()
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(classify)?
-                        .iter()
-                        .map(|r| r.try_get::<String, _>("id"))
-                        .collect::<Result<_, _>>()
-                        .map_err(classify)?;
                     let detail = serde_json::json!({"reason": "deferred_retry"});
-                    for id in &ids {
-                        Self::history_in(&mut tx, id, state::QUEUED, now_ms, Some(&detail)).await?;
-                    }
+                    let ids = Self::update_with_history(&mut tx, qb, state::QUEUED, now_ms, &detail).await?;
                     tx.commit().await.map_err(classify)?;
                     Ok(ids.len() as u64)
                 })
@@ -1049,19 +1040,8 @@ macro_rules! impl_sends {
                             sep.push_bind(id.clone());
                         }
                         qb.push(") RETURNING id");
-                        let done: Vec<String> = qb
-                            .build()
-                            .fetch_all(&mut *tx)
-                            .await
-                            .map_err(classify)?
-                            .iter()
-                            .map(|r| r.try_get::<String, _>("id"))
-                            .collect::<Result<_, _>>()
-                            .map_err(classify)?;
                         let detail = serde_json::json!({"error_class": "discarded", "reason": "removed from the DLQ"});
-                        for id in &done {
-                            Self::history_in(&mut tx, id, state::FAILED, now_ms, Some(&detail)).await?;
-                        }
+                        let done = Self::update_with_history(&mut tx, qb, state::FAILED, now_ms, &detail).await?;
                         n += done.len() as u64;
                     }
                     tx.commit().await.map_err(classify)?;
