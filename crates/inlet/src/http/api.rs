@@ -234,12 +234,33 @@ struct EventsQuery {
     limit: Option<i64>,
 }
 
-fn no_store() -> Response {
+/// 503: this gateway has no store attached.
+pub(super) fn no_store() -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         "store_unavailable",
         "no store attached",
     )
+}
+
+/// The gateway's store (through its cache), when it has one.
+pub(super) fn store_of(state: &AppState) -> Option<&crate::store::Store> {
+    state.cache.as_ref().map(|c| c.store())
+}
+
+/// A store failure: 503 when it may pass (retry), else 500.
+pub(super) fn store_error(e: &crate::store::StoreError) -> Response {
+    let status = if e.is_transient() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    error(status, "store_unavailable", e.to_string())
+}
+
+/// Epoch milliseconds as RFC 3339 (`None` out of range).
+pub(super) fn ms_to_rfc3339(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339())
 }
 
 #[utoipa::path(get, path = "/api/events/stats", tag = "events",
@@ -253,7 +274,7 @@ async fn event_stats(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Response {
-    let Some(store) = state.cache.as_ref().map(|c| c.store()) else {
+    let Some(store) = store_of(&state) else {
         return no_store();
     };
     let days = q.days.unwrap_or(7).clamp(1, 366);
@@ -282,7 +303,7 @@ async fn events_failed(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Response {
-    let Some(store) = state.cache.as_ref().map(|c| c.store()) else {
+    let Some(store) = store_of(&state) else {
         return no_store();
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);

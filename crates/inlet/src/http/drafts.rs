@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::api::{error, ApiQuery};
+use super::api::{error, ms_to_rfc3339, no_store, store_error, store_of, ApiQuery};
 use super::outbound::{message_view, InvalidBody};
 use super::AppState;
 use crate::audit::AuditRecord;
@@ -72,10 +72,6 @@ pub struct DraftConflict {
     pub draft: Value,
 }
 
-fn ms_to_rfc3339(ms: i64) -> Option<String> {
-    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339())
-}
-
 /// The JSON view of a draft (API and `inlet drafts`).
 pub fn draft_view(d: &DraftRecord) -> Value {
     json!({
@@ -97,27 +93,6 @@ pub fn draft_view(d: &DraftRecord) -> Value {
         "updated_at": ms_to_rfc3339(d.updated_ms),
         "approved_at": d.approved_ms.and_then(ms_to_rfc3339),
     })
-}
-
-fn store_of(state: &AppState) -> Option<&Store> {
-    state.cache.as_ref().map(|c| c.store())
-}
-
-fn no_store() -> Response {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "no store",
-    )
-}
-
-fn store_error(e: &StoreError) -> Response {
-    let status = if e.is_transient() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
-    error(status, "store_unavailable", e.to_string())
 }
 
 fn counted(action: &'static str, outcome: &'static str) {

@@ -21,19 +21,17 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{TimeZone, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::api::error;
+use super::api::{error, ms_to_rfc3339, no_store, store_error, store_of};
 use super::AppState;
 use crate::audit::AuditRecord;
 use crate::outbound::{BroadcastSpec, Invalid, SendSpec};
 use crate::store::outbound::{
     BroadcastRecord, HistoryEntry, NewBroadcast, NewSend, OutboundRecord,
 };
-use crate::store::{Store, StoreError};
 
 /// 202 answer of `POST /api/messages`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -68,12 +66,6 @@ pub struct InvalidBody {
     pub detail: String,
 }
 
-fn ms_to_rfc3339(ms: i64) -> Option<String> {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .map(|t| t.to_rfc3339())
-}
-
 fn invalid(e: Invalid) -> Response {
     (
         StatusCode::BAD_REQUEST,
@@ -84,27 +76,6 @@ fn invalid(e: Invalid) -> Response {
         }),
     )
         .into_response()
-}
-
-fn store_error(e: &StoreError) -> Response {
-    let status = if e.is_transient() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
-    error(status, "store_unavailable", e.to_string())
-}
-
-fn store_of(state: &AppState) -> Option<&Store> {
-    state.cache.as_ref().map(|c| c.store())
-}
-
-fn no_store() -> Response {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "no store",
-    )
 }
 
 fn with_trace(mut res: Response, trace: &Uuid) -> Response {
