@@ -156,27 +156,10 @@ pub async fn drafts(
             Ok(ExitCode::SUCCESS)
         }
         DraftsAction::Show { id } => {
-            match draft_with_send(&store, &id)
+            let view = draft_with_send(&store, &id)
                 .await
-                .context("reading the draft")?
-            {
-                Some(v) => {
-                    writeln!(
-                        out,
-                        "{}",
-                        if json_out {
-                            v.to_string()
-                        } else {
-                            serde_json::to_string_pretty(&v)?
-                        }
-                    )?;
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    writeln!(out, "no draft {id}")?;
-                    Ok(ExitCode::from(1))
-                }
-            }
+                .context("reading the draft")?;
+            crate::send::show_record(out, json_out, view, &format!("no draft {id}"))
         }
         DraftsAction::Approve {
             id,

@@ -168,6 +168,27 @@ pub async fn send(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `show` of one record: its JSON view (one line with `--json`, else
+/// pretty), or `missing` and exit status 1.
+pub(crate) fn show_record(
+    out: &mut dyn Write,
+    json_out: bool,
+    view: Option<Value>,
+    missing: &str,
+) -> anyhow::Result<ExitCode> {
+    let Some(v) = view else {
+        writeln!(out, "{missing}")?;
+        return Ok(ExitCode::from(1));
+    };
+    let text = if json_out {
+        v.to_string()
+    } else {
+        serde_json::to_string_pretty(&v)?
+    };
+    writeln!(out, "{text}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print(out: &mut dyn Write, json_out: bool, v: &Value, text: String) -> anyhow::Result<()> {
     if json_out {
         writeln!(out, "{v}")?;
@@ -360,24 +381,10 @@ pub async fn outbound(
             }
             Ok(ExitCode::SUCCESS)
         }
-        OutboundAction::Show { id } => match o.outbound(&id).await.context("reading the send")? {
-            Some((r, history)) => {
-                let v = message_view(&r, Some(&history));
-                writeln!(
-                    out,
-                    "{}",
-                    if json_out {
-                        v.to_string()
-                    } else {
-                        serde_json::to_string_pretty(&v)?
-                    }
-                )?;
-                Ok(ExitCode::SUCCESS)
-            }
-            None => {
-                writeln!(out, "no outbound message {id}")?;
-                Ok(ExitCode::from(1))
-            }
-        },
+        OutboundAction::Show { id } => {
+            let found = o.outbound(&id).await.context("reading the send")?;
+            let view = found.map(|(r, history)| message_view(&r, Some(&history)));
+            show_record(out, json_out, view, &format!("no outbound message {id}"))
+        }
     }
 }
