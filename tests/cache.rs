@@ -62,7 +62,19 @@ async fn matches_rebuild(cache: &Cache, key: &CacheKey) -> Result<(), String> {
     if built == on_disk {
         Ok(())
     } else {
-        Err(format!("{key}: file differs from a rebuild"))
+        let at = built
+            .iter()
+            .zip(&on_disk)
+            .position(|(a, b)| a != b)
+            .unwrap_or(built.len().min(on_disk.len()));
+        let around = |b: &[u8]| {
+            String::from_utf8_lossy(&b[at.saturating_sub(80)..(at + 80).min(b.len())]).into_owned()
+        };
+        Err(format!(
+            "{key}: file differs from a rebuild at byte {at}: file …{}… rebuild …{}…",
+            around(&on_disk),
+            around(&built)
+        ))
     }
 }
 
@@ -310,6 +322,62 @@ async fn direct_mode_cache_files_equal_a_rebuild_and_survive_losing_the_director
     for key in all_keys(&store).await {
         matches_rebuild(&cache, &key).await.unwrap();
     }
+    gw.stop().await;
+}
+
+/// A contact changed without a message of its own (here: its name from the
+/// Business app's address book) rewrites the files of its conversations.
+#[tokio::test]
+async fn an_address_book_name_rewrites_the_conversation_file_of_its_contact() {
+    let gw = TestGateway::start(no_redis().set("INLET_CACHE__REBUILD_INTERVAL_S", "0")).await;
+    let cache = gw.running.as_ref().unwrap().cache.clone();
+    let res = gw
+        .post_signed("whatsapp", &fixture("wa_history.json"), SECRET)
+        .await;
+    assert_eq!(res.status(), 200);
+    let gita = |v: &Value| {
+        v["conversations"]
+            .as_array()?
+            .iter()
+            .find(|c| c["contact"]["external_id"] == "15550006666")
+            .cloned()
+    };
+    let conv = eventually(
+        Duration::from_secs(30),
+        "Gita's conversation cached",
+        || {
+            let path = cache.path(&CacheKey::Conversations);
+            async move {
+                let v: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+                gita(&v)
+            }
+        },
+    )
+    .await;
+    assert!(conv["contact"]["name"].is_null(), "{conv:#}");
+    let key = CacheKey::Conversation(conv["id"].as_i64().unwrap());
+    eventually(Duration::from_secs(30), "Gita's conversation file", || {
+        let path = cache.path(&key);
+        async move { path.exists().then_some(()) }
+    })
+    .await;
+
+    let res = gw
+        .post_signed("whatsapp", &fixture("wa_smb_app_state_sync.json"), SECRET)
+        .await;
+    assert_eq!(res.status(), 200);
+    eventually(
+        Duration::from_secs(30),
+        "the conversation file shows the address-book name",
+        || {
+            let path = cache.path(&key);
+            async move {
+                let v: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+                (v["conversation"]["contact"]["name"] == "Gita Example").then_some(())
+            }
+        },
+    )
+    .await;
     gw.stop().await;
 }
 

@@ -178,6 +178,11 @@ const PG_MIGRATIONS: Migrations = &[
         "outbound delivered",
         include_str!("../../../../../migrations/postgres/0010_outbound_delivered.sql"),
     ),
+    (
+        11,
+        "conversations by contact",
+        include_str!("../../../../../migrations/postgres/0011_conversations_by_contact.sql"),
+    ),
 ];
 
 const SQLITE_MIGRATIONS: Migrations = &[
@@ -230,6 +235,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         10,
         "outbound delivered",
         include_str!("../../../../../migrations/sqlite/0010_outbound_delivered.sql"),
+    ),
+    (
+        11,
+        "conversations by contact",
+        include_str!("../../../../../migrations/sqlite/0011_conversations_by_contact.sql"),
     ),
 ];
 

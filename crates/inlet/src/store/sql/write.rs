@@ -179,7 +179,8 @@ macro_rules! impl_writes {
                     report.raw_new += qb.build().execute(&mut **tx).await.map_err(classify)?.rows_affected();
                 }
 
-                let contact_ids = self.write_contacts(tx, plan, &mut results).await?;
+                let mut merged_away = Vec::new();
+                let contact_ids = self.write_contacts(tx, plan, &mut results, &mut merged_away).await?;
                 report.contact_ids = contact_ids.values().copied().collect();
                 report.contact_ids.sort_unstable();
 
@@ -247,7 +248,28 @@ macro_rules! impl_writes {
                     }
                 }
                 report.conversation_ids = conversation_ids.values().copied().collect();
+                // Conversation files show their contact: a contact written
+                // without a conversation of this plan (an address-book name,
+                // a BSUID change, a merge) touches its conversations too,
+                // and a conversation folded into another by a merge is gone.
+                let covered: std::collections::HashSet<i64> =
+                    plan.conversations.iter().filter_map(|c| contact_ids.get(&c.key.3).copied()).collect();
+                let uncovered: Vec<i64> =
+                    report.contact_ids.iter().copied().filter(|id| !covered.contains(id)).collect();
+                for chunk in uncovered.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new("SELECT id FROM conversations WHERE contact_id IN (");
+                    let mut list = qb.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    qb.push(")");
+                    for row in qb.build().fetch_all(&mut **tx).await.map_err(classify)? {
+                        report.conversation_ids.push(row.try_get("id").map_err(classify)?);
+                    }
+                }
+                report.conversation_ids.extend(merged_away);
                 report.conversation_ids.sort_unstable();
+                report.conversation_ids.dedup();
 
                 let mut new_message_ids: HashMap<(String, String, String), i64> = HashMap::new();
 
@@ -502,6 +524,7 @@ macro_rules! impl_writes {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 plan: &WritePlan,
                 results: &mut WriteResults,
+                merged_away: &mut Vec<i64>,
             ) -> Result<HashMap<ContactKey, i64>, StoreError> {
                 let d = <$db as Backend>::DIALECT;
                 let mut contact_ids: HashMap<ContactKey, i64> = HashMap::new();
@@ -634,7 +657,7 @@ macro_rules! impl_writes {
                     ids.dedup();
                     let survivor = ids[0];
                     for loser in ids.into_iter().skip(1) {
-                        Self::merge_contact(tx, loser, survivor).await?;
+                        merged_away.extend(Self::merge_contact(tx, loser, survivor).await?);
                         for id in contact_ids.values_mut() {
                             if *id == loser {
                                 *id = survivor;
@@ -709,11 +732,13 @@ macro_rules! impl_writes {
             /// (folded into the survivor's conversation with the same
             /// business endpoint, if any), messages, identifiers, and the
             /// details only it knew; then deletes it. History is kept.
+            /// Returns the loser's conversations that were folded (and
+            /// deleted).
             async fn merge_contact(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 loser: i64,
                 survivor: i64,
-            ) -> Result<(), StoreError> {
+            ) -> Result<Vec<i64>, StoreError> {
                 let d = <$db as Backend>::DIALECT;
                 // Lock the loser's rows first: a concurrent write that is
                 // adding a message to them finishes before we move messages
@@ -733,8 +758,10 @@ macro_rules! impl_writes {
                 );
                 qb.push_bind(survivor).push(" WHERE l.contact_id = ").push_bind(loser);
                 let pairs = qb.build().fetch_all(&mut **tx).await.map_err(classify)?;
+                let mut folded = Vec::with_capacity(pairs.len());
                 for row in pairs {
                     let l: i64 = row.try_get("loser_conv").map_err(classify)?;
+                    folded.push(l);
                     let s: i64 = row.try_get("survivor_conv").map_err(classify)?;
                     let started: DateTime<Utc> = row.try_get("started_at").map_err(classify)?;
                     let last: DateTime<Utc> = row.try_get("last_message_at").map_err(classify)?;
@@ -794,7 +821,7 @@ macro_rules! impl_writes {
                     qb.build().execute(&mut **tx).await.map_err(classify)?;
                 }
                 tracing::info!(loser, survivor, "contacts merged: identifiers of one person");
-                Ok(())
+                Ok(folded)
             }
 
             /// Moves group participant rows from `from` to `to` in `column`
