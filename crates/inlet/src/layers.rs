@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["events"],
     &["dlq::letter", "audit", "config"],
     &["store"],
-    &["queue"],
+    &["queue", "graph"],
     &["ingest"],
     &["relay", "feed"],
     &["bus"],

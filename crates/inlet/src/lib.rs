@@ -45,6 +45,8 @@
 //! - [`drafts`]: AI drafts with human approval (create, approve, reject),
 //!   shared by the API and the CLI.
 //! - [`feed`]: live readers of the event log (`GET /api/events/stream`).
+//! - [`graph`]: the Graph read client (JSON GETs, paging, usage pacing)
+//!   of the lead fetcher and the scheduled sync.
 
 pub mod audit;
 pub mod backoff;
@@ -57,6 +59,7 @@ pub mod drafts;
 pub mod envelope;
 pub mod events;
 pub mod feed;
+pub mod graph;
 pub mod http;
 pub mod ingest;
 #[cfg(test)]

@@ -156,6 +156,9 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (C, "inlet_media_url_refreshes_total", Unit::Count, "Expired media download URLs replaced by a fresh GET /{media-id}"),
     (C, "inlet_media_requests_total", Unit::Count, "GET /api/media requests, by outcome (served, partial, not_modified, not_stored, not_found, unsatisfiable, missing, error)"),
     (C, "inlet_media_uploads_total", Unit::Count, "Outbound media, by outcome (uploaded, cached, refused, failed)"),
+    // Graph reads (leads, scheduled sync).
+    (G, "inlet_graph_usage_pct", Unit::Percent, "Highest figure of Meta's usage headers on the last Graph read answer"),
+    (C, "inlet_graph_usage_waits_total", Unit::Count, "Graph reads that waited first because Meta's usage was high or a budget was spent"),
     // AI drafts and the event stream.
     (C, "inlet_draft_requests_total", Unit::Count, "Drafts API and CLI requests, by action (create, approve, reject) and outcome (created, approved, rejected, invalid, not_found, conflict, needs_template, unavailable)"),
     (C, "inlet_drafts_changed_total", Unit::Count, "Drafts moved by something other than a reviewer, by the status entered (stale, sent, failed, needs_template, expired, approved on a DLQ replay)"),

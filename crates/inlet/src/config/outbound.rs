@@ -17,6 +17,8 @@ pub(super) struct RawGraph {
     version: String,
     timeout_ms: u64,
     connect_timeout_ms: u64,
+    usage_slow_at_pct: f64,
+    usage_max_delay_ms: u64,
     #[serde(default)]
     access_token: Option<String>,
     #[serde(default)]
@@ -87,6 +89,8 @@ pub struct GraphSettings {
     pub connect_timeout: Duration,
     /// Token of the default app (`INLET_GRAPH__ACCESS_TOKEN`).
     pub access_token: Option<TokenSource>,
+    /// How reads (leads, sync) slow down as Meta's usage headers rise.
+    pub pacing: crate::outbound::usage::Pacing,
 }
 
 /// What to do with a send whose answer was lost and no status webhook
@@ -209,6 +213,17 @@ impl RawGraph {
                 "graph.connect_timeout_ms",
                 self.connect_timeout_ms,
             )?),
+            pacing: crate::outbound::usage::Pacing {
+                slow_at_pct: if (0.0..=100.0).contains(&self.usage_slow_at_pct) {
+                    self.usage_slow_at_pct
+                } else {
+                    return Err(invalid(
+                        "graph.usage_slow_at_pct",
+                        format!("{} is not a percentage (0 to 100)", self.usage_slow_at_pct),
+                    ));
+                },
+                max_delay: Duration::from_millis(self.usage_max_delay_ms),
+            },
             access_token: token_source(
                 "graph.access_token",
                 self.access_token,
