@@ -38,6 +38,7 @@ mod events;
 mod ops;
 pub mod render;
 mod send;
+mod sync;
 
 pub use drafts::DraftsAction;
 pub use events::{EventsAction, SubscriptionsAction};
@@ -144,6 +145,13 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: send::OutboundAction,
+    },
+    /// The scheduled Graph sync: run one now (insights, conversation
+    /// backfill), its state, the stored ad insights.
+    Sync {
+        /// What to do.
+        #[command(subcommand)]
+        action: sync::SyncAction,
     },
     /// Re-run kept raw events through the pipeline (idempotent: stored rows
     /// are not duplicated).
@@ -267,6 +275,7 @@ pub async fn run_with(
         Command::Broadcasts { action } => send::broadcasts(action, &settings, json, out).await,
         Command::Outbound { action } => send::outbound(action, &settings, json, out).await,
         Command::Drafts { action } => drafts::drafts(action, &settings, json, out).await,
+        Command::Sync { action } => sync::sync(action, &settings, json, out).await,
         Command::Messages {
             conversation,
             limit,

@@ -45,6 +45,8 @@
 //! - [`drafts`]: AI drafts with human approval (create, approve, reject),
 //!   shared by the API and the CLI.
 //! - [`feed`]: live readers of the event log (`GET /api/events/stream`).
+//! - [`sync`]: the scheduled Graph sync (hourly ad insights, conversation
+//!   backfill) under leases, with its state.
 //! - [`graph`]: the Graph read client (JSON GETs, paging, usage pacing)
 //!   of the lead fetcher and the scheduled sync.
 
@@ -78,6 +80,7 @@ pub mod signature;
 pub mod status;
 pub mod store;
 pub mod streams;
+pub mod sync;
 pub mod telemetry;
 pub mod webhooks;
 pub mod worker;

@@ -252,9 +252,11 @@ pub async fn start_gateway(
         committed,
         shutdown.clone(),
     );
-    // Without Redis there is no worker: the gateway runs retention itself.
+    // Without Redis there is no worker: the gateway runs retention and the
+    // scheduled Graph sync itself.
     if settings.redis_url.is_none() {
         spawn_retention(&settings, Some(store.clone()), shutdown.clone());
+        crate::sync::spawn_scheduler(settings.clone(), store.clone(), "gateway", shutdown.clone());
     }
     // Without Redis there is no worker: the gateway sends itself, paced by
     // an in-process limiter (one process).
@@ -484,6 +486,12 @@ pub async fn start_worker(
         );
         tasks.push(media.spawn(shutdown.clone()));
     }
+    tasks.extend(crate::sync::spawn_scheduler(
+        Arc::new(settings.clone()),
+        store.clone(),
+        &consumer_name,
+        shutdown.clone(),
+    ));
     tasks.extend(redis_bus.take_tasks());
     tasks.extend(metrics_tasks);
     tasks.extend(cache_tasks);

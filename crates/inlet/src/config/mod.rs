@@ -16,7 +16,7 @@
 //! (`redis_url`, `stream_prefix`, `[redis]`), [`store`](mod@store)
 //! (`database_url`, `[database]`), [`worker`](mod@worker),
 //! [`cache`](mod@cache), [`audit`](mod@audit), [`events`](mod@events),
-//! [`apps`](mod@apps) (`[[apps]]` and the default app), [`drafts`](mod@drafts), `media` (`[media]`), `outbound`
+//! [`apps`](mod@apps) (`[[apps]]` and the default app), [`drafts`](mod@drafts), [`sync`](mod@sync), `media` (`[media]`), `outbound`
 //! (`[graph]`, `[outbound]`); [`prepare`](mod@prepare) holds the side effects.
 
 use std::net::SocketAddr;
@@ -36,6 +36,7 @@ mod outbound;
 pub mod prepare;
 pub mod redis;
 pub mod store;
+pub mod sync;
 pub mod worker;
 
 pub use apps::{AppSettings, DEV_SECRET_FILE};
@@ -47,6 +48,7 @@ pub use http::HttpSettings;
 pub use media::{MaxBytes, MediaSettings, MediaStorageKind, S3Settings};
 pub use outbound::{GraphSettings, OutboundSettings, TokenSource, UnknownPolicy};
 pub use redis::RedisSettings;
+pub use sync::{BackfillPage, SyncSettings};
 pub use worker::WorkerSettings;
 
 /// Why configuration could not be loaded.
@@ -128,6 +130,8 @@ pub struct Settings {
     pub media: MediaSettings,
     /// `[drafts]`: AI drafts waiting for approval.
     pub drafts: DraftSettings,
+    /// `[sync]`: scheduled Graph sync (ad insights, conversation backfill).
+    pub sync: SyncSettings,
 }
 
 /// `config/default.toml`, compiled in: the first configuration layer. The
@@ -277,6 +281,7 @@ struct RawSettings {
     outbound: outbound::RawOutbound,
     media: media::RawMedia,
     drafts: drafts::RawDrafts,
+    sync: sync::RawSync,
 }
 
 fn default_tenant() -> String {
@@ -339,6 +344,7 @@ impl RawSettings {
             outbound,
             media,
             drafts: self.drafts.validate()?,
+            sync: self.sync.validate()?,
         })
     }
 }

@@ -15,6 +15,7 @@ pub mod media;
 pub mod outbound;
 pub mod read;
 pub mod sql;
+pub mod sync;
 
 use std::sync::Arc;
 
@@ -213,6 +214,13 @@ pub trait EventStore: Send + Sync + 'static {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Writes a batch of deliveries in one transaction.
     fn write(&self, batch: &[Delivery]) -> BoxFuture<'_, Result<WriteReport, StoreError>>;
+    /// Writes a plan of items Inlet produced itself (no raw event: e.g.
+    /// messages a backfill read from the Graph API), in one transaction,
+    /// with its events and cache jobs.
+    fn write_local(
+        &self,
+        plan: crate::plan::WritePlan,
+    ) -> BoxFuture<'_, Result<WriteReport, StoreError>>;
     /// Keeps a dead letter.
     fn put_dead_letter(&self, letter: &DeadLetter) -> BoxFuture<'_, Result<i64, StoreError>>;
     /// Oldest dead letters first.
@@ -307,6 +315,8 @@ pub trait EventStore: Send + Sync + 'static {
     fn media(&self) -> &dyn media::MediaStore;
     /// AI drafts waiting for approval.
     fn drafts(&self) -> &dyn drafts::DraftStore;
+    /// Scheduled Graph sync: leases, cursors, runs, ad insights.
+    fn sync(&self) -> &dyn sync::SyncStore;
 }
 
 /// Shared store handle.

@@ -50,6 +50,7 @@ mod media;
 mod outbox;
 mod query;
 mod sends;
+mod sync;
 mod write;
 
 pub use dialect::{Backend, Dialect};
@@ -247,6 +248,13 @@ macro_rules! impl_event_store {
                 Box::pin(async move { self.write_batch(&plan).await })
             }
 
+            fn write_local(
+                &self,
+                plan: WritePlan,
+            ) -> BoxFuture<'_, Result<WriteReport, StoreError>> {
+                Box::pin(async move { self.write_batch(&plan).await })
+            }
+
             fn event_log(&self) -> &dyn super::events::EventLogStore {
                 self
             }
@@ -384,6 +392,10 @@ macro_rules! impl_event_store {
             }
 
             fn drafts(&self) -> &dyn super::drafts::DraftStore {
+                self
+            }
+
+            fn sync(&self) -> &dyn super::sync::SyncStore {
                 self
             }
         }
