@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod graph;
+pub mod marketing;
 
 /// The app secret every test gateway accepts first.
 pub const SECRET: &str = "test-secret-0123456789";
