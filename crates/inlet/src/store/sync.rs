@@ -124,3 +124,45 @@ pub trait SyncStore: Send + Sync {
         since: &'a str,
     ) -> BoxFuture<'a, Result<Vec<InsightRow>, StoreError>>;
 }
+
+/// A decimal amount (`"5339.5"`, `"12"`, `"0.07"`) in micro-units, exactly;
+/// `None` for anything else (a sign, an exponent, more than six decimals
+/// that are not zeros, an overflow).
+pub fn money_micros(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    if whole.is_empty() && frac.is_empty() {
+        return None;
+    }
+    if !whole.bytes().all(|c| c.is_ascii_digit()) || !frac.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let kept = frac.trim_end_matches('0');
+    if kept.len() > 6 {
+        return None;
+    }
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let mut micros_frac: i64 = 0;
+    for (i, d) in kept.bytes().enumerate() {
+        micros_frac += i64::from(d - b'0') * 10_i64.pow(5 - i as u32);
+    }
+    whole.checked_mul(1_000_000)?.checked_add(micros_frac)
+}
+
+/// Micro-units as a decimal string without trailing zeros (`5339500000` →
+/// `"5339.5"`).
+pub fn micros_text(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let m = micros.unsigned_abs();
+    let (whole, frac) = (m / 1_000_000, m % 1_000_000);
+    if frac == 0 {
+        format!("{sign}{whole}")
+    } else {
+        let f = format!("{frac:06}");
+        format!("{sign}{whole}.{}", f.trim_end_matches('0'))
+    }
+}

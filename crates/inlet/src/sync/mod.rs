@@ -319,7 +319,7 @@ impl Syncer {
                     .iter()
                     .map(|v| parse::insight_row(account, v))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(SyncError::Answer)?;
+                    .map_err(|e| SyncError::Answer(e.to_string()))?;
                 report.rows += self.store.sync().upsert_insights(&rows, now_ms()).await? as i64;
                 progress(report);
                 self.keep(Job::Insights, account, None, shutdown).await?;

@@ -8,48 +8,7 @@ use serde_json::{json, Value};
 
 use crate::model::{Channel, ContactRef, Direction, NormalizedMessage};
 use crate::store::sync::InsightRow;
-
-/// A decimal amount (`"5339.5"`, `"12"`, `"0.07"`) in micro-units, exactly;
-/// `None` for anything else (a sign, an exponent, more than six decimals
-/// that are not zeros, an overflow).
-pub fn money_micros(text: &str) -> Option<i64> {
-    let t = text.trim();
-    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
-    if whole.is_empty() && frac.is_empty() {
-        return None;
-    }
-    if !whole.bytes().all(|c| c.is_ascii_digit()) || !frac.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    let kept = frac.trim_end_matches('0');
-    if kept.len() > 6 {
-        return None;
-    }
-    let whole: i64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
-    let mut micros_frac: i64 = 0;
-    for (i, d) in kept.bytes().enumerate() {
-        micros_frac += i64::from(d - b'0') * 10_i64.pow(5 - i as u32);
-    }
-    whole.checked_mul(1_000_000)?.checked_add(micros_frac)
-}
-
-/// Micro-units as a decimal string without trailing zeros (`5339500000` →
-/// `"5339.5"`).
-pub fn micros_text(micros: i64) -> String {
-    let sign = if micros < 0 { "-" } else { "" };
-    let m = micros.unsigned_abs();
-    let (whole, frac) = (m / 1_000_000, m % 1_000_000);
-    if frac == 0 {
-        format!("{sign}{whole}")
-    } else {
-        let f = format!("{frac:06}");
-        format!("{sign}{whole}.{}", f.trim_end_matches('0'))
-    }
-}
+pub use crate::store::sync::{micros_text, money_micros};
 
 /// A count sent as a string or a number.
 fn count(v: Option<&Value>) -> Option<i64> {
@@ -68,20 +27,26 @@ fn text(v: &Value, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// An insights row Meta documents otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("insights row: {0}")]
+pub struct BadRow(pub String);
+
 /// One row of `act_…/insights?level=campaign&time_increment=1`; `Err` names
 /// what is wrong with it.
-pub fn insight_row(account: &str, v: &Value) -> Result<InsightRow, String> {
-    let campaign_id = text(v, "campaign_id").ok_or("a row without campaign_id")?;
-    let date = text(v, "date_start").ok_or("a row without date_start")?;
+pub fn insight_row(account: &str, v: &Value) -> Result<InsightRow, BadRow> {
+    let bad = |s: String| BadRow(s);
+    let campaign_id = text(v, "campaign_id").ok_or_else(|| bad("no campaign_id".into()))?;
+    let date = text(v, "date_start").ok_or_else(|| bad("no date_start".into()))?;
     if chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d").is_err() {
-        return Err(format!("date_start {date:?} is not a date"));
+        return Err(bad(format!("date_start {date:?} is not a date")));
     }
     let spend = match v.get("spend") {
         None | Some(Value::Null) => 0,
         Some(Value::String(s)) => {
-            money_micros(s).ok_or_else(|| format!("spend {s:?} is not a decimal amount"))?
+            money_micros(s).ok_or_else(|| bad(format!("spend {s:?} is not a decimal amount")))?
         }
-        Some(other) => return Err(format!("spend {other} is not a decimal string")),
+        Some(other) => return Err(bad(format!("spend {other} is not a decimal string"))),
     };
     Ok(InsightRow {
         account_id: account.to_string(),
