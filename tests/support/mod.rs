@@ -335,6 +335,16 @@ impl TestGateway {
             let _ = r.wait().await;
         }
     }
+
+    /// Stops the gateway and hands back its configuration (the data
+    /// directory lives on), for a restart.
+    pub async fn stop_keeping_config(mut self) -> TestConfig {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            let _ = r.wait().await;
+        }
+        self.config
+    }
 }
 
 /// Every entry of `{prefix}{name}`.

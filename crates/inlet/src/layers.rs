@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["events"],
     &["dlq::letter", "audit", "config"],
     &["store"],
-    &["queue", "graph"],
+    &["queue", "graph", "spool"],
     &["ingest"],
     &["relay", "feed"],
     &["bus"],

@@ -192,6 +192,7 @@ pub async fn start_gateway(
     );
     let ingest = Ingest::new(&settings, Some(direct), audit.clone()).await;
     ingest.spawn_probe(settings.redis.probe_interval, shutdown.clone());
+    ingest.spawn_drain(settings.spool.drain_interval, shutdown.clone());
     // Queue gauges while Redis is up, store gauges always; ends on shutdown.
     crate::status::spawn_sampler(
         crate::status::SampleSource::Ingest(ingest.clone()),

@@ -156,6 +156,9 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (C, "inlet_media_url_refreshes_total", Unit::Count, "Expired media download URLs replaced by a fresh GET /{media-id}"),
     (C, "inlet_media_requests_total", Unit::Count, "GET /api/media requests, by outcome (served, partial, not_modified, not_stored, not_found, unsatisfiable, missing, error)"),
     (C, "inlet_media_uploads_total", Unit::Count, "Outbound media, by outcome (uploaded, cached, refused, failed)"),
+    // The gateway's local spool.
+    (G, "inlet_spool_pending_bytes", Unit::Bytes, "Bytes waiting in the gateway's local spool (kept while Redis and the store were both down)"),
+    (C, "inlet_spool_events_total", Unit::Count, "Events through the local spool, by outcome (spooled, drained, refused: spool off, full or failing)"),
     // Graph reads (leads, scheduled sync).
     (G, "inlet_graph_usage_pct", Unit::Percent, "Highest figure of Meta's usage headers on the last Graph read answer"),
     (C, "inlet_graph_usage_waits_total", Unit::Count, "Graph reads that waited first because Meta's usage was high or a budget was spent"),

@@ -16,7 +16,7 @@
 //! (`redis_url`, `stream_prefix`, `[redis]`), [`store`](mod@store)
 //! (`database_url`, `[database]`), [`worker`](mod@worker),
 //! [`cache`](mod@cache), [`audit`](mod@audit), [`events`](mod@events),
-//! [`apps`](mod@apps) (`[[apps]]` and the default app), [`drafts`](mod@drafts), [`sync`](mod@sync), `media` (`[media]`), `outbound`
+//! [`apps`](mod@apps) (`[[apps]]` and the default app), [`drafts`](mod@drafts), [`sync`](mod@sync), [`spool`](mod@spool), `media` (`[media]`), `outbound`
 //! (`[graph]`, `[outbound]`); [`prepare`](mod@prepare) holds the side effects.
 
 use std::net::SocketAddr;
@@ -35,6 +35,7 @@ mod media;
 mod outbound;
 pub mod prepare;
 pub mod redis;
+pub mod spool;
 pub mod store;
 pub mod sync;
 pub mod worker;
@@ -48,6 +49,7 @@ pub use http::HttpSettings;
 pub use media::{MaxBytes, MediaSettings, MediaStorageKind, S3Settings};
 pub use outbound::{GraphSettings, OutboundSettings, TokenSource, UnknownPolicy};
 pub use redis::RedisSettings;
+pub use spool::SpoolSettings;
 pub use sync::{BackfillPage, SyncSettings};
 pub use worker::WorkerSettings;
 
@@ -132,6 +134,8 @@ pub struct Settings {
     pub drafts: DraftSettings,
     /// `[sync]`: scheduled Graph sync (ad insights, conversation backfill).
     pub sync: SyncSettings,
+    /// `[spool]`: the gateway's local spool.
+    pub spool: SpoolSettings,
 }
 
 /// `config/default.toml`, compiled in: the first configuration layer. The
@@ -282,6 +286,7 @@ struct RawSettings {
     media: media::RawMedia,
     drafts: drafts::RawDrafts,
     sync: sync::RawSync,
+    spool: spool::RawSpool,
 }
 
 fn default_tenant() -> String {
@@ -345,6 +350,7 @@ impl RawSettings {
             media,
             drafts: self.drafts.validate()?,
             sync: self.sync.validate()?,
+            spool: self.spool.validate()?,
         })
     }
 }
