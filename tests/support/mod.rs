@@ -1192,12 +1192,50 @@ impl ChildWorker {
         ChildWorker { child }
     }
 
+    /// SIGTERM: the service's graceful shutdown (in-flight work finishes).
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("the process is running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "SIGTERM sent");
+    }
+
+    /// Waits for the process to end; whether it exited successfully.
+    pub async fn wait(mut self) -> bool {
+        self.child
+            .wait()
+            .await
+            .expect("the process ended")
+            .success()
+    }
+
     /// SIGKILL: no shutdown, no batch finished, leases left behind.
     pub async fn kill(mut self) {
         self.child.start_kill().expect("SIGKILL sent");
         let status = self.child.wait().await.expect("the worker process ended");
         assert!(!status.success(), "the worker was killed, not stopped");
     }
+}
+
+/// The body of a child entry test: runs a gateway on the settings in the
+/// environment until SIGTERM (graceful) or SIGKILL. Does nothing outside a
+/// [`ChildWorker`] process.
+pub async fn run_child_gateway() {
+    if std::env::var_os(CHILD_WORKER_ENV).is_none() {
+        return;
+    }
+    inlet::telemetry::init_test_tracing();
+    let mut settings = Settings::load().expect("the child gateway's settings are valid");
+    settings
+        .prepare()
+        .expect("the child gateway's data dir can be prepared");
+    let shutdown = inlet::telemetry::shutdown_signal();
+    let running = inlet::service::start_gateway(settings, shutdown)
+        .await
+        .expect("the child gateway starts");
+    let _ = running.wait().await;
 }
 
 /// The body of a child entry test: runs a worker on the settings in the

@@ -21,6 +21,18 @@ use crate::dlq::letter::DeadLetter;
 use crate::envelope::RawEvent;
 use crate::pipeline::{OnExhausted, Pipeline, RetryPolicy};
 use crate::queue::{Batch, ConsumerConfig, GroupConsumer, QueueError, RedisQueue};
+use crate::store::StoreError;
+
+/// A batch was not finished; its entries stay pending.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The store stayed unavailable through the batch's attempts.
+    #[error("store unavailable: {0}")]
+    StoreUnavailable(#[source] StoreError),
+    /// Redis failed (DLQ write, ack).
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
 use crate::streams::{INCOMING_RAW, WORKER_GROUP};
 
 /// The default consumer name: host name and process id.
@@ -116,7 +128,14 @@ impl Worker {
                     if let Err(e) = self.handle(batch).await {
                         // Not acknowledged: the entries stay pending and are
                         // re-read (own pending) after the backoff.
-                        metrics::counter!("inlet_worker_queue_errors_total").increment(1);
+                        match &e {
+                            HandleError::StoreUnavailable(_) => {
+                                metrics::counter!("inlet_worker_store_outages_total").increment(1)
+                            }
+                            HandleError::Queue(_) => {
+                                metrics::counter!("inlet_worker_queue_errors_total").increment(1)
+                            }
+                        }
                         streak.failed("finishing a batch", &e, &shutdown).await;
                     } else {
                         streak.recovered();
@@ -133,9 +152,10 @@ impl Worker {
 
     /// Processes one batch of entries and acknowledges them (the batch
     /// keeps its entries fresh meanwhile: retries can outlast the reclaim
-    /// idle time). Errors only when the outcome could not be made durable
-    /// (DLQ write or ack failed); the entries then stay pending.
-    pub async fn handle(&self, mut batch: Batch) -> Result<(), QueueError> {
+    /// idle time). Errors when the store stayed unavailable through the
+    /// batch's attempts, or the outcome could not be made durable (DLQ write
+    /// or ack failed); the entries then stay pending.
+    pub async fn handle(&self, mut batch: Batch) -> Result<(), HandleError> {
         let started = Instant::now();
         let entries = batch.take_entries();
         let mut events = Vec::with_capacity(entries.len());
@@ -178,8 +198,16 @@ impl Worker {
         let count = events.len();
         let outcome = self
             .pipeline
-            .process(events, &self.policy, OnExhausted::DeadLetter)
+            .process(events, &self.policy, OnExhausted::GiveBack)
             .await;
+        if let Some((_, e)) = outcome.unavailable.first() {
+            // The store is down, which says nothing about these events:
+            // they stay pending in the stream (a durable buffer) and are
+            // read again after the worker's backoff, never dead-lettered.
+            // What this attempt stored is stored once again (idempotent);
+            // its dead letters are decided again then.
+            return Err(HandleError::StoreUnavailable(e.clone()));
+        }
         dead.extend(outcome.dead);
         for letter in &dead {
             self.queue.dead_letter(letter).await?;
