@@ -587,7 +587,8 @@ async fn gateway_sigterm_under_load_finishes_in_flight_requests() {
         .await;
     };
     let first = ChildWorker::spawn(&cfg, "child_gateway_process", &[]);
-    ready(base.lock().unwrap().clone()).await;
+    let url = base.lock().unwrap().clone();
+    ready(url).await;
     let progress = Arc::new(AtomicU64::new(0));
     let load = tokio::spawn(drive(
         base.clone(),
