@@ -329,3 +329,100 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_limited() {
     assert_eq!(res.status(), 200);
     gw.stop().await;
 }
+
+/// What a property case posts: a body, whether it carries a valid
+/// signature, and the source path.
+#[derive(Debug, Clone)]
+struct Delivery {
+    source: &'static str,
+    body: Vec<u8>,
+    signed: bool,
+}
+
+fn delivery(source: &'static str) -> impl proptest::strategy::Strategy<Value = Delivery> {
+    use proptest::prelude::*;
+    let fixtures: Vec<Vec<u8>> = fixtures().into_iter().map(|(_, b)| b).collect();
+    let arbitrary = proptest::collection::vec(any::<u8>(), 0..2048);
+    // Near misses: a fixture cut short, or with bytes overwritten.
+    let mangled = (
+        proptest::sample::select(fixtures),
+        any::<proptest::sample::Index>(),
+        proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 0..8),
+    )
+        .prop_map(|(mut body, cut, edits)| {
+            for (at, byte) in edits {
+                let i = at.index(body.len());
+                body[i] = byte;
+            }
+            let keep = cut.index(body.len() + 1);
+            body.truncate(keep.max(body.len() / 2));
+            body
+        });
+    (prop_oneof![arbitrary, mangled], any::<bool>()).prop_map(move |(body, signed)| Delivery {
+        source,
+        body,
+        signed,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_bytes_to_any_source_get_a_2xx_or_4xx_never_a_5xx() {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+    let gw = gateway(
+        TestConfig::new()
+            // Every case reaches the signature check.
+            .set("INLET_HTTP__SIGNATURE_FAILURES_PER_MINUTE", "0")
+            // Some cases are over the body limit.
+            .set("INLET_HTTP__MAX_BODY_BYTES", "1500"),
+    )
+    .await;
+    let handle = tokio::runtime::Handle::current();
+    let client = client(None);
+    let seen = std::cell::RefCell::new(std::collections::BTreeMap::<u16, usize>::new());
+    for source in ["whatsapp", "facebook", "instagram", "telegram"] {
+        let mut runner = TestRunner::new(Config {
+            cases: 64,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let result = runner.run(&delivery(source), |case| {
+            let status = tokio::task::block_in_place(|| {
+                handle.block_on(async {
+                    let mut req = client
+                        .post(format!("{}/webhooks/{}", gw.base, case.source))
+                        .body(case.body.clone());
+                    if case.signed {
+                        req = req.header(
+                            "x-hub-signature-256",
+                            inlet::signature::sign(&case.body, SECRET.as_bytes()),
+                        );
+                    }
+                    req.send().await.map(|r| r.status().as_u16())
+                })
+            })
+            .map_err(|e| TestCaseError::fail(format!("no response (a panic?): {e}")))?;
+            *seen.borrow_mut().entry(status).or_default() += 1;
+            let acceptable = match (case.source, case.signed, case.body.len() > 1500) {
+                ("telegram", _, _) => status == 404,
+                (_, _, true) => status == 413,
+                (_, true, false) => status == 200,
+                (_, false, false) => status == 401,
+            };
+            if acceptable && (200..500).contains(&status) {
+                Ok(())
+            } else {
+                Err(TestCaseError::fail(format!("status {status}")))
+            }
+        });
+        if let Err(e) = result {
+            panic!("POST /webhooks/{source}: {e}");
+        }
+    }
+    // The cases covered every answer, not just one.
+    let seen = seen.into_inner();
+    for status in [200, 401, 404, 413] {
+        assert!(seen.contains_key(&status), "no case got {status}: {seen:?}");
+    }
+    gw.stop().await;
+}
