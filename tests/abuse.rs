@@ -18,8 +18,44 @@ use tokio::net::TcpStream;
 const PATIENCE: Duration = Duration::from_secs(20);
 
 async fn gateway(config: TestConfig) -> TestGateway {
+    capture_logs();
     require_redis().await;
     TestGateway::start(config).await
+}
+
+/// Every log line of this test binary (all tests, every level from debug,
+/// `inlet` from trace), with span fields, as the fmt subscriber prints them.
+static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+    std::sync::OnceLock::new();
+
+/// Installs the capturing subscriber (once, before anything else logs);
+/// `TEST_LOG` has no effect in this binary.
+fn capture_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let installed = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug,inlet=trace"))
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .try_init();
+        assert!(installed.is_ok(), "the log capture is the first subscriber");
+        buf
+    })
+    .clone()
+}
+
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A client on fresh connections (no pool: the gateway closes idle ones
@@ -425,4 +461,185 @@ async fn any_bytes_to_any_source_get_a_2xx_or_4xx_never_a_5xx() {
         assert!(seen.contains_key(&status), "no case got {status}: {seen:?}");
     }
     gw.stop().await;
+}
+
+/// What must never be logged, audited or used as a metric label: the
+/// configured secrets and tokens, and from every fixture each full phone
+/// number, BSUID, message text and profile name.
+fn forbidden(secrets: &[&str]) -> Vec<String> {
+    fn walk(v: &serde_json::Value, key: &str, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, x) in map {
+                    // Meta's own error titles are not user content.
+                    if k != "errors" {
+                        walk(x, k, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|x| walk(x, key, out)),
+            serde_json::Value::String(s) => {
+                let digits = s.trim_start_matches('+');
+                let phone = (10..=15).contains(&digits.len())
+                    && digits.starts_with("1555")
+                    && digits.bytes().all(|b| b.is_ascii_digit());
+                let bsuid = s.len() > 10
+                    && s.as_bytes()[..2].iter().all(u8::is_ascii_uppercase)
+                    && s.as_bytes()[2] == b'.'
+                    && s.ends_with(|c: char| c.is_ascii_digit());
+                let content = matches!(
+                    key,
+                    "body" | "text" | "caption" | "message" | "title" | "description" | "name"
+                ) && s.len() >= 8;
+                if phone || bsuid || content {
+                    out.push(s.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+    for (_, body) in fixtures() {
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        walk(&json, "", &mut out);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The names of `forbidden` strings found in `text`.
+fn leaks<'a>(text: &str, forbidden: &'a [String]) -> Vec<&'a str> {
+    forbidden
+        .iter()
+        .filter(|f| text.contains(f.as_str()))
+        .map(String::as_str)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_log_audit_line_or_metric_label_holds_a_secret_or_personal_data() {
+    const API_TOKEN: &str = "leak-check-api-token-5b1f";
+    const GRAPH_TOKEN: &str = "leak-check-graph-token-9c2e";
+    let logs = capture_logs();
+    let secrets = [SECRET, SECRET_2, VERIFY_TOKEN, API_TOKEN, GRAPH_TOKEN];
+    let forbidden = forbidden(&secrets);
+    assert!(
+        forbidden.iter().any(|f| f.starts_with("US.")) && forbidden.len() > 40,
+        "the fixtures yield phone numbers, BSUIDs and texts: {forbidden:?}"
+    );
+    let with_tokens = |cfg: TestConfig| {
+        cfg.set("INLET_API_TOKEN", API_TOKEN)
+            .set("INLET_GRAPH__ACCESS_TOKEN", GRAPH_TOKEN)
+    };
+    let all = fixtures();
+
+    // Queue mode: gateway, Redis, worker; plus refused deliveries and
+    // handshakes (the verify token travels in the query string).
+    let queued = gateway(with_tokens(TestConfig::new())).await;
+    let worker = TestWorker::start(&queued.config).await;
+    queued.post_all_fixtures().await;
+    for (name, body) in &all {
+        let res = queued.post(source_of(name), body, Some("sha256=00")).await;
+        // Past http.signature_failures_per_minute (30), 429s.
+        assert!(matches!(res.status().as_u16(), 401 | 429));
+    }
+    for token in [VERIFY_TOKEN, "wrong-token"] {
+        queued
+            .get(&format!(
+                "/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=1"
+            ))
+            .await;
+    }
+    wait_raw_events(&worker.store(), all.len() as i64).await;
+    // The read API, with its token.
+    for path in [
+        "/api/conversations",
+        "/api/contacts",
+        "/api/analytics/summary",
+    ] {
+        client(None)
+            .get(format!("{}{path}", queued.base))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    // Direct mode: the same fixtures, stored by the gateway itself.
+    let mut no_redis = with_tokens(TestConfig::new());
+    no_redis.env.remove("INLET_REDIS_URL");
+    let direct = gateway(no_redis).await;
+    direct.post_all_fixtures().await;
+
+    // Every read-only CLI command, as text and as JSON, against both.
+    let trace = queued
+        .audit()
+        .iter()
+        .find(|r| r.stage == "received")
+        .and_then(|r| r.trace_id)
+        .unwrap()
+        .to_string();
+    let mut cli_output = String::new();
+    for gw in [&queued, &direct] {
+        let commands: &[&[&str]] = &[
+            &["status"],
+            &["audit", "tail", "-n", "1000"],
+            &["audit", "trace", &trace],
+            &["subscriptions", "list"],
+            &["events", "stats"],
+            &["events", "failed"],
+            &["dlq", "list"],
+            &["messages", "--limit", "1000"],
+            &["drafts", "list"],
+            &["outbound", "status"],
+            &["outbound", "list"],
+            &["broadcasts", "list"],
+        ];
+        for command in commands {
+            for json in [false, true] {
+                let mut argv = Vec::new();
+                if json {
+                    argv.push("--json");
+                }
+                argv.extend_from_slice(command);
+                let (_, out) = cli(gw.config.settings(), &argv).await;
+                cli_output.push_str(&out);
+            }
+        }
+    }
+    // The CLI shows stored data to the operator who asks (`inlet messages`
+    // prints texts and numbers), but never a secret or token.
+    let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        leaks(&cli_output, &secrets),
+        Vec::<&str>::new(),
+        "in CLI output"
+    );
+
+    let metrics = metrics_text(&queued).await;
+    worker.stop().await;
+    let mut audit = String::new();
+    for gw in [&queued, &direct] {
+        for line in gw.audit() {
+            audit.push_str(&serde_json::to_string(&line).unwrap());
+            audit.push('\n');
+        }
+    }
+    queued.stop().await;
+    direct.stop().await;
+    assert!(
+        audit.contains("\"stage\":\"direct\""),
+        "both modes were audited"
+    );
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(logs.contains("webhook{"), "the logs were captured");
+    for (what, text) in [("audit", &audit), ("logs", &logs), ("metrics", &metrics)] {
+        let found = leaks(text, &forbidden);
+        let example = found
+            .first()
+            .and_then(|f| text.lines().find(|l| l.contains(f)))
+            .unwrap_or_default();
+        assert!(found.is_empty(), "{what} hold {found:?}, e.g. {example}");
+    }
 }
