@@ -528,9 +528,12 @@ async fn no_log_audit_line_or_metric_label_holds_a_secret_or_personal_data() {
         forbidden.iter().any(|f| f.starts_with("US.")) && forbidden.len() > 40,
         "the fixtures yield phone numbers, BSUIDs and texts: {forbidden:?}"
     );
+    // Graph points at a closed port: nothing leaves the machine.
+    let graph = format!("http://127.0.0.1:{}", closed_port());
     let with_tokens = |cfg: TestConfig| {
         cfg.set("INLET_API_TOKEN", API_TOKEN)
             .set("INLET_GRAPH__ACCESS_TOKEN", GRAPH_TOKEN)
+            .set("INLET_GRAPH__BASE_URL", graph.clone())
     };
     let all = fixtures();
 
@@ -595,6 +598,8 @@ async fn no_log_audit_line_or_metric_label_holds_a_secret_or_personal_data() {
             &["outbound", "status"],
             &["outbound", "list"],
             &["broadcasts", "list"],
+            &["sync", "status"],
+            &["sync", "insights"],
         ];
         for command in commands {
             for json in [false, true] {
