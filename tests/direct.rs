@@ -465,3 +465,149 @@ async fn direct_mode_on_sqlite_hands_each_event_to_the_bus_once_under_concurrent
     .await;
     gw.stop().await;
 }
+
+/// Entry of the child gateway process of
+/// `in_process_deliveries_survive_a_gateway_crash`: a gateway on the
+/// settings in the environment, until the process is killed. Does nothing
+/// outside a [`ChildWorker`] process.
+#[tokio::test]
+#[ignore = "the child process of a crash test"]
+async fn child_gateway() {
+    if std::env::var_os(CHILD_WORKER_ENV).is_none() {
+        return;
+    }
+    inlet::telemetry::init_test_tracing();
+    let mut settings =
+        inlet::config::Settings::load().expect("the child gateway's settings are valid");
+    settings
+        .prepare()
+        .expect("the child gateway's data dir can be prepared");
+    let running =
+        inlet::service::start_gateway(settings, tokio_util::sync::CancellationToken::new())
+            .await
+            .expect("the child gateway starts");
+    let _ = running.wait().await;
+}
+
+/// A subscriber endpoint that records each delivery's `webhook-id` and, while
+/// `hold` is set, never answers (the handler stays busy with it).
+#[derive(Clone, Default)]
+struct HoldingReceiver {
+    hold: Arc<std::sync::atomic::AtomicBool>,
+    ids: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl HoldingReceiver {
+    async fn start() -> (HoldingReceiver, String) {
+        let receiver = HoldingReceiver::default();
+        receiver.hold.store(true, Ordering::SeqCst);
+        let state = receiver.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let state = state.clone();
+                async move {
+                    let id = headers
+                        .get("webhook-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    state.ids.lock().unwrap().push(id);
+                    if state.hold.load(Ordering::SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (receiver, url)
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.ids.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn in_process_deliveries_survive_a_gateway_crash() {
+    crash_while_a_handler_delivers(no_redis()).await;
+}
+
+#[tokio::test]
+async fn in_process_deliveries_survive_a_gateway_crash_on_postgres() {
+    let db = TestDb::create().await;
+    crash_while_a_handler_delivers(no_redis().set("INLET_DATABASE_URL", db.url.clone())).await;
+    db.drop_db().await;
+}
+
+/// Direct mode: the relay hands logged events to the in-process bus. The
+/// gateway is SIGKILLed while the webhooks handler is delivering one; the
+/// restarted gateway delivers it again.
+async fn crash_while_a_handler_delivers(cfg: TestConfig) {
+    let (receiver, url) = HoldingReceiver::start().await;
+    let cfg = cfg
+        // Long enough for the kill to land while the handler waits; short
+        // enough that the dead process' lease on the delivery runs out soon.
+        .set("INLET_EVENTS__HANDLER_TIMEOUT_MS", "5000")
+        .set("INLET_EVENTS__HANDLER_MAX_ATTEMPTS", "1");
+    let settings = cfg.settings();
+    let (ok, out) = cli(settings.clone(), &["migrate"]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = cli(
+        settings,
+        &[
+            "subscriptions",
+            "add",
+            "--name",
+            "inbox",
+            "--url",
+            &url,
+            "--events",
+            "message.after.create",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+
+    let port = closed_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = ChildWorker::spawn(&cfg, "child_gateway", &[("INLET_LISTEN", &listen)]);
+    let body = fixture("wa_text.json");
+    let client = reqwest::Client::new();
+    let status = eventually(Duration::from_secs(30), "the child gateway answers", || {
+        let req = client
+            .post(format!("http://{listen}/webhooks/whatsapp"))
+            .header(
+                "x-hub-signature-256",
+                inlet::signature::sign(&body, SECRET.as_bytes()),
+            )
+            .body(body.clone())
+            .send();
+        async move { req.await.ok().map(|r| r.status().as_u16()) }
+    })
+    .await;
+    assert_eq!(status, 200);
+    let first = eventually(Duration::from_secs(30), "the first delivery", || async {
+        receiver.ids().first().cloned()
+    })
+    .await;
+    child.kill().await;
+
+    receiver.hold.store(false, Ordering::SeqCst);
+    let gw = TestGateway::start(cfg).await;
+    eventually(
+        Duration::from_secs(60),
+        "the interrupted delivery is made again",
+        || async { (receiver.ids().len() >= 2).then_some(()) },
+    )
+    .await;
+    assert!(
+        receiver.ids().iter().all(|id| *id == first),
+        "only that event: {:?}",
+        receiver.ids()
+    );
+    gw.stop().await;
+}

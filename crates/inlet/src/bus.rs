@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Audit, AuditRecord};
@@ -26,6 +26,7 @@ use crate::events::{outbox_row, parse_event, Event, EventSink, Phase};
 use crate::plan::OutboxRow;
 use crate::queue::{ConsumerConfig, GroupConsumer, RedisQueue};
 use crate::relay::{LocalSink, SinkError};
+use crate::store::events::BusPending;
 use crate::store::{OutboxEntry, Store};
 use crate::streams::{bus_group, EVENTS};
 
@@ -87,16 +88,28 @@ impl Dispatcher {
         Self { store, settings }
     }
 
+    /// The end of a lease on a pending in-process delivery taken now: longer
+    /// than [`Dispatcher::run`] can take on one event (every attempt timing
+    /// out, with the backoff between them).
+    fn lease_until(&self) -> chrono::DateTime<chrono::Utc> {
+        let attempts = self.settings.handler_max_attempts.max(1);
+        // Each backoff is at most its ceiling: base doubling, capped at a
+        // minute (see `run`).
+        let mut backoff =
+            Backoff::new(self.settings.handler_backoff, Duration::from_secs(60)).without_jitter();
+        let waits: Duration = (1..attempts).map(|_| backoff.next_delay()).sum();
+        let run = self.settings.handler_timeout * attempts + waits;
+        // Twice that: a busy runtime may start the handler late.
+        chrono::Utc::now() + chrono::Duration::from_std(run * 2).unwrap_or(chrono::Duration::MAX)
+    }
+
     /// Runs `handler` on `event` with isolation. Never fails: a final
     /// failure is recorded and counted.
     pub async fn run(&self, handler: &dyn Handler, event: &Event) {
         if !handler.wants(event) {
             return;
         }
-        let key = match &event.replay {
-            Some(r) => format!("{}#replay:{r}", event.id),
-            None => event.id.to_string(),
-        };
+        let key = delivery_key(event);
         let name = handler.name().to_string();
         let store = self.store.as_ref().filter(|_| handler.idempotent());
         if let Some(store) = store {
@@ -150,11 +163,34 @@ impl Dispatcher {
     }
 }
 
-/// In-process bus: one queue and task per handler.
+/// In-process bus: one task per handler.
+///
+/// Logged events (`after`, `failed`) reach it through the relay
+/// ([`MemoryBusSink`]), which hands them over durably: one `bus_pending` row
+/// per handler that wants the event, written before the relay's cursor moves
+/// past them. Each handler's task works through its own rows and deletes
+/// them once handled (or given up on and recorded), so a crash in between
+/// loses nothing — the next process delivers them — and a slow handler only
+/// delays itself. `before` events, which are not logged, and events
+/// published directly stay in memory.
 pub struct MemoryBus {
     dispatcher: Dispatcher,
-    handlers: RwLock<Vec<mpsc::UnboundedSender<Event>>>,
+    handlers: RwLock<Vec<Subscriber>>,
+    /// This process' name on the `bus_pending` rows it holds.
+    owner: Arc<str>,
 }
+
+/// One handler's ends: its in-memory queue and the wake-up of its pending
+/// rows.
+struct Subscriber {
+    handler: Arc<dyn Handler>,
+    queue: mpsc::UnboundedSender<Event>,
+    pending: Arc<Notify>,
+}
+
+/// How often a handler task looks for pending rows without a wake-up (rows
+/// left by a previous process, or a failed read).
+const PENDING_POLL: Duration = Duration::from_secs(1);
 
 impl MemoryBus {
     /// A bus dispatching with `dispatcher`.
@@ -162,6 +198,7 @@ impl MemoryBus {
         Arc::new(Self {
             dispatcher,
             handlers: RwLock::new(Vec::new()),
+            owner: format!("bus-{}", uuid::Uuid::now_v7().simple()).into(),
         })
     }
 
@@ -169,8 +206,83 @@ impl MemoryBus {
         let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
         for event in events {
             for h in handlers.iter() {
-                let _ = h.send(event.clone());
+                let _ = h.queue.send(event.clone());
             }
+        }
+    }
+
+    /// Hands events over durably (see [`MemoryBus`]): returns once every
+    /// handler's rows are stored. Without a store, in memory.
+    async fn hand_over(&self, events: Vec<(Event, String)>) -> Result<(), SinkError> {
+        let Some(store) = self.dispatcher.store.clone() else {
+            self.send_all(events.into_iter().map(|(e, _)| e).collect());
+            return Ok(());
+        };
+        let (rows, wake) = {
+            let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
+            let mut rows = Vec::new();
+            for (event, json) in &events {
+                for h in handlers.iter().filter(|h| h.handler.wants(event)) {
+                    rows.push(BusPending {
+                        handler: h.handler.name().to_string(),
+                        event_key: delivery_key(event),
+                        event: json.clone(),
+                    });
+                }
+            }
+            let wake: Vec<Arc<Notify>> = handlers.iter().map(|h| h.pending.clone()).collect();
+            (rows, wake)
+        };
+        store
+            .event_log()
+            .bus_enqueue(&rows, &self.owner, self.dispatcher.lease_until())
+            .await
+            .map_err(SinkError::new)?;
+        for w in wake {
+            w.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// The key a handler's idempotency record and pending row use for an event:
+/// its id, or for a replay, the id and the replay marker.
+fn delivery_key(event: &Event) -> String {
+    match &event.replay {
+        Some(r) => format!("{}#replay:{r}", event.id),
+        None => event.id.to_string(),
+    }
+}
+
+/// Delivers `handler`'s pending rows, one at a time, until none is left
+/// that is this process' or unleased; a row is deleted once its event was
+/// handled (or given up on and recorded), so after a crash at most the
+/// event in hand is delivered again.
+async fn drain_pending(dispatcher: &Dispatcher, store: &Store, owner: &str, handler: &dyn Handler) {
+    let log = store.event_log();
+    loop {
+        let (id, json) = match log
+            .bus_claim(handler.name(), owner, dispatcher.lease_until())
+            .await
+        {
+            Ok(Some(row)) => row,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, handler = handler.name(), "could not read pending events");
+                return;
+            }
+        };
+        match parse_event(&json) {
+            Some(event) => dispatcher.run(handler, &event).await,
+            None => tracing::warn!(
+                handler = handler.name(),
+                row = id,
+                "unreadable pending event dropped"
+            ),
+        }
+        if let Err(e) = log.bus_done(&[id]).await {
+            tracing::warn!(error = %e, handler = handler.name(), "could not acknowledge a pending event");
+            return;
         }
     }
 }
@@ -183,16 +295,46 @@ impl EventBus for MemoryBus {
 
     fn subscribe(&self, handler: Arc<dyn Handler>) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        let pending = Arc::new(Notify::new());
         let dispatcher = self.dispatcher.clone();
+        let task_handler = handler.clone();
+        let wake = pending.clone();
+        let owner = self.owner.clone();
         tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
-                dispatcher.run(handler.as_ref(), &event).await;
+            let handler = task_handler;
+            let store = dispatcher.store.clone();
+            // Also picks up rows a previous process left behind (the first
+            // tick is immediate).
+            let mut poll = tokio::time::interval(PENDING_POLL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let drain = tokio::select! {
+                    // In-memory events first: `before` events gate writes.
+                    biased;
+                    event = rx.recv() => match event {
+                        Some(event) => {
+                            dispatcher.run(handler.as_ref(), &event).await;
+                            false
+                        }
+                        // The bus is gone.
+                        None => break,
+                    },
+                    _ = wake.notified() => true,
+                    _ = poll.tick() => true,
+                };
+                if let (true, Some(store)) = (drain, &store) {
+                    drain_pending(&dispatcher, store, &owner, handler.as_ref()).await;
+                }
             }
         });
         self.handlers
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
+            .push(Subscriber {
+                handler,
+                queue: tx,
+                pending,
+            });
     }
 }
 
@@ -202,8 +344,9 @@ impl EventSink for MemoryBus {
     }
 }
 
-/// Feeds outbox entries of [`EVENTS`] to a memory bus while Redis is
-/// not available.
+/// Feeds outbox entries of [`EVENTS`] and new event-log rows to a memory bus
+/// while Redis is not available; the relay moves past them only once they
+/// are handed over durably.
 pub struct MemoryBusSink(pub Arc<MemoryBus>);
 
 impl LocalSink for MemoryBusSink {
@@ -212,17 +355,14 @@ impl LocalSink for MemoryBusSink {
     }
 
     fn deliver(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), SinkError>> {
-        let events: Vec<Event> = entries
-            .iter()
+        let events: Vec<(Event, String)> = entries
+            .into_iter()
             .filter_map(|e| {
-                e.fields
-                    .iter()
-                    .find(|(k, _)| k == "event")
-                    .and_then(|(_, v)| parse_event(v))
+                let json = e.fields.into_iter().find(|(k, _)| k == "event")?.1;
+                Some((parse_event(&json)?, json))
             })
             .collect();
-        self.0.send_all(events);
-        Box::pin(async { Ok(()) })
+        Box::pin(self.0.hand_over(events))
     }
 }
 

@@ -93,7 +93,9 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (C, "inlet_gateway_deliveries_total", Unit::Count, "Webhook deliveries received, by source and outcome (queued, direct, dead_lettered, rejected, unavailable ...)"),
     (C, "inlet_gateway_signature_failures_total", Unit::Count, "Deliveries rejected because X-Hub-Signature-256 did not verify, by source and reason"),
     (H, "inlet_gateway_ack_seconds", Unit::Seconds, "Time from receiving a delivery to answering Meta, by source and mode (queue or direct)"),
-    (C, "inlet_gateway_rejected_headers_total", Unit::Count, "Requests whose forwarding headers were rejected as untrusted"),
+    (C, "inlet_gateway_rejected_headers_total", Unit::Count, "Requests refused with 431: request head larger than http.max_header_bytes or with more than http.max_headers headers"),
+    (C, "inlet_gateway_connections_closed_total", Unit::Count, "Gateway connections ended by an error, by reason (header_timeout: no complete request head within http.header_read_timeout_ms, idle kept-alive connections included; headers_too_large; bad_request; client_error)"),
+    (C, "inlet_gateway_rate_limited_total", Unit::Count, "Webhook deliveries refused with 429 because their client address failed signatures more than http.signature_failures_per_minute, by source"),
     (G, "inlet_gateway_queue_mode", Unit::Count, "1 while the gateway enqueues into Redis, 0 while it stores directly (Redis down)"),
     (C, "inlet_gateway_mode_switches_total", Unit::Count, "Switches between queue and direct mode, by the mode switched to"),
     // Read API.

@@ -6,6 +6,7 @@
 //! returns a value that knows its address; [`Gateway::run`] serves until the
 //! shutdown token is cancelled, then finishes in-flight requests.
 
+mod abuse;
 pub mod api;
 pub mod drafts;
 mod health;
@@ -16,17 +17,17 @@ mod webhooks;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use axum::Router;
+use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
+use tower::ServiceExt;
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::audit::Audit;
@@ -87,6 +88,8 @@ pub struct Shared {
     pub media: Option<crate::media::storage::Storage>,
     /// Live readers of the event log (`None`: the event stream answers 503).
     pub feed: Option<crate::feed::Feed>,
+    /// Failed-signature budgets per client address (`None`: no limit).
+    signature_failures: Option<Arc<abuse::FailureLimiter>>,
 }
 
 impl AppState {
@@ -106,7 +109,6 @@ impl AppState {
             })
             .collect();
         Self(Arc::new(Shared {
-            settings,
             apps: Arc::new(apps),
             ingest,
             audit,
@@ -114,6 +116,12 @@ impl AppState {
             cache: None,
             media: None,
             feed: None,
+            signature_failures: abuse::FailureLimiter::new(
+                settings.http.signature_failures_per_minute,
+                settings.http.signature_failure_addresses,
+            )
+            .map(Arc::new),
+            settings,
         }))
     }
 
@@ -173,6 +181,7 @@ impl AppState {
 /// Builds the router with every layer.
 pub fn router(state: AppState) -> Router {
     let timeout = state.settings.http.request_timeout;
+    let body_idle = state.settings.http.body_idle_timeout;
     Router::new()
         .route(
             "/webhooks/{source}",
@@ -182,7 +191,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .merge(api::routes(state.clone()))
-        .layer(middleware::from_fn_with_state(state.clone(), limit_headers))
+        // A body that stops arriving fails the handler's read (408), long
+        // before the whole-request timeout would.
+        .layer(RequestBodyTimeoutLayer::new(body_idle))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
@@ -196,32 +207,13 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Rejects requests whose headers add up to more than the configured size
-/// (431), before any handler runs.
-async fn limit_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let size: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    if size > state.settings.http.max_header_bytes {
-        metrics::counter!("inlet_gateway_rejected_headers_total").increment(1);
-        state.audit.write(
-            crate::audit::AuditRecord::new("rejected")
-                .outcome("error")
-                .reason("headers_too_large")
-                .with("header_bytes", size),
-        );
-        return StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response();
-    }
-    next.run(req).await
-}
-
 /// A bound, ready-to-run gateway.
 pub struct Gateway {
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
+    limits: crate::config::HttpSettings,
+    audit: Audit,
 }
 
 impl Gateway {
@@ -230,6 +222,8 @@ impl Gateway {
         let listener = TcpListener::bind(state.settings.listen).await?;
         Ok(Self {
             listener,
+            limits: state.settings.http.clone(),
+            audit: state.audit.clone(),
             router: router(state),
             shutdown,
         })
@@ -242,14 +236,102 @@ impl Gateway {
 
     /// Serves until the shutdown token is cancelled; in-flight requests
     /// finish before this returns.
+    ///
+    /// Its own accept loop rather than `axum::serve`, for the limits hyper
+    /// enforces while it parses a request head, before any handler runs: a
+    /// head must arrive within `http.header_read_timeout_ms` (slowloris),
+    /// within `http.max_header_bytes` and with at most `http.max_headers`
+    /// headers (431, and nothing more is buffered).
     pub async fn run(self) -> std::io::Result<()> {
-        let shutdown = self.shutdown.clone();
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        let Self {
+            listener,
+            router,
+            shutdown,
+            limits,
+            audit,
+        } = self;
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_headers(limits.max_headers)
+            .max_header_size(limits.max_header_bytes);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        accept_failed(e).await;
+                        continue;
+                    }
+                },
+            };
+            let service = router
+                .clone()
+                .map_request(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    req
+                });
+            let conn = http1.serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(service),
+            );
+            let conn = graceful.watch(conn);
+            let audit = audit.clone();
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    connection_failed(&e, peer, &audit);
+                }
+            });
+        }
+        // Stop listening first, then let every open connection finish its
+        // request in flight and close.
+        drop(listener);
+        graceful.shutdown().await;
+        Ok(())
+    }
+}
+
+/// An accept error: per-connection ones (the peer already left) are
+/// skipped; others (out of file descriptors) pause the loop briefly rather
+/// than spin.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accept failed; pausing for a second");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+}
+
+/// Counts (and, for refused heads, audits) a connection hyper ended with an
+/// error: a head too large or with too many headers (hyper answered 431), a
+/// head not sent in time (closed), or an ordinary client disconnect.
+fn connection_failed(e: &hyper::Error, peer: SocketAddr, audit: &Audit) {
+    let reason = if e.is_parse_too_large() {
+        "headers_too_large"
+    } else if e.is_timeout() {
+        "header_timeout"
+    } else if e.is_parse() {
+        "bad_request"
+    } else {
+        "client_error"
+    };
+    metrics::counter!("inlet_gateway_connections_closed_total", "reason" => reason).increment(1);
+    tracing::debug!(reason, client_ip = %peer.ip(), error = %e, "connection ended with an error");
+    if reason == "headers_too_large" {
+        metrics::counter!("inlet_gateway_rejected_headers_total").increment(1);
+        audit.write(
+            crate::audit::AuditRecord::new("rejected")
+                .outcome("error")
+                .reason(reason)
+                .with("status", 431)
+                .with("client_ip", peer.ip().to_string()),
+        );
     }
 }

@@ -169,6 +169,22 @@ async fn receive_inner(
         status.into_response()
     };
 
+    // An address that failed too many signatures is refused before its body
+    // is read: probing secrets costs it a 429, and the gateway nothing.
+    if let Some(limiter) = &state.signature_failures {
+        if let super::abuse::Verdict::Refused { retry_after, first } = limiter.check(client_ip) {
+            return rate_limited(
+                state,
+                source,
+                trace_id,
+                client_ip,
+                retry_after,
+                first,
+                started,
+            );
+        }
+    }
+
     // 413 up front when the declared length is too large: nothing is read.
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -191,6 +207,9 @@ async fn receive_inner(
                 || e.to_string().contains("length limit");
             return if too_large {
                 reject(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body_too_large")
+            } else if caused_by::<tower_http::timeout::TimeoutError>(&e) {
+                // The body stalled for longer than http.body_idle_timeout_ms.
+                reject(StatusCode::REQUEST_TIMEOUT, "timeout", "body_timeout")
             } else {
                 reject(StatusCode::BAD_REQUEST, "read_error", "body_read_error")
             };
@@ -211,6 +230,9 @@ async fn receive_inner(
         Err(e) => {
             metrics::counter!("inlet_gateway_signature_failures_total", "source" => source.as_str(), "reason" => e.reason())
                 .increment(1);
+            if let Some(limiter) = &state.signature_failures {
+                limiter.failed(client_ip);
+            }
             return reject(StatusCode::UNAUTHORIZED, "unauthorized", e.reason());
         }
     };
@@ -298,6 +320,62 @@ async fn receive_inner(
         }
         Err(e) => unavailable(state, source, trace_id, &tenant, started, &e.detail()),
     }
+}
+
+/// 429 for an address over its failed-signature budget: a JSON error like
+/// the API's, `Retry-After`, a count; an audit line only for the first
+/// refusal of a run, so a flood of them does not flood the audit log.
+fn rate_limited(
+    state: &AppState,
+    source: Source,
+    trace_id: Uuid,
+    client_ip: std::net::IpAddr,
+    retry_after: std::time::Duration,
+    first: bool,
+    started: Instant,
+) -> Response {
+    metrics::counter!("inlet_gateway_rate_limited_total", "source" => source.as_str()).increment(1);
+    metrics::counter!("inlet_gateway_deliveries_total", "source" => source.as_str(), "outcome" => "rate_limited")
+        .increment(1);
+    if first {
+        tracing::warn!(%client_ip, "too many failed signatures from one address; answering 429");
+        state.audit.write(
+            AuditRecord::new("rejected")
+                .trace(trace_id)
+                .with("source", source.as_str())
+                .outcome("error")
+                .reason("signature_failures_rate_limited")
+                .with("status", 429)
+                .with("client_ip", client_ip.to_string())
+                .with(
+                    "limit_per_minute",
+                    state.settings.http.signature_failures_per_minute,
+                )
+                .duration(started.elapsed()),
+        );
+    }
+    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = super::api::error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many failed signatures from this address; retry in {secs} s"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+/// Whether `T` is somewhere in the source chain of `e`.
+fn caused_by<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<T>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn ack(started: Instant, source: Source, mode: &'static str) -> Response {

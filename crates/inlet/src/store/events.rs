@@ -166,6 +166,37 @@ pub trait EventLogStore: Send + Sync {
         ok: bool,
         disable_after: i32,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Hands events to in-process handlers durably (direct mode): one
+    /// `bus_pending` row per handler and event, leased to `owner` until
+    /// `lease_until`; a hand-over repeated after a crash adds nothing.
+    fn bus_enqueue<'a>(
+        &'a self,
+        rows: &'a [BusPending],
+        owner: &'a str,
+        lease_until: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Takes `handler`'s oldest pending event that is `owner`'s or whose
+    /// lease ran out, leasing it to `owner` until `lease_until`: (row id,
+    /// event JSON). Two processes never take the same row at once.
+    fn bus_claim<'a>(
+        &'a self,
+        handler: &'a str,
+        owner: &'a str,
+        lease_until: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Option<(i64, String)>, StoreError>>;
+    /// Removes the rows of handled events.
+    fn bus_done<'a>(&'a self, ids: &'a [i64]) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// One event waiting for one in-process handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusPending {
+    /// Handler name.
+    pub handler: String,
+    /// The handler's idempotency key of the event (id, or id#replay:…).
+    pub event_key: String,
+    /// The event as JSON (the `event` field of an `events` stream entry).
+    pub event: String,
 }
 
 pub(super) fn event_from_row<R: Row>(row: &R) -> Result<(i64, Event), sqlx::Error>
@@ -577,6 +608,75 @@ macro_rules! impl_event_log {
                         return Ok(true);
                     }
                     Ok(false)
+                })
+            }
+
+            fn bus_enqueue<'a>(
+                &'a self,
+                rows: &'a [BusPending],
+                owner: &'a str,
+                lease_until: DateTime<Utc>,
+            ) -> BoxFuture<'a, Result<(), StoreError>> {
+                Box::pin(async move {
+                    for chunk in rows.chunks(1000) {
+                        let mut qb = QueryBuilder::<$db>::new(
+                            "INSERT INTO bus_pending (handler, event_key, event, owner, lease_until) ",
+                        );
+                        qb.push_values(chunk, |mut b, r| {
+                            b.push_bind(&r.handler)
+                                .push_bind(&r.event_key)
+                                .push_bind(&r.event)
+                                .push_bind(owner)
+                                .push_bind(lease_until);
+                        });
+                        qb.push(" ON CONFLICT (handler, event_key) DO NOTHING");
+                        qb.build().execute(&self.pool).await.map_err(classify)?;
+                    }
+                    Ok(())
+                })
+            }
+
+            fn bus_claim<'a>(
+                &'a self,
+                handler: &'a str,
+                owner: &'a str,
+                lease_until: DateTime<Utc>,
+            ) -> BoxFuture<'a, Result<Option<(i64, String)>, StoreError>> {
+                Box::pin(async move {
+                    let d = <$db as Backend>::DIALECT;
+                    let mut qb = QueryBuilder::<$db>::new("UPDATE bus_pending SET owner = ");
+                    qb.push_bind(owner)
+                        .push(", lease_until = ")
+                        .push_bind(lease_until)
+                        .push(" WHERE id = (SELECT id FROM bus_pending WHERE handler = ")
+                        .push_bind(handler)
+                        .push(" AND (owner = ")
+                        .push_bind(owner)
+                        .push(" OR lease_until < ")
+                        .push_bind(Utc::now())
+                        .push(") ORDER BY id LIMIT 1")
+                        .push(d.skip_locked)
+                        .push(") RETURNING id, event");
+                    let row = qb.build().fetch_optional(&self.pool).await.map_err(classify)?;
+                    row.map(|r| Ok((r.try_get("id")?, r.try_get("event")?)))
+                        .transpose()
+                        .map_err(classify)
+                })
+            }
+
+            fn bus_done<'a>(&'a self, ids: &'a [i64]) -> BoxFuture<'a, Result<(), StoreError>> {
+                Box::pin(async move {
+                    if ids.is_empty() {
+                        return Ok(());
+                    }
+                    let mut qb = QueryBuilder::<$db>::new("DELETE FROM bus_pending WHERE id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in ids {
+                        sep.push_bind(*id);
+                    }
+                    qb.push(")");
+                    qb.build().execute(&self.pool).await.map_err(classify)?;
+                    Ok(())
                 })
             }
         }
