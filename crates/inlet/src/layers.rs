@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["ingest"],
     &["relay", "feed"],
     &["bus"],
-    &["pipeline", "cache", "webhooks", "media"],
+    &["pipeline", "cache", "webhooks", "media", "leads"],
     &["worker", "direct", "dlq", "status", "sender", "drafts"],
     &["http"],
     &["service"],

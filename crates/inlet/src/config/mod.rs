@@ -16,7 +16,7 @@
 //! (`redis_url`, `stream_prefix`, `[redis]`), [`store`](mod@store)
 //! (`database_url`, `[database]`), [`worker`](mod@worker),
 //! [`cache`](mod@cache), [`audit`](mod@audit), [`events`](mod@events),
-//! [`apps`](mod@apps) (`[[apps]]` and the default app), [`drafts`](mod@drafts), `media` (`[media]`), `outbound`
+//! [`apps`](mod@apps) (`[[apps]]` and the default app), [`drafts`](mod@drafts), `leads` (`[leads]`), `media` (`[media]`), `outbound`
 //! (`[graph]`, `[outbound]`); [`prepare`](mod@prepare) holds the side effects.
 
 use std::net::SocketAddr;
@@ -31,6 +31,7 @@ pub mod cache;
 pub mod drafts;
 pub mod events;
 pub mod http;
+mod leads;
 mod media;
 mod outbound;
 pub mod prepare;
@@ -44,6 +45,7 @@ pub use cache::CacheSettings;
 pub use drafts::DraftSettings;
 pub use events::EventSettings;
 pub use http::HttpSettings;
+pub use leads::LeadSettings;
 pub use media::{MaxBytes, MediaSettings, MediaStorageKind, S3Settings};
 pub use outbound::{GraphSettings, OutboundSettings, TokenSource, UnknownPolicy};
 pub use redis::RedisSettings;
@@ -128,6 +130,8 @@ pub struct Settings {
     pub media: MediaSettings,
     /// `[drafts]`: AI drafts waiting for approval.
     pub drafts: DraftSettings,
+    /// `[leads]`: the Lead Ads consumer.
+    pub leads: LeadSettings,
 }
 
 /// `config/default.toml`, compiled in: the first configuration layer. The
@@ -277,6 +281,7 @@ struct RawSettings {
     outbound: outbound::RawOutbound,
     media: media::RawMedia,
     drafts: drafts::RawDrafts,
+    leads: leads::RawLeads,
 }
 
 fn default_tenant() -> String {
@@ -339,6 +344,7 @@ impl RawSettings {
             outbound,
             media,
             drafts: self.drafts.validate()?,
+            leads: self.leads.validate()?,
         })
     }
 }

@@ -183,6 +183,11 @@ const PG_MIGRATIONS: Migrations = &[
         "conversations by contact",
         include_str!("../../../../../migrations/postgres/0011_conversations_by_contact.sql"),
     ),
+    (
+        12,
+        "leads",
+        include_str!("../../../../../migrations/postgres/0012_leads.sql"),
+    ),
 ];
 
 const SQLITE_MIGRATIONS: Migrations = &[
@@ -240,6 +245,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         11,
         "conversations by contact",
         include_str!("../../../../../migrations/sqlite/0011_conversations_by_contact.sql"),
+    ),
+    (
+        12,
+        "leads",
+        include_str!("../../../../../migrations/sqlite/0012_leads.sql"),
     ),
 ];
 
