@@ -14,8 +14,9 @@
 //! - `events`: `inlet subscriptions` and `inlet events`.
 //! - `ops`: `inlet status` and `inlet audit trace|tail`.
 //! - `send`: `inlet send`, `inlet broadcasts`, `inlet outbound`.
-//! - [`render`]: the terminal text of the status report, audit traces and
-//!   audit lines (the library gathers and judges, this formats).
+//! - `drafts`: `inlet drafts`; `leads`: `inlet leads`.
+//! - [`render`]: the terminal text of the status report, audit traces,
+//!   audit lines and lead lines (the library gathers and judges, this formats).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,12 +36,14 @@ use serde_json::json;
 
 mod drafts;
 mod events;
+mod leads;
 mod ops;
 pub mod render;
 mod send;
 
 pub use drafts::DraftsAction;
 pub use events::{EventsAction, SubscriptionsAction};
+pub use leads::LeadsAction;
 pub use ops::AuditAction;
 
 /// Operate an Inlet deployment.
@@ -138,6 +141,13 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: DraftsAction,
+    },
+    /// Lead Ads: the leads leadgen webhooks announced (list, show), and
+    /// fetching one again (refetch).
+    Leads {
+        /// What to do.
+        #[command(subcommand)]
+        action: LeadsAction,
     },
     /// The send side: status (halts, queues), recent sends, one send.
     Outbound {
@@ -267,6 +277,7 @@ pub async fn run_with(
         Command::Broadcasts { action } => send::broadcasts(action, &settings, json, out).await,
         Command::Outbound { action } => send::outbound(action, &settings, json, out).await,
         Command::Drafts { action } => drafts::drafts(action, &settings, json, out).await,
+        Command::Leads { action } => leads::leads(action, &settings, json, out).await,
         Command::Messages {
             conversation,
             limit,

@@ -9,7 +9,8 @@ use chrono::Utc;
 
 use super::judge::judge;
 use super::report::{
-    ConsumerStatus, DlqSize, GroupStatus, Health, HeldEntry, OutboundStatus, QueueSnapshot,
+    ConsumerStatus, DlqSize, GroupStatus, Health, HeldEntry, LeadsStatus, OutboundStatus,
+    QueueSnapshot,
     RedisStatus, StatusReport, StoreStatus, StreamStatus, Verdict,
 };
 use super::STREAMS;
@@ -175,6 +176,7 @@ pub async fn gather(settings: &Settings) -> StatusReport {
         outbox: None,
     };
     let mut outbound = None;
+    let mut leads = None;
     match open_store(settings).await {
         Ok(s) => {
             store.reachable = true;
@@ -201,6 +203,10 @@ pub async fn gather(settings: &Settings) -> StatusReport {
                 Ok(dead) => dlq.media = Some(dead.len() as i64),
                 Err(e) => store.error = Some(e.to_string()),
             }
+            match s.leads().lead_stats().await {
+                Ok(stats) => leads = Some(LeadsStatus::from(stats)),
+                Err(e) => store.error = Some(e.to_string()),
+            }
         }
         Err(e) => store.error = Some(e.to_string()),
     }
@@ -217,6 +223,7 @@ pub async fn gather(settings: &Settings) -> StatusReport {
         groups: snapshot.groups,
         dlq,
         outbound,
+        leads,
         stall_after_seconds: stall_after.as_secs_f64(),
         health: Health {
             verdict: Verdict::Ok,

@@ -192,6 +192,35 @@ impl From<crate::store::outbound::OutboundStats> for OutboundStatus {
     }
 }
 
+/// Lead Ads as the store sees them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LeadsStatus {
+    /// Leads fetched and stored.
+    pub fetched: i64,
+    /// Leads waiting to be fetched (also between retries).
+    pub pending: i64,
+    /// Leads refused for good (permission, token, unknown lead).
+    pub failed: i64,
+    /// Leads whose transient errors outlasted the retries.
+    pub dead_lettered: i64,
+    /// The most recent failure, with the Graph error.
+    pub last_error: Option<crate::store::leads::LeadError>,
+}
+
+impl From<crate::store::leads::LeadStats> for LeadsStatus {
+    fn from(stats: crate::store::leads::LeadStats) -> Self {
+        use crate::store::leads::state;
+        let n = |s: &str| stats.by_status.get(s).copied().unwrap_or(0);
+        Self {
+            fetched: n(state::FETCHED),
+            pending: n(state::PENDING),
+            failed: n(state::FAILED),
+            dead_lettered: n(state::DEAD_LETTERED),
+            last_error: stats.last_error,
+        }
+    }
+}
+
 /// Overall judgement, from best to worst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -261,6 +290,9 @@ pub struct StatusReport {
     /// Sends, broadcasts and halts (absent when the store could not be
     /// read).
     pub outbound: Option<OutboundStatus>,
+    /// Lead Ads: counts and the last failure (absent when the store could
+    /// not be read).
+    pub leads: Option<LeadsStatus>,
     /// Stall threshold used: twice the worker's `claim_idle`.
     pub stall_after_seconds: f64,
     /// The verdict.
