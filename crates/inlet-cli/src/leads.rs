@@ -43,10 +43,7 @@ pub fn lead_view(r: &LeadRecord) -> Value {
     serde_json::to_value(r).unwrap_or_else(|_| json!({}))
 }
 
-async fn find(
-    store: &inlet::store::Store,
-    lead_id: &str,
-) -> anyhow::Result<Option<LeadRecord>> {
+async fn find(store: &inlet::store::Store, lead_id: &str) -> anyhow::Result<Option<LeadRecord>> {
     let filter = LeadFilter {
         lead_id: Some(lead_id.to_string()),
         limit: 1,

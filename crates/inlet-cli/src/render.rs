@@ -300,7 +300,9 @@ pub fn lead_line(l: &inlet::store::leads::LeadRecord) -> String {
         dash(&l.form_id),
         dash(&l.campaign_id),
         l.created_time.map(format_ts).unwrap_or_else(|| "-".into()),
-        l.contact_id.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+        l.contact_id
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into()),
         l.name.as_deref().unwrap_or("-"),
     )
     .trim_end()

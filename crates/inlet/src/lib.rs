@@ -64,9 +64,9 @@ pub mod feed;
 pub mod graph;
 pub mod http;
 pub mod ingest;
-pub mod leads;
 #[cfg(test)]
 mod layers;
+pub mod leads;
 pub mod media;
 pub mod model;
 pub mod normalize;

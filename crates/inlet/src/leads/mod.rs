@@ -178,7 +178,10 @@ mod tests {
             })
         );
         assert_eq!(LeadJob::from_fields([("lead_id", "1")]), None);
-        assert_eq!(LeadJob::from_fields([("lead_id", ""), ("tenant", "t")]), None);
+        assert_eq!(
+            LeadJob::from_fields([("lead_id", ""), ("tenant", "t")]),
+            None
+        );
     }
 
     #[test]
@@ -251,8 +254,14 @@ mod tests {
 
     #[test]
     fn phone_digits_look_like_wa_ids() {
-        assert_eq!(phone_digits("+44 20 7946 0958").as_deref(), Some("442079460958"));
-        assert_eq!(phone_digits("0044 20 7946 0958").as_deref(), Some("442079460958"));
+        assert_eq!(
+            phone_digits("+44 20 7946 0958").as_deref(),
+            Some("442079460958")
+        );
+        assert_eq!(
+            phone_digits("0044 20 7946 0958").as_deref(),
+            Some("442079460958")
+        );
         assert_eq!(phone_digits("(555) 0100"), None);
         assert_eq!(phone_digits("1234567890123456"), None);
     }

@@ -10,8 +10,7 @@ use chrono::Utc;
 use super::judge::judge;
 use super::report::{
     ConsumerStatus, DlqSize, GroupStatus, Health, HeldEntry, LeadsStatus, OutboundStatus,
-    QueueSnapshot,
-    RedisStatus, StatusReport, StoreStatus, StreamStatus, Verdict,
+    QueueSnapshot, RedisStatus, StatusReport, StoreStatus, StreamStatus, Verdict,
 };
 use super::STREAMS;
 use crate::config::Settings;

@@ -161,7 +161,11 @@ pub fn judge(report: &StatusReport, stall_after: Duration) -> Health {
                         .and_then(|v| v.get("class").or_else(|| v.get("reason")))
                         .and_then(serde_json::Value::as_str)
                         .map(str::to_string);
-                    let what = [code, reason].into_iter().flatten().collect::<Vec<_>>().join(", ");
+                    let what = [code, reason]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     format!("; last: lead {} of page {} ({what})", e.lead_id, e.page_id)
                 })
                 .unwrap_or_default();
@@ -291,7 +295,12 @@ mod tests {
         assert_eq!(h.verdict, Verdict::Degraded, "{:?}", h.reasons);
         let all = h.reasons.join("\n");
         assert!(all.contains("1 leads could not be fetched"), "{all}");
-        assert!(all.contains("lead 810000000000013 of page 300000000000003 (Graph code 200, auth_halt)"), "{all}");
+        assert!(
+            all.contains(
+                "lead 810000000000013 of page 300000000000003 (Graph code 200, auth_halt)"
+            ),
+            "{all}"
+        );
         // Fetched leads alone are fine.
         r.leads = Some(LeadsStatus {
             fetched: 3,

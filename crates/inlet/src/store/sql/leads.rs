@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row};
 
-use super::{classify, fields_text, for_each_backend, SqlStore, CHUNK};
+use super::{classify, fields_text, for_each_backend, Backend, SqlStore, CHUNK};
 use crate::events::{Event, Operation, Phase};
 use crate::plan::{ChangeRow, OutboxRow};
 use crate::store::leads::{
@@ -37,7 +37,14 @@ fn id_in(value: &Value, key: &str) -> Option<String> {
 pub(super) fn announced<'a>(
     changes: &'a [ChangeRow],
     new: &HashSet<(String, String)>,
-) -> Vec<(&'a str, &'a str, String, Option<String>, Option<String>, String)> {
+) -> Vec<(
+    &'a str,
+    &'a str,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+)> {
     changes
         .iter()
         .filter(|c| c.change.kind == "lead" && new.contains(&(c.tenant.clone(), c.key.clone())))
@@ -208,7 +215,13 @@ macro_rules! impl_leads {
             ) -> BoxFuture<'a, Result<bool, StoreError>> {
                 Box::pin(async move {
                     let now = Utc::now();
-                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    // A write transaction from the start (SQLite: BEGIN IMMEDIATE),
+                    // so reading first cannot make the write fail as busy.
+                    let mut tx = self
+                        .pool
+                        .begin_with(<$db as Backend>::DIALECT.write_begin)
+                        .await
+                        .map_err(classify)?;
                     let mut qb = QueryBuilder::<$db>::new("UPDATE leads SET updated_at = ");
                     qb.push_bind(now).push(", attempts = attempts + 1");
                     match &outcome {
@@ -316,7 +329,13 @@ macro_rules! impl_leads {
             ) -> BoxFuture<'a, Result<bool, StoreError>> {
                 Box::pin(async move {
                     let now = Utc::now();
-                    let mut tx = self.pool.begin().await.map_err(classify)?;
+                    // A write transaction from the start (SQLite: BEGIN IMMEDIATE),
+                    // so reading first cannot make the write fail as busy.
+                    let mut tx = self
+                        .pool
+                        .begin_with(<$db as Backend>::DIALECT.write_begin)
+                        .await
+                        .map_err(classify)?;
                     let mut qb = QueryBuilder::<$db>::new("UPDATE leads SET status = ");
                     qb.push_bind(state::PENDING)
                         .push(", attempts = 0, error = NULL, updated_at = ")

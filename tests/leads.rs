@@ -1,0 +1,324 @@
+//! Lead Ads against the mock Graph API on loopback: a `leadgen` webhook
+//! becomes one `leads` row with the mock's answers, however often Meta
+//! delivers it; a 5xx is retried; a permission error is recorded with the
+//! Graph error and shown by `inlet status`; `inlet leads list|show|refetch`;
+//! the same in queue mode (worker, Postgres, Redis).
+
+use std::time::Duration;
+
+use inlet::leads::FIELDS;
+use inlet::store::leads::{LeadFilter, LeadRecord};
+use inlet_suite::graph::{lead_fixture, MockGraph};
+use inlet_suite::{
+    cli, eventually, fixture, wait_raw_events, TestConfig, TestDb, TestGateway, TestWorker, SECRET,
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+/// `leadgen_id` of `fb_leadgen.json`.
+const LEAD: &str = "810000000000013";
+const PAGE: &str = "300000000000003";
+
+/// Leads on, Graph at the mock, short retries.
+fn config(graph: &MockGraph) -> TestConfig {
+    TestConfig::new()
+        .set("INLET_GRAPH__BASE_URL", graph.base_url.clone())
+        .set("INLET_GRAPH__ACCESS_TOKEN", "test-graph-token")
+        .set("INLET_LEADS__ENABLED", "true")
+        .set("INLET_LEADS__MAX_ATTEMPTS", "4")
+        .set("INLET_LEADS__BACKOFF_BASE_MS", "20")
+        .set("INLET_LEADS__BACKOFF_CAP_MS", "100")
+}
+
+/// Direct mode: no Redis, the gateway fetches in-process (SQLite).
+fn direct(graph: &MockGraph) -> TestConfig {
+    config(graph).set("INLET_REDIS_URL", "")
+}
+
+async fn post_leadgen(gw: &TestGateway) {
+    let res = gw
+        .post_signed("facebook", &fixture("fb_leadgen.json"), SECRET)
+        .await;
+    assert_eq!(res.status(), 200);
+}
+
+/// Waits for the lead to leave `pending`.
+async fn settled(store: &inlet::store::Store) -> LeadRecord {
+    eventually(WAIT, "lead outcome recorded", || async {
+        store
+            .leads()
+            .lead("default", LEAD)
+            .await
+            .ok()
+            .flatten()
+            .filter(|l| l.status != "pending")
+    })
+    .await
+}
+
+async fn all_leads(store: &inlet::store::Store) -> Vec<LeadRecord> {
+    store
+        .leads()
+        .leads(&LeadFilter {
+            limit: 100,
+            ..LeadFilter::default()
+        })
+        .await
+        .unwrap()
+}
+
+async fn lead_events(store: &inlet::store::Store) -> Vec<Value> {
+    store
+        .event_log()
+        .logged_events(None, None, Some("after".parse().unwrap()), 0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| e.event_type == "lead.after.create")
+        .map(|(_, e)| serde_json::to_value(e).unwrap())
+        .collect()
+}
+
+async fn status_json(cfg: &TestConfig) -> Value {
+    let (_, text) = cli(cfg.settings(), &["--json", "status"]).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[tokio::test]
+async fn a_leadgen_webhook_delivered_three_times_is_one_lead_with_the_mocks_answers() {
+    let graph = MockGraph::start().await;
+    graph.add_lead(LEAD, lead_fixture(LEAD));
+    let gw = TestGateway::start(direct(&graph)).await;
+    let store = gw.store();
+    // The lead's phone is this WhatsApp customer's number: linked.
+    assert_eq!(
+        gw.post_signed("whatsapp", &fixture("wa_text.json"), SECRET)
+            .await
+            .status(),
+        200
+    );
+    // Meta redelivers leadgen webhooks (for up to 36 h).
+    for _ in 0..3 {
+        post_leadgen(&gw).await;
+    }
+    wait_raw_events(&store, 4).await;
+    let lead = settled(&store).await;
+    assert_eq!(lead.status, "fetched", "{lead:?}");
+    let answer = lead_fixture(LEAD);
+    assert_eq!(lead.field_data.as_ref(), Some(&answer["field_data"]));
+    assert_eq!(lead.name.as_deref(), Some("Ana Testerman"));
+    assert_eq!(lead.email.as_deref(), Some("ana.testerman@example.com"));
+    assert_eq!(lead.phone.as_deref(), Some("+15550001111"));
+    assert_eq!(lead.page_id, PAGE);
+    assert_eq!(lead.form_id.as_deref(), Some("800000000000012"));
+    assert_eq!(lead.ad_id.as_deref(), Some("120200000000000011"));
+    assert_eq!(lead.adset_id.as_deref(), Some("120200000000000010"));
+    assert_eq!(lead.campaign_id.as_deref(), Some("120200000000000009"));
+    assert_eq!(lead.is_organic, Some(false));
+    assert_eq!(lead.platform.as_deref(), Some("fb"));
+    assert_eq!(
+        lead.created_time,
+        Some("2026-11-20T09:00:00Z".parse().unwrap())
+    );
+    assert_eq!(lead.attempts, 1);
+    let contact = store
+        .read_model()
+        .contacts(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.channel == "whatsapp" && c.external_id == "15550001111")
+        .expect("Ana's contact")
+        .id;
+    assert_eq!(lead.contact_id, Some(contact));
+    // Graph was asked once, for every documented field.
+    assert_eq!(graph.lead_calls(LEAD), 1);
+    assert_eq!(graph.lead_fields(LEAD).as_deref(), Some(FIELDS));
+    // Once: one row, one event; the redeliveries queued nothing more.
+    assert_eq!(all_leads(&store).await.len(), 1);
+    assert_eq!(graph.lead_calls(LEAD), 1);
+    let events = eventually(WAIT, "lead.after.create logged", || async {
+        let e = lead_events(&store).await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["entity"], "lead");
+    assert_eq!(events[0]["data"]["lead_id"], LEAD);
+    assert_eq!(events[0]["data"]["email"], "ana.testerman@example.com");
+    assert_eq!(events[0]["data"]["contact_id"], contact);
+    // No answer of the lead reaches the audit trail.
+    let audit = serde_json::to_string(&gw.audit()).unwrap();
+    assert!(audit.contains(LEAD), "the lead's audit line");
+    for personal in ["Ana Testerman", "ana.testerman@example.com", "+15550001111"] {
+        assert!(!audit.contains(personal), "{personal} in the audit trail");
+    }
+    // `inlet status` counts it.
+    let status = status_json(&gw.config).await;
+    assert_eq!(status["leads"]["fetched"], 1, "{status}");
+    assert_eq!(status["leads"]["failed"], 0, "{status}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_5xx_from_graph_is_retried_until_the_lead_is_fetched() {
+    let graph = MockGraph::start().await;
+    graph.add_lead(LEAD, lead_fixture(LEAD));
+    graph.fail_leads_next(2);
+    let gw = TestGateway::start(direct(&graph)).await;
+    post_leadgen(&gw).await;
+    let lead = settled(&gw.store()).await;
+    assert_eq!(lead.status, "fetched", "{lead:?}");
+    assert_eq!(graph.lead_calls(LEAD), 3, "two 500s, then the answer");
+    assert_eq!(lead.attempts, 3);
+    assert_eq!(lead.error, None, "a success clears the last error");
+    assert_eq!(lead.name.as_deref(), Some("Ana Testerman"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn transient_errors_outlasting_the_retries_dead_letter_the_lead() {
+    let graph = MockGraph::start().await;
+    graph.add_lead(LEAD, lead_fixture(LEAD));
+    graph.fail_leads_next(100);
+    let gw = TestGateway::start(direct(&graph)).await;
+    post_leadgen(&gw).await;
+    let lead = settled(&gw.store()).await;
+    assert_eq!(lead.status, "dead_lettered", "{lead:?}");
+    assert_eq!(graph.lead_calls(LEAD), 4, "leads.max_attempts");
+    let error = lead.error.expect("the last error");
+    assert_eq!(error["code"], 2);
+    assert_eq!(error["class"], "transient");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_permission_error_is_recorded_shown_and_a_refetch_fetches_again() {
+    let graph = MockGraph::start().await;
+    graph.add_lead(LEAD, lead_fixture(LEAD));
+    graph.deny_leads(true);
+    let gw = TestGateway::start(direct(&graph)).await;
+    let store = gw.store();
+    post_leadgen(&gw).await;
+    let lead = settled(&store).await;
+    assert_eq!(lead.status, "failed", "{lead:?}");
+    assert_eq!(
+        graph.lead_calls(LEAD),
+        1,
+        "a permission error is not retried"
+    );
+    let error = lead.error.clone().expect("the Graph error is kept");
+    assert_eq!(error["code"], 200);
+    assert_eq!(error["http_status"], 403);
+    assert_eq!(error["error_type"], "OAuthException");
+    assert_eq!(error["class"], "auth_halt");
+    assert_eq!(error["fbtrace_id"], "AmockLeadPerm0001");
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .contains("leads_retrieval"));
+    assert_eq!(lead.name, None);
+    assert!(lead_events(&store).await.is_empty(), "no lead, no event");
+
+    // `inlet status`: counted, the last error with its code, degraded.
+    let status = status_json(&gw.config).await;
+    assert_eq!(status["leads"]["failed"], 1, "{status}");
+    assert_eq!(status["leads"]["last_error"]["lead_id"], LEAD, "{status}");
+    assert_eq!(
+        status["leads"]["last_error"]["error"]["code"], 200,
+        "{status}"
+    );
+    assert_eq!(status["health"]["verdict"], "degraded", "{status}");
+    let (_, text) = cli(gw.config.settings(), &["status"]).await;
+    assert!(
+        text.contains("leads    0 fetched, 0 pending, 1 failed, 0 dead-lettered"),
+        "{text}"
+    );
+    assert!(text.contains("(code 200, auth_halt)"), "{text}");
+    assert!(text.contains("1 leads could not be fetched"), "{text}");
+
+    // `inlet leads list|show`.
+    let (ok, text) = cli(
+        gw.config.settings(),
+        &["leads", "list", "--status", "failed"],
+    )
+    .await;
+    assert!(ok, "{text}");
+    assert!(text.contains(LEAD) && text.contains("failed"), "{text}");
+    let (ok, text) = cli(
+        gw.config.settings(),
+        &["leads", "list", "--status", "fetched"],
+    )
+    .await;
+    assert!(ok && text.contains("no leads"), "{text}");
+    let (ok, text) = cli(gw.config.settings(), &["--json", "leads", "show", LEAD]).await;
+    assert!(ok, "{text}");
+    let shown: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(shown["status"], "failed");
+    assert_eq!(shown["error"]["code"], 200);
+    let (ok, text) = cli(gw.config.settings(), &["leads", "show", "999"]).await;
+    assert!(!ok && text.contains("no lead 999"), "{text}");
+    let (ok, text) = cli(gw.config.settings(), &["leads", "list", "--status", "nope"]).await;
+    assert!(!ok && text.contains("is not one of"), "{text}");
+
+    // The token is fixed: a refetch queues a job and the lead is fetched.
+    graph.deny_leads(false);
+    let (ok, text) = cli(gw.config.settings(), &["leads", "refetch", LEAD]).await;
+    assert!(ok, "{text}");
+    assert!(text.contains("pending again"), "{text}");
+    let lead = settled(&store).await;
+    assert_eq!(lead.status, "fetched", "{lead:?}");
+    assert_eq!(lead.error, None);
+    assert_eq!(graph.lead_calls(LEAD), 2);
+    assert_eq!(all_leads(&store).await.len(), 1);
+    let (ok, text) = cli(gw.config.settings(), &["leads", "list"]).await;
+    assert!(
+        ok && text.contains("fetched") && text.contains("Ana Testerman"),
+        "{text}"
+    );
+    let (ok, text) = cli(gw.config.settings(), &["leads", "refetch", "999"]).await;
+    assert!(!ok && text.contains("no lead 999"), "{text}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_queue_mode_consumer_fetches_once_with_postgres() {
+    let graph = MockGraph::start().await;
+    graph.add_lead(LEAD, lead_fixture(LEAD));
+    graph.fail_leads_next(1);
+    let db = TestDb::create().await;
+    let gw = TestGateway::start(config(&graph).set("INLET_DATABASE_URL", db.url.clone())).await;
+    let worker = TestWorker::start(&gw.config).await;
+    for _ in 0..3 {
+        post_leadgen(&gw).await;
+    }
+    let store = worker.store();
+    wait_raw_events(&store, 3).await;
+    let lead = settled(&store).await;
+    assert_eq!(lead.status, "fetched", "{lead:?}");
+    assert_eq!(
+        lead.field_data.as_ref(),
+        Some(&lead_fixture(LEAD)["field_data"])
+    );
+    assert_eq!(
+        lead.contact_id, None,
+        "no WhatsApp contact with that number"
+    );
+    assert_eq!(graph.lead_calls(LEAD), 2, "one 500, then the answer");
+    // The job was acknowledged and deleted: the stream is the backlog.
+    eventually(WAIT, "lead.fetch drained", || async {
+        gw.stream("lead.fetch").await.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(all_leads(&store).await.len(), 1);
+    let events = eventually(WAIT, "lead.after.create logged", || async {
+        let e = lead_events(&store).await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(graph.lead_calls(LEAD), 2);
+    worker.stop().await;
+    gw.stop().await;
+    db.drop_db().await;
+}
