@@ -189,6 +189,29 @@ async fn transient_errors_outlasting_the_retries_dead_letter_the_lead() {
     let error = lead.error.expect("the last error");
     assert_eq!(error["code"], 2);
     assert_eq!(error["class"], "transient");
+    // A letter of the DLQ: listed, counted, replayed.
+    let dead = format!("lead-{LEAD}");
+    let (ok, text) = cli(gw.config.settings(), &["--json", "dlq", "list"]).await;
+    assert!(ok, "{text}");
+    let letters: Value = serde_json::from_str(&text).unwrap();
+    let letter = letters
+        .as_array()
+        .and_then(|a| a.iter().find(|l| l["id"] == dead.as_str()))
+        .unwrap_or_else(|| panic!("{dead} in {text}"));
+    assert_eq!(letter["stage"], "lead");
+    assert_eq!(letter["reason"], "transient");
+    assert_eq!(letter["attempts"], 4);
+    let status = status_json(&gw.config).await;
+    assert_eq!(status["dlq"]["leads"], 1, "{status}");
+    assert_eq!(status["leads"]["dead_lettered"], 1, "{status}");
+    graph.fail_leads_next(0);
+    let (ok, text) = cli(gw.config.settings(), &["dlq", "replay", &dead]).await;
+    assert!(ok, "{text}");
+    let lead = settled(&gw.store()).await;
+    assert_eq!(lead.status, "fetched", "{lead:?}");
+    assert_eq!(graph.lead_calls(LEAD), 5);
+    let status = status_json(&gw.config).await;
+    assert_eq!(status["dlq"]["leads"], 0, "{status}");
     gw.stop().await;
 }
 

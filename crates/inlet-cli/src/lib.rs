@@ -184,7 +184,8 @@ pub enum DlqAction {
     },
     /// Show one dead letter.
     Show {
-        /// Stream id (1700000000000-0), store id (db-12) or outbound send (out-ID).
+        /// Stream id (1700000000000-0), store id (db-12), outbound send (out-ID),
+        /// media download (media-M-I) or lead fetch (lead-ID).
         id: String,
         /// Also print the body (it may contain message text).
         #[arg(long)]
@@ -193,7 +194,7 @@ pub enum DlqAction {
     /// Send dead letters through processing again and remove them from the
     /// DLQ once that is durable.
     Replay {
-        /// Stream id, db-N or out-ID.
+        /// Stream id, db-N, out-ID, media-M-I or lead-ID.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<String>,
         /// Replay every dead letter.

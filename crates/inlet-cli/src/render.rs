@@ -171,14 +171,15 @@ pub fn status_report(report: &StatusReport) -> String {
     let dash = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |n| n.to_string());
     let _ = writeln!(
         out,
-        "  dlq      {} in the stream, {} in the store, {} outbound, {} media",
+        "  dlq      {} in the stream, {} in the store, {} outbound, {} media, {} leads",
         report
             .dlq
             .stream
             .map_or_else(|| "-".to_string(), |n| n.to_string()),
         dash(report.dlq.store),
         dash(report.dlq.outbound),
-        dash(report.dlq.media)
+        dash(report.dlq.media),
+        dash(report.dlq.leads)
     );
     let _ = writeln!(out, "  health   {}", report.health.verdict.as_str());
     for r in &report.health.reasons {
@@ -368,6 +369,7 @@ mod tests {
                 store: Some(0),
                 outbound: Some(0),
                 media: Some(0),
+                leads: Some(0),
             },
             outbound: Some(OutboundStatus::default()),
             leads: Some(LeadsStatus::default()),

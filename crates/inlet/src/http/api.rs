@@ -354,6 +354,8 @@ pub struct DlqTotals {
     pub outbound: u64,
     /// Dead-lettered media downloads (`media-M-I`).
     pub media: u64,
+    /// Dead-lettered lead fetches (`lead-ID`).
+    pub leads: u64,
 }
 
 /// `POST /api/dlq/{id}/replay`.
@@ -497,13 +499,14 @@ async fn dlq_list(State(state): State<AppState>, ApiQuery(q): ApiQuery<DlqQuery>
             store: len.store,
             outbound: len.outbound,
             media: len.media,
+            leads: len.leads,
         },
     })
     .into_response()
 }
 
 #[utoipa::path(get, path = "/api/dlq/{id}", tag = "dlq",
-    params(("id" = String, Path, description = "stream entry id (1700000000000-0), db-N or out-ID (outbound send)"),
+    params(("id" = String, Path, description = "stream entry id (1700000000000-0), db-N, out-ID (outbound send), media-M-I (media download) or lead-ID (lead fetch)"),
         ("body" = Option<bool>, Query, description = "include the raw body")),
     responses((status = 200, description = "one dead letter", body = DlqView),
         (status = 400, description = "not a dead-letter id, or a malformed query parameter", body = ApiError),
@@ -523,7 +526,7 @@ async fn dlq_show(
 }
 
 #[utoipa::path(post, path = "/api/dlq/{id}/replay", tag = "dlq",
-    params(("id" = String, Path, description = "stream entry id (1700000000000-0), db-N or out-ID (outbound send)")),
+    params(("id" = String, Path, description = "stream entry id (1700000000000-0), db-N, out-ID (outbound send), media-M-I (media download) or lead-ID (lead fetch)")),
     responses((status = 200, description = "replayed; the letter is removed", body = Replayed),
         (status = 400, description = "not a dead-letter id", body = ApiError),
         (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),

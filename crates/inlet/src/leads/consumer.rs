@@ -226,11 +226,11 @@ async fn resume_pending(
     if !pending.is_empty() {
         tracing::info!(count = pending.len(), "resuming pending lead fetches");
     }
-    for (tenant, lead_id, page_id) in pending {
+    for p in pending {
         let job = LeadJob {
-            lead_id,
-            page_id,
-            tenant,
+            lead_id: p.lead_id,
+            page_id: p.page_id,
+            tenant: p.tenant,
         };
         if tx.send(job).await.is_err() {
             return;

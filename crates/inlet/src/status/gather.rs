@@ -203,7 +203,11 @@ pub async fn gather(settings: &Settings) -> StatusReport {
                 Err(e) => store.error = Some(e.to_string()),
             }
             match s.leads().lead_stats().await {
-                Ok(stats) => leads = Some(LeadsStatus::from(stats)),
+                Ok(stats) => {
+                    let status = LeadsStatus::from(stats);
+                    dlq.leads = Some(status.dead_lettered);
+                    leads = Some(status);
+                }
                 Err(e) => store.error = Some(e.to_string()),
             }
         }

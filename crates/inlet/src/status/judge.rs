@@ -116,11 +116,12 @@ pub fn judge(report: &StatusReport, stall_after: Duration) -> Health {
         findings.push((
             Verdict::Degraded,
             format!(
-                "{dead} dead letters wait (stream {}, store {}, outbound {}, media {}): inspect with `inlet dlq list`, replay with `inlet dlq replay`",
+                "{dead} dead letters wait (stream {}, store {}, outbound {}, media {}, leads {}): inspect with `inlet dlq list`, replay with `inlet dlq replay`",
                 report.dlq.stream.unwrap_or(0),
                 report.dlq.store.unwrap_or(0),
                 report.dlq.outbound.unwrap_or(0),
-                report.dlq.media.unwrap_or(0)
+                report.dlq.media.unwrap_or(0),
+                report.dlq.leads.unwrap_or(0)
             ),
         ));
     }
@@ -235,6 +236,7 @@ mod tests {
                 store: Some(0),
                 outbound: Some(0),
                 media: Some(0),
+                leads: Some(0),
             },
             outbound: Some(OutboundStatus::default()),
             leads: Some(LeadsStatus::default()),

@@ -129,13 +129,15 @@ pub struct DlqSize {
     pub outbound: Option<i64>,
     /// Dead-lettered media downloads.
     pub media: Option<i64>,
+    /// Dead-lettered lead fetches.
+    pub leads: Option<i64>,
 }
 
 impl DlqSize {
     /// Every place together.
     pub fn total(&self) -> u64 {
         let n = |v: Option<i64>| v.map_or(0, |n| u64::try_from(n).unwrap_or(0));
-        self.stream.unwrap_or(0) + n(self.store) + n(self.outbound) + n(self.media)
+        self.stream.unwrap_or(0) + n(self.store) + n(self.outbound) + n(self.media) + n(self.leads)
     }
 }
 

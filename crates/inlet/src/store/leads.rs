@@ -8,7 +8,8 @@
 //! consumer then records `fetched` (Graph's answer; the first time, the
 //! `lead.after.create` event is logged in the same transaction), `failed`
 //! (a permission or request error, kept as JSON in `error`) or
-//! `dead_lettered` (transient errors outlasted the retries).
+//! `dead_lettered` (transient errors outlasted the retries; shown by the
+//! DLQ, whose remove records `discarded`).
 //! `inlet leads refetch` puts a lead back to `pending` and queues a job.
 
 use std::collections::BTreeMap;
@@ -29,12 +30,15 @@ pub mod state {
     pub const FETCHED: &str = "fetched";
     /// Refused for good (permission, unknown lead): the Graph error is kept.
     pub const FAILED: &str = "failed";
-    /// Transient errors outlasted the retries.
+    /// Transient errors outlasted the retries (in the DLQ as `lead-{id}`;
+    /// a replay or a refetch queues it again).
     pub const DEAD_LETTERED: &str = "dead_lettered";
+    /// A dead-lettered lead an operator gave up (removed from the DLQ).
+    pub const DISCARDED: &str = "discarded";
     /// Every state.
-    pub const ALL: [&str; 4] = [PENDING, FETCHED, FAILED, DEAD_LETTERED];
+    pub const ALL: [&str; 5] = [PENDING, FETCHED, FAILED, DEAD_LETTERED, DISCARDED];
     /// States the consumer does not touch again (a refetch may).
-    pub const FINAL: [&str; 3] = [FETCHED, FAILED, DEAD_LETTERED];
+    pub const FINAL: [&str; 4] = [FETCHED, FAILED, DEAD_LETTERED, DISCARDED];
 }
 
 /// The entity of lead events (`lead.after.create`).
@@ -179,6 +183,17 @@ pub struct LeadError {
     pub at: DateTime<Utc>,
 }
 
+/// A lead waiting to be fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingLead {
+    /// Tenant.
+    pub tenant: String,
+    /// Meta's lead id.
+    pub lead_id: String,
+    /// The Page.
+    pub page_id: String,
+}
+
 /// The `leads` table.
 pub trait LeadStore: Send + Sync {
     /// One lead.
@@ -203,12 +218,8 @@ pub trait LeadStore: Send + Sync {
         lead_id: &'a str,
         outcome: LeadOutcome,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
-    /// Pending leads, oldest first: (tenant, lead id, page id). Direct mode
-    /// resumes them at start.
-    fn pending_leads(
-        &self,
-        limit: i64,
-    ) -> BoxFuture<'_, Result<Vec<(String, String, String)>, StoreError>>;
+    /// Pending leads, oldest first. Direct mode resumes them at start.
+    fn pending_leads(&self, limit: i64) -> BoxFuture<'_, Result<Vec<PendingLead>, StoreError>>;
     /// Puts a lead back to `pending` with fresh attempts and queues its job,
     /// in one transaction. False when there is no such lead.
     fn requeue_lead<'a>(
@@ -216,6 +227,12 @@ pub trait LeadStore: Send + Sync {
         tenant: &'a str,
         lead_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Gives dead-lettered leads up (`discarded`: the DLQ's remove and
+    /// purge). Returns how many were dead-lettered.
+    fn discard_dead_leads<'a>(
+        &'a self,
+        lead_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
     /// Counts per state and the last failure.
     fn lead_stats(&self) -> BoxFuture<'_, Result<LeadStats, StoreError>>;
 }

@@ -13,7 +13,8 @@ use super::{classify, fields_text, for_each_backend, Backend, SqlStore, CHUNK};
 use crate::events::{Event, Operation, Phase};
 use crate::plan::{ChangeRow, OutboxRow};
 use crate::store::leads::{
-    lead_job, state, LeadError, LeadFilter, LeadOutcome, LeadRecord, LeadStats, LeadStore, ENTITY,
+    lead_job, state, LeadError, LeadFilter, LeadOutcome, LeadRecord, LeadStats, LeadStore,
+    PendingLead, ENTITY,
 };
 use crate::store::StoreError;
 
@@ -31,33 +32,37 @@ fn id_in(value: &Value, key: &str) -> Option<String> {
     }
 }
 
-/// The leads announced by newly stored page changes: (tenant, lead id, page
-/// id, form id, ad id, trace id). `new` holds the (tenant, change key) this
-/// write inserted; redelivered changes are not in it, so they queue nothing.
+/// A lead announced by a newly stored page change.
+#[derive(Debug)]
+pub(super) struct Announced<'a> {
+    tenant: &'a str,
+    lead_id: &'a str,
+    page_id: String,
+    form_id: Option<String>,
+    ad_id: Option<String>,
+    trace_id: String,
+}
+
+/// The leads announced by newly stored page changes. `new` holds the
+/// (tenant, change key) this write inserted; redelivered changes are not in
+/// it, so they queue nothing.
 pub(super) fn announced<'a>(
     changes: &'a [ChangeRow],
     new: &HashSet<(String, String)>,
-) -> Vec<(
-    &'a str,
-    &'a str,
-    String,
-    Option<String>,
-    Option<String>,
-    String,
-)> {
+) -> Vec<Announced<'a>> {
     changes
         .iter()
         .filter(|c| c.change.kind == "lead" && new.contains(&(c.tenant.clone(), c.key.clone())))
         .map(|c| {
             let v = &c.change.value;
-            (
-                c.tenant.as_str(),
-                c.change.external_id.as_str(),
-                id_in(v, "page_id").unwrap_or_else(|| c.change.account_id.clone()),
-                id_in(v, "form_id"),
-                id_in(v, "ad_id"),
-                c.trace_id.to_string(),
-            )
+            Announced {
+                tenant: c.tenant.as_str(),
+                lead_id: c.change.external_id.as_str(),
+                page_id: id_in(v, "page_id").unwrap_or_else(|| c.change.account_id.clone()),
+                form_id: id_in(v, "form_id"),
+                ad_id: id_in(v, "ad_id"),
+                trace_id: c.trace_id.to_string(),
+            }
         })
         .collect()
 }
@@ -131,15 +136,15 @@ macro_rules! impl_leads {
                         "INSERT INTO leads (tenant, lead_id, page_id, form_id, ad_id, status, attempts, \
                          trace_id, created_at, updated_at) ",
                     );
-                    qb.push_values(chunk, |mut b, (tenant, lead_id, page_id, form_id, ad_id, trace)| {
-                        b.push_bind(*tenant)
-                            .push_bind(*lead_id)
-                            .push_bind(page_id)
-                            .push_bind(form_id)
-                            .push_bind(ad_id)
+                    qb.push_values(chunk, |mut b, a| {
+                        b.push_bind(a.tenant)
+                            .push_bind(a.lead_id)
+                            .push_bind(&a.page_id)
+                            .push_bind(&a.form_id)
+                            .push_bind(&a.ad_id)
                             .push_bind(state::PENDING)
                             .push_bind(0i32)
-                            .push_bind(trace)
+                            .push_bind(&a.trace_id)
                             .push_bind(now)
                             .push_bind(now);
                     });
@@ -304,10 +309,7 @@ macro_rules! impl_leads {
                 })
             }
 
-            fn pending_leads(
-                &self,
-                limit: i64,
-            ) -> BoxFuture<'_, Result<Vec<(String, String, String)>, StoreError>> {
+            fn pending_leads(&self, limit: i64) -> BoxFuture<'_, Result<Vec<PendingLead>, StoreError>> {
                 Box::pin(async move {
                     let mut qb = QueryBuilder::<$db>::new("SELECT tenant, lead_id, page_id FROM leads WHERE status = ");
                     qb.push_bind(state::PENDING).push(" ORDER BY updated_at, id LIMIT ").push_bind(limit);
@@ -316,7 +318,13 @@ macro_rules! impl_leads {
                         .await
                         .map_err(classify)?
                         .iter()
-                        .map(|r| Ok((r.try_get("tenant")?, r.try_get("lead_id")?, r.try_get("page_id")?)))
+                        .map(|r| {
+                            Ok(PendingLead {
+                                tenant: r.try_get("tenant")?,
+                                lead_id: r.try_get("lead_id")?,
+                                page_id: r.try_get("page_id")?,
+                            })
+                        })
                         .collect::<Result<_, sqlx::Error>>()
                         .map_err(classify)
                 })
@@ -357,6 +365,31 @@ macro_rules! impl_leads {
                     qb.build().execute(&mut *tx).await.map_err(classify)?;
                     tx.commit().await.map_err(classify)?;
                     Ok(true)
+                })
+            }
+
+            fn discard_dead_leads<'a>(
+                &'a self,
+                lead_ids: &'a [String],
+            ) -> BoxFuture<'a, Result<u64, StoreError>> {
+                Box::pin(async move {
+                    let mut n = 0;
+                    for chunk in lead_ids.chunks(CHUNK) {
+                        let mut qb = QueryBuilder::<$db>::new("UPDATE leads SET status = ");
+                        qb.push_bind(state::DISCARDED)
+                            .push(", updated_at = ")
+                            .push_bind(Utc::now())
+                            .push(" WHERE status = ")
+                            .push_bind(state::DEAD_LETTERED)
+                            .push(" AND lead_id IN (");
+                        let mut list = qb.separated(", ");
+                        for id in chunk {
+                            list.push_bind(id);
+                        }
+                        qb.push(")");
+                        n += qb.build().execute(&self.pool).await.map_err(classify)?.rows_affected();
+                    }
+                    Ok(n)
                 })
             }
 
@@ -436,12 +469,12 @@ mod tests {
             .collect();
         let leads = announced(&p.changes, &all);
         assert_eq!(leads.len(), 1, "only the leadgen change: {leads:?}");
-        let (tenant, lead_id, page_id, form_id, ad_id, _) = &leads[0];
-        assert_eq!(*tenant, "t");
-        assert_eq!(*lead_id, "810000000000013");
-        assert_eq!(page_id, "300000000000003");
-        assert_eq!(form_id.as_deref(), Some("800000000000012"));
-        assert_eq!(ad_id.as_deref(), Some("120200000000000011"));
+        let lead = &leads[0];
+        assert_eq!(lead.tenant, "t");
+        assert_eq!(lead.lead_id, "810000000000013");
+        assert_eq!(lead.page_id, "300000000000003");
+        assert_eq!(lead.form_id.as_deref(), Some("800000000000012"));
+        assert_eq!(lead.ad_id.as_deref(), Some("120200000000000011"));
         // A redelivery stores no new change: no lead, no job.
         assert!(announced(&p.changes, &HashSet::new()).is_empty());
     }
