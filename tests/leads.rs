@@ -1,8 +1,9 @@
 //! Lead Ads against the mock Graph API on loopback: a `leadgen` webhook
 //! becomes one `leads` row with the mock's answers, however often Meta
 //! delivers it; a 5xx is retried; a permission error is recorded with the
-//! Graph error and shown by `inlet status`; `inlet leads list|show|refetch`;
-//! the same in queue mode (worker, Postgres, Redis).
+//! Graph error and shown by `inlet status`; `inlet leads list|show|refetch`,
+//! `GET /api/leads`, the DLQ; the same in queue mode (worker, Postgres,
+//! Redis).
 
 use std::time::Duration;
 
@@ -153,6 +154,27 @@ async fn a_leadgen_webhook_delivered_three_times_is_one_lead_with_the_mocks_answ
     for personal in ["Ana Testerman", "ana.testerman@example.com", "+15550001111"] {
         assert!(!audit.contains(personal), "{personal} in the audit trail");
     }
+    // The read API.
+    let api = |path: &str| {
+        gw.client
+            .get(format!("{}{path}", gw.base))
+            .bearer_auth("api-token")
+            .send()
+    };
+    let res = api("/api/leads?status=fetched").await.unwrap();
+    assert_eq!(res.status(), 200);
+    let list: Value = res.json().await.unwrap();
+    assert_eq!(list["leads"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list["leads"][0]["lead_id"], LEAD);
+    let res = api(&format!("/api/leads/{LEAD}")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let one: Value = res.json().await.unwrap();
+    assert_eq!(one["field_data"], answer["field_data"]);
+    assert_eq!(one["contact_id"], contact);
+    assert_eq!(api("/api/leads/999").await.unwrap().status(), 404);
+    assert_eq!(api("/api/leads?status=nope").await.unwrap().status(), 400);
+    assert_eq!(api("/api/leads?limit=x").await.unwrap().status(), 400);
+    assert_eq!(gw.get("/api/leads").await.status(), 401, "needs the token");
     // `inlet status` counts it.
     let status = status_json(&gw.config).await;
     assert_eq!(status["leads"]["fetched"], 1, "{status}");

@@ -98,6 +98,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         )
         .route("/api/drafts/{id}/reject", post(super::drafts::reject_draft))
         .route("/api/events/stream", get(super::drafts::event_stream))
+        .route("/api/leads", get(super::leads::list_leads))
+        .route("/api/leads/{lead_id}", get(super::leads::get_lead))
         .route("/api", get(unknown))
         .route("/api/{*rest}", get(unknown))
         .route_layer(middleware::from_fn_with_state(state, authorize))
@@ -375,7 +377,8 @@ pub struct Replayed {
         super::outbound::send_message, super::outbound::get_message, super::outbound::create_broadcast, super::outbound::list_broadcasts,
         super::outbound::get_broadcast, super::outbound::pause_broadcast, super::outbound::resume_broadcast,
         super::drafts::create_draft, super::drafts::list_drafts, super::drafts::get_draft, super::drafts::approve_draft,
-        super::drafts::reject_draft, super::drafts::event_stream, super::media::get_media),
+        super::drafts::reject_draft, super::drafts::event_stream, super::media::get_media,
+        super::leads::list_leads, super::leads::get_lead),
     components(schemas(ApiError, DlqList, DlqTotals, Replayed, DlqView, super::outbound::Queued, super::outbound::BroadcastQueued, super::outbound::InvalidBody,
         super::drafts::DraftCreated, super::drafts::DraftApproved, super::drafts::DraftConflict)),
     modifiers(&BearerAuth)
