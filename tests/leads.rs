@@ -19,6 +19,8 @@ const WAIT: Duration = Duration::from_secs(60);
 /// `leadgen_id` of `fb_leadgen.json`.
 const LEAD: &str = "810000000000013";
 const PAGE: &str = "300000000000003";
+/// Another lead of the same form.
+const SENTINEL: &str = "810000000000099";
 
 /// Leads on, Graph at the mock, short retries.
 fn config(graph: &MockGraph) -> TestConfig {
@@ -89,7 +91,9 @@ async fn status_json(cfg: &TestConfig) -> Value {
 async fn a_leadgen_webhook_delivered_three_times_is_one_lead_with_the_mocks_answers() {
     let graph = MockGraph::start().await;
     graph.add_lead(LEAD, lead_fixture(LEAD));
-    let gw = TestGateway::start(direct(&graph)).await;
+    graph.add_lead(SENTINEL, lead_fixture(SENTINEL));
+    // One fetch at a time, in the order queued (see the sentinel below).
+    let gw = TestGateway::start(direct(&graph).set("INLET_LEADS__CONCURRENCY", "1")).await;
     let store = gw.store();
     // The lead's phone is this WhatsApp customer's number: linked.
     assert_eq!(
@@ -98,11 +102,34 @@ async fn a_leadgen_webhook_delivered_three_times_is_one_lead_with_the_mocks_answ
             .status(),
         200
     );
-    // Meta redelivers leadgen webhooks (for up to 36 h).
-    for _ in 0..3 {
-        post_leadgen(&gw).await;
-    }
+    // Meta redelivers leadgen webhooks (for up to 36 h): twice at once,
+    // and once more after the lead was fetched.
+    post_leadgen(&gw).await;
+    post_leadgen(&gw).await;
+    settled(&store).await;
+    post_leadgen(&gw).await;
     wait_raw_events(&store, 4).await;
+    // A later lead, fetched after any job the redeliveries could have
+    // queued (one at a time, in order).
+    let sentinel = String::from_utf8(fixture("fb_leadgen.json"))
+        .unwrap()
+        .replace(LEAD, SENTINEL);
+    assert_eq!(
+        gw.post_signed("facebook", sentinel.as_bytes(), SECRET)
+            .await
+            .status(),
+        200
+    );
+    eventually(WAIT, "the sentinel lead fetched", || async {
+        store
+            .leads()
+            .lead("default", SENTINEL)
+            .await
+            .ok()
+            .flatten()
+            .filter(|l| l.status == "fetched")
+    })
+    .await;
     let lead = settled(&store).await;
     assert_eq!(lead.status, "fetched", "{lead:?}");
     let answer = lead_fixture(LEAD);
@@ -136,10 +163,19 @@ async fn a_leadgen_webhook_delivered_three_times_is_one_lead_with_the_mocks_answ
     assert_eq!(graph.lead_calls(LEAD), 1);
     assert_eq!(graph.lead_fields(LEAD).as_deref(), Some(FIELDS));
     // Once: one row, one event; the redeliveries queued nothing more.
-    assert_eq!(all_leads(&store).await.len(), 1);
+    let rows: Vec<LeadRecord> = all_leads(&store)
+        .await
+        .into_iter()
+        .filter(|l| l.lead_id == LEAD)
+        .collect();
+    assert_eq!(rows.len(), 1);
     assert_eq!(graph.lead_calls(LEAD), 1);
     let events = eventually(WAIT, "lead.after.create logged", || async {
-        let e = lead_events(&store).await;
+        let e: Vec<Value> = lead_events(&store)
+            .await
+            .into_iter()
+            .filter(|e| e["data"]["lead_id"] == LEAD)
+            .collect();
         (!e.is_empty()).then_some(e)
     })
     .await;
@@ -164,8 +200,9 @@ async fn a_leadgen_webhook_delivered_three_times_is_one_lead_with_the_mocks_answ
     let res = api("/api/leads?status=fetched").await.unwrap();
     assert_eq!(res.status(), 200);
     let list: Value = res.json().await.unwrap();
-    assert_eq!(list["leads"].as_array().map(Vec::len), Some(1), "{list}");
-    assert_eq!(list["leads"][0]["lead_id"], LEAD);
+    assert_eq!(list["leads"].as_array().map(Vec::len), Some(2), "{list}");
+    assert_eq!(list["leads"][0]["lead_id"], SENTINEL, "newest first");
+    assert_eq!(list["leads"][1]["lead_id"], LEAD);
     let res = api(&format!("/api/leads/{LEAD}")).await.unwrap();
     assert_eq!(res.status(), 200);
     let one: Value = res.json().await.unwrap();
@@ -177,7 +214,7 @@ async fn a_leadgen_webhook_delivered_three_times_is_one_lead_with_the_mocks_answ
     assert_eq!(gw.get("/api/leads").await.status(), 401, "needs the token");
     // `inlet status` counts it.
     let status = status_json(&gw.config).await;
-    assert_eq!(status["leads"]["fetched"], 1, "{status}");
+    assert_eq!(status["leads"]["fetched"], 2, "{status}");
     assert_eq!(status["leads"]["failed"], 0, "{status}");
     gw.stop().await;
 }
