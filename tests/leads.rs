@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use inlet::leads::FIELDS;
-use inlet::store::leads::{LeadFilter, LeadRecord};
+use inlet::store::leads::{FetchedLead, LeadFilter, LeadOutcome, LeadRecord};
 use inlet_suite::graph::{lead_fixture, MockGraph};
 use inlet_suite::{
     cli, eventually, fixture, wait_raw_events, TestConfig, TestDb, TestGateway, TestWorker, SECRET,
@@ -402,5 +402,149 @@ async fn the_queue_mode_consumer_fetches_once_with_postgres() {
     assert_eq!(graph.lead_calls(LEAD), 2);
     worker.stop().await;
     gw.stop().await;
+    db.drop_db().await;
+}
+
+/// One delivery of `fb_leadgen.json` (a fresh trace id each time).
+fn leadgen_delivery() -> inlet::plan::Delivery {
+    let body = fixture("fb_leadgen.json");
+    inlet::plan::Delivery {
+        items: inlet::normalize::normalize(&body).unwrap(),
+        event: inlet::envelope::RawEvent::new(
+            inlet::envelope::Source::Facebook,
+            "default",
+            body.into(),
+        ),
+    }
+}
+
+/// The store's side on one backend: pending row and job with the change
+/// (once, however often delivered), the first outcome wins, one create
+/// event, refetch, discard, counts.
+async fn store_contract(store: inlet::store::Store) {
+    store.migrate().await.unwrap();
+    let leads = store.leads();
+    store.write(&[leadgen_delivery()]).await.unwrap();
+    store
+        .write(&[leadgen_delivery(), leadgen_delivery()])
+        .await
+        .unwrap();
+    let jobs = store.outbox_pending(Some("lead.fetch"), 100).await.unwrap();
+    assert_eq!(jobs.len(), 1, "one job however often delivered: {jobs:?}");
+    let fields: std::collections::BTreeMap<_, _> = jobs[0].fields.iter().cloned().collect();
+    assert_eq!(fields["lead_id"], LEAD);
+    assert_eq!(fields["page_id"], PAGE);
+    assert_eq!(fields["tenant"], "default");
+    let pending = leads.pending_leads(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].lead_id, LEAD);
+    let lead = leads.lead("default", LEAD).await.unwrap().unwrap();
+    assert_eq!(lead.status, "pending");
+    assert_eq!(lead.form_id.as_deref(), Some("800000000000012"));
+
+    let error = serde_json::json!({"code": 2, "class": "transient"});
+    assert!(leads
+        .record_lead("default", LEAD, LeadOutcome::Retrying(error.clone()))
+        .await
+        .unwrap());
+    let lead = leads.lead("default", LEAD).await.unwrap().unwrap();
+    assert_eq!((lead.status.as_str(), lead.attempts), ("pending", 1));
+    assert_eq!(lead.error.as_ref(), Some(&error));
+    let fetched = FetchedLead {
+        campaign_id: Some("120200000000000009".into()),
+        is_organic: Some(false),
+        created_time: Some("2026-11-20T09:00:00Z".parse().unwrap()),
+        field_data: lead_fixture(LEAD)["field_data"].clone(),
+        name: Some("Ana Testerman".into()),
+        phone: Some("+15550001111".into()),
+        phone_digits: Some("15550001111".into()),
+        ..FetchedLead::default()
+    };
+    assert!(leads
+        .record_lead(
+            "default",
+            LEAD,
+            LeadOutcome::Fetched(Box::new(fetched.clone()))
+        )
+        .await
+        .unwrap());
+    // The first outcome wins: a late duplicate job changes nothing.
+    assert!(!leads
+        .record_lead("default", LEAD, LeadOutcome::Failed(error.clone()))
+        .await
+        .unwrap());
+    let lead = leads.lead("default", LEAD).await.unwrap().unwrap();
+    assert_eq!(lead.status, "fetched");
+    assert_eq!(lead.attempts, 2);
+    assert_eq!(lead.error, None);
+    assert_eq!(lead.is_organic, Some(false));
+    assert_eq!(lead.field_data, Some(fetched.field_data.clone()));
+    assert_eq!(
+        lead.form_id.as_deref(),
+        Some("800000000000012"),
+        "kept from the webhook"
+    );
+    assert_eq!(lead.contact_id, None, "no such WhatsApp contact here");
+    assert!(lead.fetched_at.is_some());
+    assert_eq!(lead_events(&store).await.len(), 1);
+
+    // Refetch: pending again, a new job; fetched again, no second event.
+    assert!(leads.requeue_lead("default", LEAD).await.unwrap());
+    assert!(!leads.requeue_lead("default", "999").await.unwrap());
+    assert_eq!(
+        store
+            .outbox_pending(Some("lead.fetch"), 100)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(leads
+        .record_lead("default", LEAD, LeadOutcome::Fetched(Box::new(fetched)))
+        .await
+        .unwrap());
+    assert_eq!(lead_events(&store).await.len(), 1, "one create per lead");
+
+    // Dead-lettered, then discarded; counted.
+    assert!(leads.requeue_lead("default", LEAD).await.unwrap());
+    assert!(leads
+        .record_lead("default", LEAD, LeadOutcome::DeadLettered(error.clone()))
+        .await
+        .unwrap());
+    let stats = leads.lead_stats().await.unwrap();
+    assert_eq!(stats.by_status.get("dead_lettered"), Some(&1));
+    let last = stats.last_error.expect("the last failure");
+    assert_eq!(
+        (last.lead_id.as_str(), last.status.as_str()),
+        (LEAD, "dead_lettered")
+    );
+    assert_eq!(last.error.as_ref(), Some(&error));
+    assert_eq!(leads.discard_dead_leads(&[LEAD.into()]).await.unwrap(), 1);
+    assert_eq!(leads.discard_dead_leads(&[LEAD.into()]).await.unwrap(), 0);
+    let stats = leads.lead_stats().await.unwrap();
+    assert_eq!(stats.by_status.get("discarded"), Some(&1));
+    assert_eq!(stats.last_error, None);
+    let listed = leads
+        .leads(&LeadFilter {
+            status: Some("discarded".into()),
+            limit: 10,
+            ..LeadFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+}
+
+#[tokio::test]
+async fn the_sqlite_store_keeps_one_lead_and_its_first_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/inlet.db", dir.path().display());
+    store_contract(inlet::store::open(&url, 4).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn the_postgres_store_keeps_one_lead_and_its_first_outcome() {
+    let db = TestDb::create().await;
+    store_contract(inlet::store::open(&db.url, 4).await.unwrap()).await;
     db.drop_db().await;
 }

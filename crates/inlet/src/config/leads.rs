@@ -60,3 +60,50 @@ impl RawLeads {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::Settings;
+
+    fn load(extra: &[(&str, &str)]) -> Result<Settings, crate::config::ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = vec![(
+            "INLET_DATA_DIR".to_string(),
+            dir.path().to_string_lossy().into_owned(),
+        )];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Settings::load_from(None, env)
+    }
+
+    #[test]
+    fn defaults_fetch_leads_with_media_like_retries() {
+        let s = load(&[]).unwrap();
+        assert!(s.leads.enabled);
+        assert_eq!(s.leads.concurrency, 4);
+        assert_eq!(s.leads.max_attempts, 5);
+        assert_eq!(s.leads.backoff_base, Duration::from_secs(1));
+        assert_eq!(s.leads.backoff_cap, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_lead_settings_name_their_key() {
+        let key = |extra: &[(&str, &str)]| match load(extra) {
+            Err(crate::config::ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid key, got {other:?}"),
+        };
+        assert_eq!(
+            key(&[("INLET_LEADS__CONCURRENCY", "0")]),
+            "leads.concurrency"
+        );
+        assert_eq!(
+            key(&[("INLET_LEADS__MAX_ATTEMPTS", "0")]),
+            "leads.max_attempts"
+        );
+        assert_eq!(
+            key(&[("INLET_LEADS__BACKOFF_CAP_MS", "10")]),
+            "leads.backoff_cap_ms"
+        );
+    }
+}
