@@ -624,7 +624,37 @@ fn expected_summary() -> Value {
             {"date": "2026-11-19", "count": 2},
             {"date": "2026-11-20", "count": 1},
         ],
+        // 10.10 + 0.2 on the 19th; two currencies apart on the 20th; the
+        // row of September is outside the window.
+        "ad_spend_per_day": [
+            {"date": "2026-11-19", "currency": "EUR", "spend": "10.3"},
+            {"date": "2026-11-20", "currency": "EUR", "spend": "5339.5"},
+            {"date": "2026-11-20", "currency": "USD", "spend": "7"},
+        ],
     })
+}
+
+/// The ad insights of the scenario (as the insights sync stores them).
+fn scenario_insights() -> Vec<inlet::store::sync::InsightRow> {
+    let row = |account: &str, campaign: &str, date: &str, currency: &str, spend: &str| {
+        inlet::store::sync::InsightRow {
+            account_id: account.into(),
+            campaign_id: campaign.into(),
+            date: date.into(),
+            campaign_name: None,
+            currency: Some(currency.into()),
+            spend_micros: inlet::store::sync::money_micros(spend).unwrap(),
+            impressions: 100,
+            clicks: 1,
+        }
+    };
+    vec![
+        row("act_1", "c1", "2026-11-19", "EUR", "10.10"),
+        row("act_1", "c2", "2026-11-19", "EUR", "0.2"),
+        row("act_1", "c1", "2026-11-20", "EUR", "5339.5"),
+        row("act_2", "c9", "2026-11-20", "USD", "7"),
+        row("act_1", "c1", "2026-09-01", "EUR", "100"),
+    ]
 }
 
 async fn write_scenario(store: &Store) {
@@ -635,6 +665,11 @@ async fn write_scenario(store: &Store) {
         let event = RawEvent::new(source, "default", Bytes::from(body));
         store.write(&[Delivery { event, items }]).await.unwrap();
     }
+    store
+        .sync()
+        .upsert_insights(&scenario_insights(), 0)
+        .await
+        .unwrap();
 }
 
 async fn check_scripted_kpis(url: &str) {

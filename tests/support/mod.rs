@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod graph;
+pub mod marketing;
 
 /// The app secret every test gateway accepts first.
 pub const SECRET: &str = "test-secret-0123456789";
@@ -336,6 +337,16 @@ impl TestGateway {
         if let Some(r) = self.running.take() {
             let _ = r.wait().await;
         }
+    }
+
+    /// Stops the gateway and hands back its configuration (the data
+    /// directory lives on), for a restart.
+    pub async fn stop_keeping_config(mut self) -> TestConfig {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            let _ = r.wait().await;
+        }
+        self.config
     }
 }
 

@@ -40,6 +40,7 @@ mod leads;
 mod ops;
 pub mod render;
 mod send;
+mod sync;
 
 pub use drafts::DraftsAction;
 pub use events::{EventsAction, SubscriptionsAction};
@@ -154,6 +155,13 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: send::OutboundAction,
+    },
+    /// The scheduled Graph sync: run one now (insights, conversation
+    /// backfill), its state, the stored ad insights.
+    Sync {
+        /// What to do.
+        #[command(subcommand)]
+        action: sync::SyncAction,
     },
     /// Re-run kept raw events through the pipeline (idempotent: stored rows
     /// are not duplicated).
@@ -279,6 +287,7 @@ pub async fn run_with(
         Command::Outbound { action } => send::outbound(action, &settings, json, out).await,
         Command::Drafts { action } => drafts::drafts(action, &settings, json, out).await,
         Command::Leads { action } => leads::leads(action, &settings, json, out).await,
+        Command::Sync { action } => sync::sync(action, &settings, json, out).await,
         Command::Messages {
             conversation,
             limit,

@@ -106,6 +106,13 @@ pub fn status_report(report: &StatusReport) -> String {
             }
         }
     }
+    if report.spool.pending_events > 0 {
+        let _ = writeln!(
+            out,
+            "  spool    {} events ({} bytes) waiting to be drained",
+            report.spool.pending_events, report.spool.pending_bytes
+        );
+    }
     if let Some(o) = &report.outbound {
         let states = if o.by_status.is_empty() {
             "no sends yet".to_string()
@@ -317,7 +324,7 @@ mod tests {
     use chrono::Utc;
     use inlet::status::{
         judge, ConsumerStatus, DlqSize, GroupStatus, HaltStatus, Health, LeadsStatus,
-        OutboundStatus, RedisStatus, StoreStatus, StreamStatus, Verdict, STREAMS,
+        OutboundStatus, RedisStatus, SpoolStatus, StoreStatus, StreamStatus, Verdict, STREAMS,
     };
     use inlet::streams::{INCOMING_RAW, WORKER_GROUP};
     use uuid::Uuid;
@@ -373,6 +380,7 @@ mod tests {
             },
             outbound: Some(OutboundStatus::default()),
             leads: Some(LeadsStatus::default()),
+            spool: SpoolStatus::default(),
             stall_after_seconds: 60.0,
             health: Health {
                 verdict: Verdict::Ok,

@@ -6,7 +6,10 @@
 //! configured or a Redis call fails, it falls back to direct mode; a
 //! background probe switches back to queue mode when Redis answers again.
 //! Mode changes are logged, counted, exposed as a gauge and audited. If
-//! neither path can keep the event the caller answers 503, so Meta retries.
+//! neither path can keep the event it goes to the local spool
+//! ([`crate::spool`], fsynced before the answer) and is drained into Redis
+//! or the store once one of them is back; with the spool off or full the
+//! caller answers 503, so Meta retries.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use crate::audit::{Audit, AuditRecord};
 use crate::dlq::letter::DeadLetter;
 use crate::envelope::RawEvent;
 use crate::queue::{QueueError, RedisQueue};
+use crate::spool::{Spool, SpoolStats};
 
 /// Which path accepts events right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +51,8 @@ pub enum Accepted {
     Queued(String),
     /// Processed and committed in-process.
     Direct,
+    /// Kept in the local spool (Redis and the store both failed).
+    Spooled,
 }
 
 /// The event could not be made durable: answer 503.
@@ -58,6 +64,14 @@ pub enum Unavailable {
     /// Redis failed and there is no in-process pipeline.
     #[error("event not kept: redis unavailable and no direct-mode store")]
     NoStore,
+    /// Redis and the store failed, and the spool could not keep it either.
+    #[error("event not kept: {first}; spool: {spool}")]
+    Spool {
+        /// Why Redis and the store could not.
+        first: String,
+        /// Why the spool could not (off, full, I/O).
+        spool: String,
+    },
 }
 
 impl Unavailable {
@@ -66,6 +80,7 @@ impl Unavailable {
         match self {
             Unavailable::Direct(e) => e.to_string(),
             Unavailable::NoStore => "redis unavailable and no direct-mode store".into(),
+            Unavailable::Spool { first, spool } => format!("{first}; spool: {spool}"),
         }
     }
 }
@@ -114,6 +129,11 @@ struct Inner {
     queue: RwLock<Option<RedisQueue>>,
     redis_up: AtomicBool,
     direct: Option<Arc<dyn DirectHandler>>,
+    spool: Option<Spool>,
+    /// The store failed to keep an event and has not answered since: while
+    /// Redis is down too, events go straight to the spool instead of each
+    /// waiting for the store's connect timeout.
+    store_down: AtomicBool,
     audit: Audit,
 }
 
@@ -132,12 +152,31 @@ impl Ingest {
             timeout: settings.redis.timeout,
             maxlen: settings.redis.derived_stream_maxlen,
         });
+        let spool = if settings.spool.enabled {
+            let dir = settings.data_dir.join("spool");
+            match Spool::open(&dir, settings.spool.max_bytes) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "local spool unavailable: events Redis and the store cannot keep get 503");
+                    audit.write(
+                        AuditRecord::new("spool")
+                            .outcome("unavailable")
+                            .reason(e.to_string()),
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let ingest = Self {
             inner: Arc::new(Inner {
                 redis,
                 queue: RwLock::new(None),
                 redis_up: AtomicBool::new(false),
                 direct,
+                spool,
+                store_down: AtomicBool::new(false),
                 audit,
             }),
         };
@@ -271,8 +310,49 @@ impl Ingest {
     }
 
     /// Makes `event` durable: XADD in queue mode, else the in-process
-    /// pipeline. Falls back from queue to direct on a Redis error.
+    /// pipeline, else the local spool. Falls back from queue to direct on a
+    /// Redis error.
     pub async fn accept(&self, event: RawEvent) -> Result<Accepted, Unavailable> {
+        let Some(spool) = &self.inner.spool else {
+            return self.accept_now(event).await;
+        };
+        if self.mode() == Mode::Direct && self.inner.store_down.load(Ordering::Acquire) {
+            return match spool.append(&event).await {
+                Ok(()) => Ok(Accepted::Spooled),
+                Err(e) => {
+                    metrics::counter!("inlet_spool_events_total", "outcome" => "refused")
+                        .increment(1);
+                    Err(Unavailable::Spool {
+                        first: "redis and the store unavailable".into(),
+                        spool: e.to_string(),
+                    })
+                }
+            };
+        }
+        // Keep a copy only while the fast paths run: the spool needs it
+        // when both fail.
+        let copy = event.clone();
+        match self.accept_now(event).await {
+            Ok(a) => Ok(a),
+            Err(first) => match spool.append(&copy).await {
+                Ok(()) => {
+                    tracing::warn!(error = %first.detail(), "redis and the store failed: event kept in the local spool");
+                    Ok(Accepted::Spooled)
+                }
+                Err(e) => {
+                    metrics::counter!("inlet_spool_events_total", "outcome" => "refused")
+                        .increment(1);
+                    Err(Unavailable::Spool {
+                        first: first.detail(),
+                        spool: e.to_string(),
+                    })
+                }
+            },
+        }
+    }
+
+    /// [`Ingest::accept`] without the spool: Redis, else the store.
+    async fn accept_now(&self, event: RawEvent) -> Result<Accepted, Unavailable> {
         if self.mode() == Mode::Queue {
             if let Some(queue) = self.queue().await {
                 match queue.enqueue_raw(&event).await {
@@ -282,13 +362,98 @@ impl Ingest {
             }
         }
         match &self.inner.direct {
-            Some(direct) => direct
-                .handle(event)
-                .await
-                .map(|()| Accepted::Direct)
-                .map_err(Unavailable::Direct),
+            Some(direct) => match direct.handle(event).await {
+                Ok(()) => {
+                    self.inner.store_down.store(false, Ordering::Release);
+                    Ok(Accepted::Direct)
+                }
+                Err(e) => {
+                    if matches!(&e, DirectError::Store(s) if s.is_transient()) {
+                        self.inner.store_down.store(true, Ordering::Release);
+                    }
+                    Err(Unavailable::Direct(e))
+                }
+            },
             None => Err(Unavailable::NoStore),
         }
+    }
+
+    /// What waits in the local spool (`None` when it is off).
+    pub fn spool_stats(&self) -> Option<SpoolStats> {
+        self.inner.spool.as_ref().map(Spool::stats)
+    }
+
+    /// Moves what waits in the spool into Redis or the store, in order,
+    /// until one delivery fails; returns how many moved.
+    pub async fn drain_spool(&self) -> u64 {
+        let Some(spool) = &self.inner.spool else {
+            return 0;
+        };
+        if self.inner.store_down.load(Ordering::Acquire) {
+            if let Some(direct) = &self.inner.direct {
+                if direct.ready().await {
+                    self.inner.store_down.store(false, Ordering::Release);
+                }
+            }
+        }
+        if spool.stats().pending_events == 0 {
+            return 0;
+        }
+        if self.mode() == Mode::Direct && self.inner.redis.is_some() {
+            self.probe().await;
+        }
+        let result = spool
+            .drain(|event| async move {
+                let trace = event.trace_id;
+                match self.accept_now(event).await {
+                    Ok(accepted) => {
+                        let stage = match accepted {
+                            Accepted::Queued(_) => "enqueued",
+                            _ => "direct",
+                        };
+                        let mut rec = AuditRecord::new(stage).trace(trace).outcome("drained");
+                        rec = rec.with("from", "spool");
+                        self.inner.audit.write(rec);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
+        match result {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(
+                        drained = n,
+                        left = spool.stats().pending_events,
+                        "local spool drained"
+                    );
+                }
+                n
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "local spool: drain failed");
+                0
+            }
+        }
+    }
+
+    /// Drains the spool every `interval` while it holds events, until
+    /// `shutdown`.
+    pub fn spawn_drain(&self, interval: Duration, shutdown: CancellationToken) {
+        if self.inner.spool.is_none() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                this.drain_spool().await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
     }
 
     /// Keeps a dead letter: the DLQ stream in queue mode, else the store.

@@ -47,6 +47,10 @@
 //! - [`drafts`]: AI drafts with human approval (create, approve, reject),
 //!   shared by the API and the CLI.
 //! - [`feed`]: live readers of the event log (`GET /api/events/stream`).
+//! - [`sync`]: the scheduled Graph sync (hourly ad insights, conversation
+//!   backfill) under leases, with its state.
+//! - [`spool`]: the gateway's local spool (group-committed, fsynced
+//!   appends; ordered, resumable drain) for when Redis and the store fail.
 //! - [`graph`]: the Graph read client (JSON GETs, paging, usage pacing)
 //!   of the lead fetcher and the scheduled sync.
 
@@ -78,9 +82,11 @@ pub mod relay;
 pub mod sender;
 pub mod service;
 pub mod signature;
+pub mod spool;
 pub mod status;
 pub mod store;
 pub mod streams;
+pub mod sync;
 pub mod telemetry;
 pub mod webhooks;
 pub mod worker;

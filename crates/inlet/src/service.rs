@@ -192,6 +192,7 @@ pub async fn start_gateway(
     );
     let ingest = Ingest::new(&settings, Some(direct), audit.clone()).await;
     ingest.spawn_probe(settings.redis.probe_interval, shutdown.clone());
+    ingest.spawn_drain(settings.spool.drain_interval, shutdown.clone());
     // Queue gauges while Redis is up, store gauges always; ends on shutdown.
     crate::status::spawn_sampler(
         crate::status::SampleSource::Ingest(ingest.clone()),
@@ -268,9 +269,11 @@ pub async fn start_gateway(
         committed,
         shutdown.clone(),
     );
-    // Without Redis there is no worker: the gateway runs retention itself.
+    // Without Redis there is no worker: the gateway runs retention and the
+    // scheduled Graph sync itself.
     if settings.redis_url.is_none() {
         spawn_retention(&settings, Some(store.clone()), shutdown.clone());
+        crate::sync::spawn_scheduler(settings.clone(), store.clone(), "gateway", shutdown.clone());
     }
     // Without Redis there is no worker: the gateway sends itself, paced by
     // an in-process limiter (one process).
@@ -513,6 +516,12 @@ pub async fn start_worker(
         );
         tasks.push(leads.spawn(shutdown.clone()));
     }
+    tasks.extend(crate::sync::spawn_scheduler(
+        Arc::new(settings.clone()),
+        store.clone(),
+        &consumer_name,
+        shutdown.clone(),
+    ));
     tasks.extend(redis_bus.take_tasks());
     tasks.extend(metrics_tasks);
     tasks.extend(cache_tasks);

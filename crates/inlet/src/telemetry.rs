@@ -159,9 +159,15 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (C, "inlet_lead_jobs_total", Unit::Count, "Lead jobs, by outcome (fetched, failed, dead_lettered, skipped, retried, interrupted)"),
     (H, "inlet_lead_fetch_seconds", Unit::Seconds, "Duration of one GET /{leadgen_id} attempt"),
     (C, "inlet_media_uploads_total", Unit::Count, "Outbound media, by outcome (uploaded, cached, refused, failed)"),
+    // The gateway's local spool.
+    (G, "inlet_spool_pending_bytes", Unit::Bytes, "Bytes waiting in the gateway's local spool (kept while Redis and the store were both down)"),
+    (C, "inlet_spool_events_total", Unit::Count, "Events through the local spool, by outcome (spooled, drained, refused: spool off, full or failing)"),
     // Graph reads (leads, scheduled sync).
     (G, "inlet_graph_usage_pct", Unit::Percent, "Highest figure of Meta's usage headers on the last Graph read answer"),
     (C, "inlet_graph_usage_waits_total", Unit::Count, "Graph reads that waited first because Meta's usage was high or a budget was spent"),
+    (C, "inlet_sync_runs_total", Unit::Count, "Scheduled Graph sync runs, by job (insights, conversations) and outcome (ok, failed)"),
+    (C, "inlet_sync_rows_total", Unit::Count, "Rows written by sync runs (insight rows, backfilled messages), by job"),
+    (H, "inlet_sync_run_seconds", Unit::Seconds, "Duration of one sync run, by job"),
     // AI drafts and the event stream.
     (C, "inlet_draft_requests_total", Unit::Count, "Drafts API and CLI requests, by action (create, approve, reject) and outcome (created, approved, rejected, invalid, not_found, conflict, needs_template, unavailable)"),
     (C, "inlet_drafts_changed_total", Unit::Count, "Drafts moved by something other than a reviewer, by the status entered (stale, sent, failed, needs_template, expired, approved on a DLQ replay)"),

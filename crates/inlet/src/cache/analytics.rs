@@ -21,6 +21,8 @@
 //! - `top_failure_codes`: error codes of failed current statuses in the
 //!   window, most frequent first (each message counts a code once).
 //! - `new_contacts_per_day`, `leads_per_day` (page changes of kind `lead`).
+//! - `ad_spend_per_day`: spend of the synced ad insights per day and
+//!   currency, summed exactly (micro-units), as decimal strings.
 //!
 //! [`message_status_current`]: crate::store::read::SummaryRows::outbound_statuses
 
@@ -58,6 +60,20 @@ pub struct Summary {
     pub new_contacts_per_day: Vec<DayCount>,
     /// Leads captured per day.
     pub leads_per_day: Vec<DayCount>,
+    /// Ad spend per day and currency (synced ad insights; the ad account's
+    /// days), as exact decimal strings.
+    pub ad_spend_per_day: Vec<DaySpend>,
+}
+
+/// Ad spend of one day in one currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaySpend {
+    /// `YYYY-MM-DD` (the ad account's time zone).
+    pub date: String,
+    /// Currency as the account reports it (ISO 4217), when known.
+    pub currency: Option<String>,
+    /// Spend, a decimal string (`"5339.5"`): exact, never a float.
+    pub spend: String,
 }
 
 /// The analytics window.
@@ -234,7 +250,23 @@ pub fn compute(rows: &SummaryRows, from: DateTime<Utc>, now: DateTime<Utc>) -> S
         top_failure_codes: failure_codes(&rows.failure_errors),
         new_contacts_per_day: day_counts(&rows.new_contacts_per_day),
         leads_per_day: day_counts(&rows.leads_per_day),
+        ad_spend_per_day: spend_per_day(&rows.ad_spend),
     }
+}
+
+/// Sums campaign spend per (day, currency).
+fn spend_per_day(rows: &[(String, Option<String>, String, i64)]) -> Vec<DaySpend> {
+    let mut by: BTreeMap<(&str, Option<&str>), i64> = BTreeMap::new();
+    for (date, currency, _, micros) in rows {
+        *by.entry((date, currency.as_deref())).or_default() += micros;
+    }
+    by.into_iter()
+        .map(|((date, currency), micros)| DaySpend {
+            date: date.to_string(),
+            currency: currency.map(str::to_string),
+            spend: crate::store::sync::micros_text(micros),
+        })
+        .collect()
 }
 
 /// Median of `values` (mean of the two middle ones for an even count).
@@ -383,8 +415,48 @@ mod tests {
             active_7d: 3,
             new_contacts_per_day: vec![("2026-11-20".into(), 2)],
             leads_per_day: vec![],
+            ad_spend: vec![
+                (
+                    "2026-11-19".into(),
+                    Some("EUR".into()),
+                    "c1".into(),
+                    100_000,
+                ),
+                (
+                    "2026-11-19".into(),
+                    Some("EUR".into()),
+                    "c2".into(),
+                    200_000,
+                ),
+                (
+                    "2026-11-19".into(),
+                    Some("USD".into()),
+                    "c3".into(),
+                    1_000_000,
+                ),
+                (
+                    "2026-11-20".into(),
+                    Some("EUR".into()),
+                    "c1".into(),
+                    5_339_500_000,
+                ),
+            ],
         };
         let s = compute(&rows, window_start(now), now);
+        // 0.1 + 0.2 is 0.3 here, per currency.
+        let spend: Vec<_> = s
+            .ad_spend_per_day
+            .iter()
+            .map(|d| (d.date.as_str(), d.currency.as_deref(), d.spend.as_str()))
+            .collect();
+        assert_eq!(
+            spend,
+            vec![
+                ("2026-11-19", Some("EUR"), "0.3"),
+                ("2026-11-19", Some("USD"), "1"),
+                ("2026-11-20", Some("EUR"), "5339.5"),
+            ]
+        );
         assert_eq!(s.messages_per_day[0].date, "2026-11-19");
         assert_eq!(s.outbound.total, 4);
         assert_eq!(s.outbound.delivery_rate, Some(0.75));

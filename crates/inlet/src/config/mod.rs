@@ -16,7 +16,7 @@
 //! (`redis_url`, `stream_prefix`, `[redis]`), [`store`](mod@store)
 //! (`database_url`, `[database]`), [`worker`](mod@worker),
 //! [`cache`](mod@cache), [`audit`](mod@audit), [`events`](mod@events),
-//! [`apps`](mod@apps) (`[[apps]]` and the default app), [`drafts`](mod@drafts), `leads` (`[leads]`), `media` (`[media]`), `outbound`
+//! [`apps`](mod@apps) (`[[apps]]` and the default app), [`drafts`](mod@drafts), [`sync`](mod@sync), [`spool`](mod@spool), `leads` (`[leads]`), `media` (`[media]`), `outbound`
 //! (`[graph]`, `[outbound]`); [`prepare`](mod@prepare) holds the side effects.
 
 use std::net::SocketAddr;
@@ -36,7 +36,9 @@ mod media;
 mod outbound;
 pub mod prepare;
 pub mod redis;
+pub mod spool;
 pub mod store;
+pub mod sync;
 pub mod worker;
 
 pub use apps::{AppSettings, DEV_SECRET_FILE};
@@ -49,6 +51,8 @@ pub use leads::LeadSettings;
 pub use media::{MaxBytes, MediaSettings, MediaStorageKind, S3Settings};
 pub use outbound::{GraphSettings, OutboundSettings, TokenSource, UnknownPolicy};
 pub use redis::RedisSettings;
+pub use spool::SpoolSettings;
+pub use sync::{BackfillPage, SyncSettings};
 pub use worker::WorkerSettings;
 
 /// Why configuration could not be loaded.
@@ -132,6 +136,10 @@ pub struct Settings {
     pub drafts: DraftSettings,
     /// `[leads]`: the Lead Ads consumer.
     pub leads: LeadSettings,
+    /// `[sync]`: scheduled Graph sync (ad insights, conversation backfill).
+    pub sync: SyncSettings,
+    /// `[spool]`: the gateway's local spool.
+    pub spool: SpoolSettings,
 }
 
 /// `config/default.toml`, compiled in: the first configuration layer. The
@@ -282,6 +290,8 @@ struct RawSettings {
     media: media::RawMedia,
     drafts: drafts::RawDrafts,
     leads: leads::RawLeads,
+    sync: sync::RawSync,
+    spool: spool::RawSpool,
 }
 
 fn default_tenant() -> String {
@@ -345,6 +355,8 @@ impl RawSettings {
             media,
             drafts: self.drafts.validate()?,
             leads: self.leads.validate()?,
+            sync: self.sync.validate()?,
+            spool: self.spool.validate()?,
         })
     }
 }

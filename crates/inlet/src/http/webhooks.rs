@@ -283,6 +283,7 @@ async fn receive_inner(
             let (stage, outcome) = match &accepted {
                 Accepted::Queued(_) => ("enqueued", "queued"),
                 Accepted::Direct => ("direct", "direct"),
+                Accepted::Spooled => ("spooled", "spooled"),
             };
             metrics::counter!("inlet_gateway_deliveries_total", "source" => source.as_str(), "outcome" => outcome)
                 .increment(1);

@@ -10,7 +10,7 @@ use chrono::Utc;
 use super::judge::judge;
 use super::report::{
     ConsumerStatus, DlqSize, GroupStatus, Health, HeldEntry, LeadsStatus, OutboundStatus,
-    QueueSnapshot, RedisStatus, StatusReport, StoreStatus, StreamStatus, Verdict,
+    QueueSnapshot, RedisStatus, SpoolStatus, StatusReport, StoreStatus, StreamStatus, Verdict,
 };
 use super::STREAMS;
 use crate::config::Settings;
@@ -227,6 +227,12 @@ pub async fn gather(settings: &Settings) -> StatusReport {
         dlq,
         outbound,
         leads,
+        spool: crate::spool::inspect(&settings.data_dir.join("spool"))
+            .map(|s| SpoolStatus {
+                pending_events: s.pending_events,
+                pending_bytes: s.pending_bytes,
+            })
+            .unwrap_or_default(),
         stall_after_seconds: stall_after.as_secs_f64(),
         health: Health {
             verdict: Verdict::Ok,

@@ -111,6 +111,15 @@ pub fn judge(report: &StatusReport, stall_after: Duration) -> Health {
             }
         }
     }
+    if report.spool.pending_events > 0 {
+        findings.push((
+            Verdict::Degraded,
+            format!(
+                "{} events ({} bytes) wait in the gateway's local spool (kept while Redis and the store were both down): the gateway drains them once one of them answers",
+                report.spool.pending_events, report.spool.pending_bytes
+            ),
+        ));
+    }
     let dead = report.dlq.total();
     if dead > 0 {
         findings.push((
@@ -240,6 +249,7 @@ mod tests {
             },
             outbound: Some(OutboundStatus::default()),
             leads: Some(LeadsStatus::default()),
+            spool: SpoolStatus::default(),
             stall_after_seconds: 60.0,
             health: Health {
                 verdict: Verdict::Ok,

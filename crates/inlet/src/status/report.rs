@@ -271,6 +271,16 @@ pub struct Health {
     pub reasons: Vec<String>,
 }
 
+/// What waits in the gateway's local spool (events kept while Redis and the
+/// store were both down, drained when one is back).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SpoolStatus {
+    /// Events waiting.
+    pub pending_events: u64,
+    /// Their bytes.
+    pub pending_bytes: u64,
+}
+
 /// Everything `inlet status` reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StatusReport {
@@ -295,6 +305,8 @@ pub struct StatusReport {
     /// Lead Ads: counts and the last failure (absent when the store could
     /// not be read).
     pub leads: Option<LeadsStatus>,
+    /// The local spool of the gateway on this data directory.
+    pub spool: SpoolStatus,
     /// Stall threshold used: twice the worker's `claim_idle`.
     pub stall_after_seconds: f64,
     /// The verdict.

@@ -16,6 +16,7 @@ pub mod media;
 pub mod outbound;
 pub mod read;
 pub mod sql;
+pub mod sync;
 
 use std::sync::Arc;
 
@@ -214,6 +215,13 @@ pub trait EventStore: Send + Sync + 'static {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Writes a batch of deliveries in one transaction.
     fn write(&self, batch: &[Delivery]) -> BoxFuture<'_, Result<WriteReport, StoreError>>;
+    /// Writes a plan of items Inlet produced itself (no raw event: e.g.
+    /// messages a backfill read from the Graph API), in one transaction,
+    /// with its events and cache jobs.
+    fn write_local(
+        &self,
+        plan: crate::plan::WritePlan,
+    ) -> BoxFuture<'_, Result<WriteReport, StoreError>>;
     /// Keeps a dead letter.
     fn put_dead_letter(&self, letter: &DeadLetter) -> BoxFuture<'_, Result<i64, StoreError>>;
     /// Oldest dead letters first.
@@ -310,6 +318,8 @@ pub trait EventStore: Send + Sync + 'static {
     fn drafts(&self) -> &dyn drafts::DraftStore;
     /// Lead Ads: one row per lead.
     fn leads(&self) -> &dyn leads::LeadStore;
+    /// Scheduled Graph sync: leases, cursors, runs, ad insights.
+    fn sync(&self) -> &dyn sync::SyncStore;
 }
 
 /// Shared store handle.

@@ -245,6 +245,9 @@ pub struct SummaryRows {
     pub new_contacts_per_day: Vec<(String, i64)>,
     /// Page changes of kind `lead` in the window, by day.
     pub leads_per_day: Vec<(String, i64)>,
+    /// Ad spend in the window: (date, currency, campaign id, micro-units),
+    /// from the synced ad insights.
+    pub ad_spend: Vec<(String, Option<String>, String, i64)>,
 }
 
 /// Receipts stored after a cursor, mapped to the conversation they concern.
@@ -849,6 +852,28 @@ macro_rules! impl_read_model {
                     out.leads_per_day = self
                         .day_counts("page_changes", "occurred_at", "kind = 'lead' AND ", from, now)
                         .await?;
+                    // Insight dates are the ad account's own days: the
+                    // window's days, compared as text.
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT date, currency, campaign_id, CAST(sum(spend_micros) AS BIGINT) AS spend FROM ad_insights WHERE date >= ",
+                    );
+                    qb.push_bind(from.format("%Y-%m-%d").to_string())
+                        .push(" AND date <= ")
+                        .push_bind(now.format("%Y-%m-%d").to_string())
+                        .push(" GROUP BY date, currency, campaign_id ORDER BY date, currency, campaign_id");
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    out.ad_spend = rows
+                        .iter()
+                        .map(|r| {
+                            Ok((
+                                r.try_get("date")?,
+                                r.try_get("currency")?,
+                                r.try_get("campaign_id")?,
+                                r.try_get::<i64, _>("spend")?,
+                            ))
+                        })
+                        .collect::<Result<_, sqlx::Error>>()
+                        .map_err(classify)?;
                     Ok(out)
                 })
             }

@@ -188,6 +188,11 @@ const PG_MIGRATIONS: Migrations = &[
         "leads",
         include_str!("../../../../../migrations/postgres/0012_leads.sql"),
     ),
+    (
+        14,
+        "graph sync",
+        include_str!("../../../../../migrations/postgres/0014_graph_sync.sql"),
+    ),
 ];
 
 const SQLITE_MIGRATIONS: Migrations = &[
@@ -250,6 +255,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         12,
         "leads",
         include_str!("../../../../../migrations/sqlite/0012_leads.sql"),
+    ),
+    (
+        14,
+        "graph sync",
+        include_str!("../../../../../migrations/sqlite/0014_graph_sync.sql"),
     ),
 ];
 

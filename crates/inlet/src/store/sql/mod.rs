@@ -53,6 +53,7 @@ mod media;
 mod outbox;
 mod query;
 mod sends;
+mod sync;
 mod write;
 
 pub use dialect::{Backend, Dialect};
@@ -250,6 +251,13 @@ macro_rules! impl_event_store {
                 Box::pin(async move { self.write_batch(&plan).await })
             }
 
+            fn write_local(
+                &self,
+                plan: WritePlan,
+            ) -> BoxFuture<'_, Result<WriteReport, StoreError>> {
+                Box::pin(async move { self.write_batch(&plan).await })
+            }
+
             fn event_log(&self) -> &dyn super::events::EventLogStore {
                 self
             }
@@ -391,6 +399,10 @@ macro_rules! impl_event_store {
             }
 
             fn leads(&self) -> &dyn super::leads::LeadStore {
+                self
+            }
+
+            fn sync(&self) -> &dyn super::sync::SyncStore {
                 self
             }
         }
