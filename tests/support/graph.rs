@@ -13,6 +13,12 @@
 //! URLs of a file answer 404, as an expired link does.
 //! `POST /{version}/{sender}/media` (multipart) records the upload and
 //! answers `{"id"}`.
+//!
+//! Leads: ids registered with [`MockGraph::add_lead`] are answered by the
+//! same `GET /{version}/{id}` route with the lead (fixture
+//! `tests/fixtures/meta/graph/lead.json`); [`MockGraph::fail_leads_next`]
+//! answers HTTP 500 (code 2) and [`MockGraph::deny_leads`] the permission
+//! error (HTTP 403, code 200) instead.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +101,7 @@ struct Inner {
     media: Mutex<std::collections::HashMap<String, MockMedia>>,
     uploads: Mutex<Vec<SeenUpload>>,
     behaviour: Mutex<Behaviour>,
+    leads: Mutex<MockLeads>,
     counter: AtomicU64,
     client: reqwest::Client,
 }
@@ -122,6 +129,7 @@ impl MockGraph {
             media: Mutex::new(std::collections::HashMap::new()),
             uploads: Mutex::new(Vec::new()),
             behaviour: Mutex::new(Behaviour::default()),
+            leads: Mutex::new(MockLeads::default()),
             counter: AtomicU64::new(0),
             client: reqwest::Client::new(),
         });
@@ -291,9 +299,13 @@ fn refused(inner: &Inner, headers: &HeaderMap) -> Option<Response> {
 async fn media_info(
     State((inner, base)): State<(Arc<Inner>, String)>,
     Path((_version, media_id)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
 ) -> Response {
     if let Some(r) = refused(&inner, &headers) {
+        return r;
+    }
+    if let Some(r) = lead_answer(&inner, &media_id, query) {
         return r;
     }
     let mut media = inner.media.lock().unwrap();
@@ -470,4 +482,106 @@ async fn send(
         answer,
     )
         .into_response()
+}
+
+// ---- Leads: `GET /{version}/{leadgen_id}` (answered by `media_info`'s
+// route, which asks `lead_answer` first). ----
+
+/// The leads the mock knows, and how it answers their reads.
+#[derive(Default)]
+struct MockLeads {
+    /// Lead id → its answer.
+    answers: std::collections::HashMap<String, Value>,
+    /// Answer HTTP 500 (code 2) to this many lead reads more.
+    fail_next: u64,
+    /// Answer the permission error (HTTP 403, code 200) to every lead read.
+    deny: bool,
+    /// Reads per lead id (every answer, errors included).
+    calls: std::collections::HashMap<String, u64>,
+    /// The `fields` query of the last read of each lead id.
+    fields: std::collections::HashMap<String, String>,
+}
+
+fn graph_fixture(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/meta/graph")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The mock's lead answer (fixture `graph/lead.json`) for `lead_id`.
+pub fn lead_fixture(lead_id: &str) -> Value {
+    serde_json::from_str(&graph_fixture("lead.json").replace("{lead_id}", lead_id)).unwrap()
+}
+
+impl MockGraph {
+    /// Answers `GET /{lead_id}` with `answer` (see [`lead_fixture`]).
+    pub fn add_lead(&self, lead_id: &str, answer: Value) {
+        self.inner
+            .leads
+            .lock()
+            .unwrap()
+            .answers
+            .insert(lead_id.to_string(), answer);
+    }
+
+    /// Answers the next `n` lead reads with HTTP 500, code 2 (transient).
+    pub fn fail_leads_next(&self, n: u64) {
+        self.inner.leads.lock().unwrap().fail_next = n;
+    }
+
+    /// Answers every lead read with the permission error (HTTP 403, code
+    /// 200: the token lacks leads_retrieval), or stops doing so.
+    pub fn deny_leads(&self, deny: bool) {
+        self.inner.leads.lock().unwrap().deny = deny;
+    }
+
+    /// Reads of `lead_id` so far (errors included).
+    pub fn lead_calls(&self, lead_id: &str) -> u64 {
+        self.inner
+            .leads
+            .lock()
+            .unwrap()
+            .calls
+            .get(lead_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The `fields` asked in the last read of `lead_id`.
+    pub fn lead_fields(&self, lead_id: &str) -> Option<String> {
+        self.inner
+            .leads
+            .lock()
+            .unwrap()
+            .fields
+            .get(lead_id)
+            .cloned()
+    }
+}
+
+/// The answer to `GET /{id}` when `id` is a registered lead.
+fn lead_answer(inner: &Inner, id: &str, query: Option<String>) -> Option<Response> {
+    let mut leads = inner.leads.lock().unwrap();
+    let answer = leads.answers.get(id).cloned()?;
+    *leads.calls.entry(id.to_string()).or_default() += 1;
+    let fields = query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("fields="))
+        .map(|f| f.replace("%2C", ",").replace("%2c", ","))
+        .unwrap_or_default();
+    leads.fields.insert(id.to_string(), fields);
+    let json = [("content-type", "application/json")];
+    if leads.deny {
+        let body = graph_fixture("error_200_leads_retrieval.json");
+        return Some((StatusCode::FORBIDDEN, json, body).into_response());
+    }
+    if leads.fail_next > 0 {
+        leads.fail_next -= 1;
+        let body = graph_fixture("error_2_service.json");
+        return Some((StatusCode::INTERNAL_SERVER_ERROR, json, body).into_response());
+    }
+    Some(axum::Json(answer).into_response())
 }

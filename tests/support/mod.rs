@@ -178,6 +178,9 @@ impl TestConfig {
         // (tests/media.rs): fixtures carry real-looking CDN URLs, and tests
         // never reach the internet.
         env.insert("INLET_MEDIA__ENABLED".into(), "false".into());
+        // Lead fetches likewise (tests/leads.rs): fb_leadgen.json would
+        // otherwise send GET /{leadgen_id} to graph.facebook.com.
+        env.insert("INLET_LEADS__ENABLED".into(), "false".into());
         // Every test worker gets its own metrics port.
         env.insert("INLET_WORKER__METRICS_LISTEN".into(), "127.0.0.1:0".into());
         Self {

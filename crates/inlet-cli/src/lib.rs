@@ -14,8 +14,9 @@
 //! - `events`: `inlet subscriptions` and `inlet events`.
 //! - `ops`: `inlet status` and `inlet audit trace|tail`.
 //! - `send`: `inlet send`, `inlet broadcasts`, `inlet outbound`.
-//! - [`render`]: the terminal text of the status report, audit traces and
-//!   audit lines (the library gathers and judges, this formats).
+//! - `drafts`: `inlet drafts`; `leads`: `inlet leads`.
+//! - [`render`]: the terminal text of the status report, audit traces,
+//!   audit lines and lead lines (the library gathers and judges, this formats).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ use serde_json::json;
 
 mod drafts;
 mod events;
+mod leads;
 mod ops;
 pub mod render;
 mod send;
@@ -42,6 +44,7 @@ mod sync;
 
 pub use drafts::DraftsAction;
 pub use events::{EventsAction, SubscriptionsAction};
+pub use leads::LeadsAction;
 pub use ops::AuditAction;
 
 /// Operate an Inlet deployment.
@@ -140,6 +143,13 @@ pub enum Command {
         #[command(subcommand)]
         action: DraftsAction,
     },
+    /// Lead Ads: the leads leadgen webhooks announced (list, show), and
+    /// fetching one again (refetch).
+    Leads {
+        /// What to do.
+        #[command(subcommand)]
+        action: LeadsAction,
+    },
     /// The send side: status (halts, queues), recent sends, one send.
     Outbound {
         /// What to do.
@@ -182,7 +192,8 @@ pub enum DlqAction {
     },
     /// Show one dead letter.
     Show {
-        /// Stream id (1700000000000-0), store id (db-12) or outbound send (out-ID).
+        /// Stream id (1700000000000-0), store id (db-12), outbound send (out-ID),
+        /// media download (media-M-I) or lead fetch (lead-ID).
         id: String,
         /// Also print the body (it may contain message text).
         #[arg(long)]
@@ -191,7 +202,7 @@ pub enum DlqAction {
     /// Send dead letters through processing again and remove them from the
     /// DLQ once that is durable.
     Replay {
-        /// Stream id, db-N or out-ID.
+        /// Stream id, db-N, out-ID, media-M-I or lead-ID.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<String>,
         /// Replay every dead letter.
@@ -275,6 +286,7 @@ pub async fn run_with(
         Command::Broadcasts { action } => send::broadcasts(action, &settings, json, out).await,
         Command::Outbound { action } => send::outbound(action, &settings, json, out).await,
         Command::Drafts { action } => drafts::drafts(action, &settings, json, out).await,
+        Command::Leads { action } => leads::leads(action, &settings, json, out).await,
         Command::Sync { action } => sync::sync(action, &settings, json, out).await,
         Command::Messages {
             conversation,

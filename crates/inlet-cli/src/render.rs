@@ -1,5 +1,5 @@
-//! Text for a terminal: the `inlet status` report and the audit lines of
-//! `inlet audit trace|tail`. The library gathers and judges
+//! Text for a terminal: the `inlet status` report, the audit lines of
+//! `inlet audit trace|tail` and the lines of `inlet leads list`. The library gathers and judges
 //! ([`inlet::status`], [`inlet::audit::query`]); this only formats.
 
 use std::fmt::Write as _;
@@ -144,17 +144,49 @@ pub fn status_report(report: &StatusReport) -> String {
             );
         }
     }
+    if let Some(l) = &report.leads {
+        let _ = writeln!(
+            out,
+            "  leads    {} fetched, {} pending, {} failed, {} dead-lettered",
+            l.fetched, l.pending, l.failed, l.dead_lettered
+        );
+        if let Some(e) = &l.last_error {
+            let error = e.error.as_ref();
+            let code = error
+                .and_then(|v| v.get("code"))
+                .and_then(serde_json::Value::as_i64)
+                .map(|c| format!("code {c}, "))
+                .unwrap_or_default();
+            let class = error
+                .and_then(|v| v.get("class").or_else(|| v.get("reason")))
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("-");
+            let message = error
+                .and_then(|v| v.get("message"))
+                .and_then(serde_json::Value::as_str)
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "           last error {} lead {} page {} ({code}{class}){message}",
+                format_ts(e.at),
+                e.lead_id,
+                e.page_id
+            );
+        }
+    }
     let dash = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |n| n.to_string());
     let _ = writeln!(
         out,
-        "  dlq      {} in the stream, {} in the store, {} outbound, {} media",
+        "  dlq      {} in the stream, {} in the store, {} outbound, {} media, {} leads",
         report
             .dlq
             .stream
             .map_or_else(|| "-".to_string(), |n| n.to_string()),
         dash(report.dlq.store),
         dash(report.dlq.outbound),
-        dash(report.dlq.media)
+        dash(report.dlq.media),
+        dash(report.dlq.leads)
     );
     let _ = writeln!(out, "  health   {}", report.health.verdict.as_str());
     for r in &report.health.reasons {
@@ -264,14 +296,35 @@ pub fn audit_line(record: &AuditRecord) -> String {
     .to_string()
 }
 
+/// One lead for `inlet leads list`: id, status, page, form, campaign, when,
+/// the contact it is linked to, and the name.
+pub fn lead_line(l: &inlet::store::leads::LeadRecord) -> String {
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    format!(
+        "{:<17} {:<13} page {:<16} form {:<16} campaign {:<19} {:<27} contact {:<6} {}",
+        l.lead_id,
+        l.status,
+        l.page_id,
+        dash(&l.form_id),
+        dash(&l.campaign_id),
+        l.created_time.map(format_ts).unwrap_or_else(|| "-".into()),
+        l.contact_id
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "-".into()),
+        l.name.as_deref().unwrap_or("-"),
+    )
+    .trim_end()
+    .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use chrono::Utc;
     use inlet::status::{
-        judge, ConsumerStatus, DlqSize, GroupStatus, HaltStatus, Health, OutboundStatus,
-        RedisStatus, SpoolStatus, StoreStatus, StreamStatus, Verdict, STREAMS,
+        judge, ConsumerStatus, DlqSize, GroupStatus, HaltStatus, Health, LeadsStatus,
+        OutboundStatus, RedisStatus, SpoolStatus, StoreStatus, StreamStatus, Verdict, STREAMS,
     };
     use inlet::streams::{INCOMING_RAW, WORKER_GROUP};
     use uuid::Uuid;
@@ -323,8 +376,10 @@ mod tests {
                 store: Some(0),
                 outbound: Some(0),
                 media: Some(0),
+                leads: Some(0),
             },
             outbound: Some(OutboundStatus::default()),
+            leads: Some(LeadsStatus::default()),
             spool: SpoolStatus::default(),
             stall_after_seconds: 60.0,
             health: Health {
@@ -382,6 +437,38 @@ mod tests {
         assert!(text.contains("broadcasts paused 1"), "{text}");
         assert!(text.contains("2 outbound"), "{text}");
         assert!(text.contains("sending for tenant acme is halted"), "{text}");
+    }
+
+    #[test]
+    fn leads_and_their_last_error_are_shown() {
+        let mut r = report();
+        r.leads = Some(LeadsStatus {
+            fetched: 4,
+            failed: 1,
+            last_error: Some(inlet::store::leads::LeadError {
+                lead_id: "810000000000013".into(),
+                page_id: "300000000000003".into(),
+                status: "failed".into(),
+                error: Some(serde_json::json!({
+                    "code": 200,
+                    "class": "auth_halt",
+                    "message": "(#200) Requires leads_retrieval permission"
+                })),
+                at: Utc::now(),
+            }),
+            ..LeadsStatus::default()
+        });
+        r.health = judge(&r, STALL);
+        let text = status_report(&r);
+        assert!(
+            text.contains("leads    4 fetched, 0 pending, 1 failed, 0 dead-lettered"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lead 810000000000013 page 300000000000003 (code 200, auth_halt): (#200) Requires leads_retrieval permission"),
+            "{text}"
+        );
+        assert!(text.contains("1 leads could not be fetched"), "{text}");
     }
 
     #[test]

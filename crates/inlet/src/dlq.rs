@@ -3,7 +3,8 @@
 //! (direct mode, Redis down), the outbound sends that ran out of retries
 //! (`dead_lettered` rows, shown as `out-{id}`) and the media downloads that
 //! did (shown as `media-{message id}-{index}`; a replay queues the download
-//! again).
+//! again), and the Lead Ads leads whose fetch did (shown as
+//! `lead-{leadgen id}`; a replay queues the fetch again).
 //!
 //! A replay re-runs processing on purpose: the event goes back through the
 //! raw stream (or, without Redis, through the pipeline in-process). The store
@@ -40,6 +41,8 @@ pub enum DlqId {
     Outbound(String),
     /// A dead-lettered media download (shown as `media-{message id}-{index}`).
     Media(i64, i32),
+    /// A dead-lettered lead fetch (shown as `lead-{leadgen id}`).
+    Lead(String),
 }
 
 impl fmt::Display for DlqId {
@@ -49,13 +52,14 @@ impl fmt::Display for DlqId {
             DlqId::Store(id) => write!(f, "db-{id}"),
             DlqId::Outbound(id) => write!(f, "out-{id}"),
             DlqId::Media(m, i) => write!(f, "media-{m}-{i}"),
+            DlqId::Lead(id) => write!(f, "lead-{id}"),
         }
     }
 }
 
 impl DlqId {
     /// The forms [`DlqId::parse`] takes, for error messages.
-    pub const FORMS: &'static str = "1700000000000-0, db-N, out-ID or media-M-I";
+    pub const FORMS: &'static str = "1700000000000-0, db-N, out-ID, media-M-I or lead-ID";
 
     /// Parses `1700000000000-0`, `db-12` or `out-0190…`.
     pub fn parse(s: &str) -> Option<Self> {
@@ -68,6 +72,9 @@ impl DlqId {
                 (Ok(m), Ok(i)) if m > 0 && i >= 0 => Some(DlqId::Media(m, i)),
                 _ => None,
             };
+        }
+        if let Some(id) = s.strip_prefix("lead-") {
+            return crate::leads::is_graph_id(id).then(|| DlqId::Lead(id.to_string()));
         }
         if let Some(id) = s.strip_prefix("out-") {
             return crate::outbound::request::is_outbound_id(id)
@@ -99,12 +106,14 @@ pub struct DlqCounts {
     pub outbound: u64,
     /// Dead-lettered media downloads.
     pub media: u64,
+    /// Dead-lettered lead fetches.
+    pub leads: u64,
 }
 
 impl DlqCounts {
     /// All places together.
     pub fn total(&self) -> u64 {
-        self.stream + self.store + self.outbound + self.media
+        self.stream + self.store + self.outbound + self.media + self.leads
     }
 }
 
@@ -157,6 +166,39 @@ pub fn media_letter(record: &crate::store::media::MediaRecord) -> DeadLetter {
         attempts: u32::try_from(record.attempts).unwrap_or(0),
         stage: "media".into(),
         failed_at: ms_time(record.updated_ms),
+    }
+}
+
+/// A dead-lettered lead fetch as a letter: no body (the webhook is in
+/// `raw_events`), the error class of the last attempt as the reason, the
+/// Graph error as the error.
+pub fn lead_letter(record: &crate::store::leads::LeadRecord) -> DeadLetter {
+    let mut event = RawEvent::new(
+        crate::envelope::Source::Facebook,
+        record.tenant.clone(),
+        bytes::Bytes::new(),
+    );
+    event.received_at = record.created_at;
+    let error = record.error.as_ref();
+    DeadLetter {
+        event,
+        reason: error
+            .and_then(|e| e.get("class").or_else(|| e.get("reason")))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("dead_lettered")
+            .to_string(),
+        error: error.map(|e| e.to_string()).unwrap_or_default(),
+        attempts: u32::try_from(record.attempts).unwrap_or(0),
+        stage: "lead".into(),
+        failed_at: record.updated_at,
+    }
+}
+
+fn dead_leads_filter(limit: i64) -> crate::store::leads::LeadFilter {
+    crate::store::leads::LeadFilter {
+        status: Some(crate::store::leads::state::DEAD_LETTERED.into()),
+        lead_id: None,
+        limit,
     }
 }
 
@@ -320,6 +362,14 @@ impl Dlq {
                     id: DlqId::Media(record.message_id, record.index),
                 });
             }
+            let mut leads = s.leads().leads(&dead_leads_filter(limit as i64)).await?;
+            leads.reverse(); // oldest first, as everywhere here
+            for record in leads {
+                out.push(DlqItem {
+                    letter: lead_letter(&record),
+                    id: DlqId::Lead(record.lead_id),
+                });
+            }
         }
         Ok(out)
     }
@@ -338,6 +388,13 @@ impl Dlq {
                 .get(crate::store::outbound::state::DEAD_LETTERED)
                 .map_or(0, |n| u64::try_from(*n).unwrap_or(0));
             counts.media = s.media().dead_media(i64::MAX).await?.len() as u64;
+            counts.leads = s
+                .leads()
+                .lead_stats()
+                .await?
+                .by_status
+                .get(crate::store::leads::state::DEAD_LETTERED)
+                .map_or(0, |n| u64::try_from(*n).unwrap_or(0));
         }
         Ok(counts)
     }
@@ -398,6 +455,17 @@ impl Dlq {
                         letter: media_letter(&r),
                     }))
             }
+            DlqId::Lead(lead_id) => {
+                let Some(s) = &self.store else {
+                    return Ok(None);
+                };
+                let mut filter = dead_leads_filter(1);
+                filter.lead_id = Some(lead_id.clone());
+                Ok(s.leads().leads(&filter).await?.first().map(|r| DlqItem {
+                    id: id.clone(),
+                    letter: lead_letter(r),
+                }))
+            }
         }
     }
 
@@ -408,12 +476,14 @@ impl Dlq {
         let mut rows = Vec::new();
         let mut sends = Vec::new();
         let mut media = Vec::new();
+        let mut leads = Vec::new();
         for id in ids {
             match id {
                 DlqId::Stream(s) => stream.push(s.clone()),
                 DlqId::Store(n) => rows.push(*n),
                 DlqId::Outbound(o) => sends.push(o.clone()),
                 DlqId::Media(m, i) => media.push((*m, *i)),
+                DlqId::Lead(l) => leads.push(l.clone()),
             }
         }
         let mut n = 0;
@@ -431,6 +501,9 @@ impl Dlq {
             if !media.is_empty() {
                 let now = crate::store::outbound::now_ms();
                 n += s.media().discard_dead_media(&media, now).await?;
+            }
+            if !leads.is_empty() {
+                n += s.leads().discard_dead_leads(&leads).await?;
             }
         }
         Ok(n)
@@ -474,6 +547,14 @@ impl Dlq {
                 .media()
                 .discard_dead_media(&media, crate::store::outbound::now_ms())
                 .await?;
+            let leads: Vec<String> = s
+                .leads()
+                .leads(&dead_leads_filter(i64::MAX))
+                .await?
+                .into_iter()
+                .map(|r| r.lead_id)
+                .collect();
+            n += s.leads().discard_dead_leads(&leads).await?;
         }
         self.audit
             .write(AuditRecord::new("dlq_purged").with("count", n));
@@ -490,6 +571,9 @@ impl Dlq {
         }
         if let DlqId::Media(m, i) = &item.id {
             return self.replay_media(*m, *i, item).await;
+        }
+        if let DlqId::Lead(lead_id) = &item.id {
+            return self.replay_lead(lead_id, item).await;
         }
         if item.letter.stage == INTAKE_STAGE {
             return self.replay_command(item).await;
@@ -510,6 +594,29 @@ impl Dlq {
 }
 
 impl Dlq {
+    /// A dead-lettered lead back to `pending`, its fetch queued again (one
+    /// transaction).
+    async fn replay_lead(&self, lead_id: &str, item: &DlqItem) -> Result<(), DlqError> {
+        let replay_err = |e: ReplayError| DlqError::Replay(item.id.to_string(), e);
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| replay_err(ReplayError::NotConfigured))?;
+        let tenant = &item.letter.event.tenant;
+        if !store.leads().requeue_lead(tenant, lead_id).await? {
+            return Err(replay_err(ReplayError::NotDead(item.id.to_string())));
+        }
+        metrics::counter!("inlet_dlq_replayed_total", "kind" => "lead").increment(1);
+        self.audit.write(
+            AuditRecord::new("lead")
+                .origin("facebook", tenant)
+                .outcome("replayed")
+                .with("lead_id", lead_id.to_string())
+                .with("from", "dlq"),
+        );
+        Ok(())
+    }
+
     /// A dead-lettered download back to `pending`, its job queued again
     /// (one transaction).
     async fn replay_media(
@@ -692,6 +799,13 @@ mod tests {
         assert_eq!(DlqId::parse("media-0-1"), None);
         assert_eq!(DlqId::parse("media-42"), None);
         assert_eq!(DlqId::parse("media-42--1"), None);
+        assert_eq!(
+            DlqId::parse("lead-810000000000013"),
+            Some(DlqId::Lead("810000000000013".into()))
+        );
+        assert_eq!(DlqId::Lead("81".into()).to_string(), "lead-81");
+        assert_eq!(DlqId::parse("lead-../x"), None);
+        assert_eq!(DlqId::parse("lead-"), None);
     }
 
     #[test]

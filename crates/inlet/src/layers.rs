@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["ingest"],
     &["relay", "feed"],
     &["bus"],
-    &["pipeline", "cache", "webhooks", "media", "sync"],
+    &["pipeline", "cache", "webhooks", "media", "leads", "sync"],
     &["worker", "direct", "dlq", "status", "sender", "drafts"],
     &["http"],
     &["service"],

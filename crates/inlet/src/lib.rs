@@ -30,6 +30,8 @@
 //! - [`cache`]: JSON cache files, cache-sync consumer, precomputed analytics.
 //! - [`media`]: the media pipeline (download, verify, content-addressed
 //!   storage local or S3, outbound uploads).
+//! - [`leads`]: Lead Ads (`GET /{leadgen_id}` for every stored `leadgen`
+//!   change, queue and direct mode).
 //! - [`audit`]: JSONL audit lines, daily files per service; reading them
 //!   back ([`audit::query`]: merge, filter, trace, follow).
 //! - [`http`]: the gateway's router, handlers and server.
@@ -68,6 +70,7 @@ pub mod http;
 pub mod ingest;
 #[cfg(test)]
 mod layers;
+pub mod leads;
 pub mod media;
 pub mod model;
 pub mod normalize;

@@ -236,6 +236,22 @@ pub async fn start_gateway(
             crate::streams::MEDIA_PROCESSING,
         )));
     }
+    // Lead jobs: the same split (without Redis, leads left pending by a
+    // previous process are resumed).
+    if settings.leads.enabled {
+        let fetcher = lead_fetcher(&settings, &store, &audit)?;
+        local.push(crate::leads::consumer::LocalLeadSink::start(
+            fetcher,
+            settings.leads.concurrency,
+            settings.redis_url.is_none(),
+            shutdown.clone(),
+        ));
+    } else if settings.redis_url.is_none() {
+        // Fetching off: the leads stay `pending` in the store.
+        local.push(Arc::new(crate::relay::DiscardSink(
+            crate::streams::LEAD_FETCH,
+        )));
+    }
     if settings.redis_url.is_none() {
         local.push(Arc::new(crate::relay::DiscardSink(
             crate::streams::INCOMING_NORMALIZED,
@@ -487,6 +503,19 @@ pub async fn start_worker(
         );
         tasks.push(media.spawn(shutdown.clone()));
     }
+    if settings.leads.enabled {
+        let settings = Arc::new(settings.clone());
+        let fetcher = lead_fetcher(&settings, &store, &audit)?;
+        let leads = crate::leads::consumer::LeadConsumer::new(
+            fetcher,
+            queue.clone(),
+            &format!("{consumer_name}-leads"),
+            settings.leads.concurrency,
+            settings.worker.block,
+            settings.worker.claim_idle,
+        );
+        tasks.push(leads.spawn(shutdown.clone()));
+    }
     tasks.extend(crate::sync::spawn_scheduler(
         Arc::new(settings.clone()),
         store.clone(),
@@ -520,6 +549,17 @@ fn media_fetcher(
     )
     .map(Arc::new)
     .map_err(|e| StartError::Config(e.to_string()))
+}
+
+/// The lead job runner of a service.
+fn lead_fetcher(
+    settings: &Arc<Settings>,
+    store: &Store,
+    audit: &Audit,
+) -> Result<Arc<crate::leads::fetch::LeadFetcher>, StartError> {
+    crate::leads::fetch::LeadFetcher::new(store.clone(), settings.clone(), Some(audit.clone()))
+        .map(Arc::new)
+        .map_err(|e| StartError::Config(e.to_string()))
 }
 
 /// Retention, at start and then daily: audit files past

@@ -23,6 +23,10 @@ pub const OUTGOING_COMMAND: &str = "outgoing.command";
 /// (relayed from the outbox); read by the media consumers, which download,
 /// verify and store the file.
 pub const MEDIA_PROCESSING: &str = "media.processing";
+/// Lead jobs: one per newly stored `leadgen` page change (relayed from the
+/// outbox, or queued by `inlet leads refetch`); read by the lead consumers,
+/// which fetch the lead from Graph and store it.
+pub const LEAD_FETCH: &str = "lead.fetch";
 
 /// Consumer group of the workers on [`INCOMING_RAW`].
 pub const WORKER_GROUP: &str = "workers";
@@ -32,6 +36,8 @@ pub const CACHE_GROUP: &str = "cache-sync";
 pub const OUTGOING_GROUP: &str = "sender-intake";
 /// Consumer group of the media consumers on [`MEDIA_PROCESSING`].
 pub const MEDIA_GROUP: &str = "media";
+/// Consumer group of the lead consumers on [`LEAD_FETCH`].
+pub const LEAD_GROUP: &str = "leads";
 /// Prefix of the consumer group of each event-bus handler on [`EVENTS`]
 /// (`bus.{handler}`).
 pub const BUS_GROUP_PREFIX: &str = "bus.";
@@ -42,12 +48,13 @@ pub fn bus_group(handler: &str) -> String {
 }
 
 /// The streams `inlet status` reports, in this order.
-pub const REPORTED: [&str; 7] = [
+pub const REPORTED: [&str; 8] = [
     INCOMING_RAW,
     INCOMING_NORMALIZED,
     CACHE_SYNC,
     EVENTS,
     OUTGOING_COMMAND,
     MEDIA_PROCESSING,
+    LEAD_FETCH,
     DLQ,
 ];

@@ -158,6 +158,9 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (H, "inlet_media_download_seconds", Unit::Seconds, "Duration of one media attempt (Graph lookup, download, verification, storage)"),
     (C, "inlet_media_url_refreshes_total", Unit::Count, "Expired media download URLs replaced by a fresh GET /{media-id}"),
     (C, "inlet_media_requests_total", Unit::Count, "GET /api/media requests, by outcome (served, partial, not_modified, not_stored, not_found, unsatisfiable, missing, error)"),
+    (G, "inlet_leads", Unit::Count, "Leads in the store, by status (pending, fetched, failed, dead_lettered)"),
+    (C, "inlet_lead_jobs_total", Unit::Count, "Lead jobs, by outcome (fetched, failed, dead_lettered, skipped, retried, interrupted)"),
+    (H, "inlet_lead_fetch_seconds", Unit::Seconds, "Duration of one GET /{leadgen_id} attempt"),
     (C, "inlet_media_uploads_total", Unit::Count, "Outbound media, by outcome (uploaded, cached, refused, failed)"),
     // The gateway's local spool.
     (G, "inlet_spool_pending_bytes", Unit::Bytes, "Bytes waiting in the gateway's local spool (kept while Redis and the store were both down)"),

@@ -16,7 +16,7 @@
 //! (`redis_url`, `stream_prefix`, `[redis]`), [`store`](mod@store)
 //! (`database_url`, `[database]`), [`worker`](mod@worker),
 //! [`cache`](mod@cache), [`audit`](mod@audit), [`events`](mod@events),
-//! [`apps`](mod@apps) (`[[apps]]` and the default app), [`drafts`](mod@drafts), [`sync`](mod@sync), [`spool`](mod@spool), `media` (`[media]`), `outbound`
+//! [`apps`](mod@apps) (`[[apps]]` and the default app), [`drafts`](mod@drafts), [`sync`](mod@sync), [`spool`](mod@spool), `leads` (`[leads]`), `media` (`[media]`), `outbound`
 //! (`[graph]`, `[outbound]`); [`prepare`](mod@prepare) holds the side effects.
 
 use std::net::SocketAddr;
@@ -31,6 +31,7 @@ pub mod cache;
 pub mod drafts;
 pub mod events;
 pub mod http;
+mod leads;
 mod media;
 mod outbound;
 pub mod prepare;
@@ -46,6 +47,7 @@ pub use cache::CacheSettings;
 pub use drafts::DraftSettings;
 pub use events::EventSettings;
 pub use http::HttpSettings;
+pub use leads::LeadSettings;
 pub use media::{MaxBytes, MediaSettings, MediaStorageKind, S3Settings};
 pub use outbound::{GraphSettings, OutboundSettings, TokenSource, UnknownPolicy};
 pub use redis::RedisSettings;
@@ -132,6 +134,8 @@ pub struct Settings {
     pub media: MediaSettings,
     /// `[drafts]`: AI drafts waiting for approval.
     pub drafts: DraftSettings,
+    /// `[leads]`: the Lead Ads consumer.
+    pub leads: LeadSettings,
     /// `[sync]`: scheduled Graph sync (ad insights, conversation backfill).
     pub sync: SyncSettings,
     /// `[spool]`: the gateway's local spool.
@@ -285,6 +289,7 @@ struct RawSettings {
     outbound: outbound::RawOutbound,
     media: media::RawMedia,
     drafts: drafts::RawDrafts,
+    leads: leads::RawLeads,
     sync: sync::RawSync,
     spool: spool::RawSpool,
 }
@@ -349,6 +354,7 @@ impl RawSettings {
             outbound,
             media,
             drafts: self.drafts.validate()?,
+            leads: self.leads.validate()?,
             sync: self.sync.validate()?,
             spool: self.spool.validate()?,
         })

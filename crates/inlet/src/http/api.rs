@@ -98,6 +98,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         )
         .route("/api/drafts/{id}/reject", post(super::drafts::reject_draft))
         .route("/api/events/stream", get(super::drafts::event_stream))
+        .route("/api/leads", get(super::leads::list_leads))
+        .route("/api/leads/{lead_id}", get(super::leads::get_lead))
         .route("/api", get(unknown))
         .route("/api/{*rest}", get(unknown))
         .route_layer(middleware::from_fn_with_state(state, authorize))
@@ -354,6 +356,8 @@ pub struct DlqTotals {
     pub outbound: u64,
     /// Dead-lettered media downloads (`media-M-I`).
     pub media: u64,
+    /// Dead-lettered lead fetches (`lead-ID`).
+    pub leads: u64,
 }
 
 /// `POST /api/dlq/{id}/replay`.
@@ -373,7 +377,8 @@ pub struct Replayed {
         super::outbound::send_message, super::outbound::get_message, super::outbound::create_broadcast, super::outbound::list_broadcasts,
         super::outbound::get_broadcast, super::outbound::pause_broadcast, super::outbound::resume_broadcast,
         super::drafts::create_draft, super::drafts::list_drafts, super::drafts::get_draft, super::drafts::approve_draft,
-        super::drafts::reject_draft, super::drafts::event_stream, super::media::get_media),
+        super::drafts::reject_draft, super::drafts::event_stream, super::media::get_media,
+        super::leads::list_leads, super::leads::get_lead),
     components(schemas(ApiError, DlqList, DlqTotals, Replayed, DlqView, super::outbound::Queued, super::outbound::BroadcastQueued, super::outbound::InvalidBody,
         super::drafts::DraftCreated, super::drafts::DraftApproved, super::drafts::DraftConflict)),
     modifiers(&BearerAuth)
@@ -497,13 +502,14 @@ async fn dlq_list(State(state): State<AppState>, ApiQuery(q): ApiQuery<DlqQuery>
             store: len.store,
             outbound: len.outbound,
             media: len.media,
+            leads: len.leads,
         },
     })
     .into_response()
 }
 
 #[utoipa::path(get, path = "/api/dlq/{id}", tag = "dlq",
-    params(("id" = String, Path, description = "stream entry id (1700000000000-0), db-N or out-ID (outbound send)"),
+    params(("id" = String, Path, description = "stream entry id (1700000000000-0), db-N, out-ID (outbound send), media-M-I (media download) or lead-ID (lead fetch)"),
         ("body" = Option<bool>, Query, description = "include the raw body")),
     responses((status = 200, description = "one dead letter", body = DlqView),
         (status = 400, description = "not a dead-letter id, or a malformed query parameter", body = ApiError),
@@ -523,7 +529,7 @@ async fn dlq_show(
 }
 
 #[utoipa::path(post, path = "/api/dlq/{id}/replay", tag = "dlq",
-    params(("id" = String, Path, description = "stream entry id (1700000000000-0), db-N or out-ID (outbound send)")),
+    params(("id" = String, Path, description = "stream entry id (1700000000000-0), db-N, out-ID (outbound send), media-M-I (media download) or lead-ID (lead fetch)")),
     responses((status = 200, description = "replayed; the letter is removed", body = Replayed),
         (status = 400, description = "not a dead-letter id", body = ApiError),
         (status = 401, description = "missing or wrong bearer token", body = ApiError), (status = 404, description = "API disabled (no token configured)", body = ApiError),

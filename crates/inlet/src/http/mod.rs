@@ -1,5 +1,5 @@
 //! The gateway's HTTP surface: webhook endpoints, health, metrics, the
-//! read API, the send and drafts APIs and the event stream, assembled into one router with limits, timeouts and graceful
+//! read API, the send, drafts and leads APIs and the event stream, assembled into one router with limits, timeouts and graceful
 //! shutdown.
 //!
 //! [`Gateway::build`] binds the listener (port 0 works, for tests) and
@@ -10,6 +10,7 @@ mod abuse;
 pub mod api;
 pub mod drafts;
 mod health;
+pub mod leads;
 pub mod media;
 pub mod outbound;
 mod webhooks;

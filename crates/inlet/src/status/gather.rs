@@ -9,8 +9,8 @@ use chrono::Utc;
 
 use super::judge::judge;
 use super::report::{
-    ConsumerStatus, DlqSize, GroupStatus, Health, HeldEntry, OutboundStatus, QueueSnapshot,
-    RedisStatus, SpoolStatus, StatusReport, StoreStatus, StreamStatus, Verdict,
+    ConsumerStatus, DlqSize, GroupStatus, Health, HeldEntry, LeadsStatus, OutboundStatus,
+    QueueSnapshot, RedisStatus, SpoolStatus, StatusReport, StoreStatus, StreamStatus, Verdict,
 };
 use super::STREAMS;
 use crate::config::Settings;
@@ -175,6 +175,7 @@ pub async fn gather(settings: &Settings) -> StatusReport {
         outbox: None,
     };
     let mut outbound = None;
+    let mut leads = None;
     match open_store(settings).await {
         Ok(s) => {
             store.reachable = true;
@@ -201,6 +202,14 @@ pub async fn gather(settings: &Settings) -> StatusReport {
                 Ok(dead) => dlq.media = Some(dead.len() as i64),
                 Err(e) => store.error = Some(e.to_string()),
             }
+            match s.leads().lead_stats().await {
+                Ok(stats) => {
+                    let status = LeadsStatus::from(stats);
+                    dlq.leads = Some(status.dead_lettered);
+                    leads = Some(status);
+                }
+                Err(e) => store.error = Some(e.to_string()),
+            }
         }
         Err(e) => store.error = Some(e.to_string()),
     }
@@ -217,6 +226,7 @@ pub async fn gather(settings: &Settings) -> StatusReport {
         groups: snapshot.groups,
         dlq,
         outbound,
+        leads,
         spool: crate::spool::inspect(&settings.data_dir.join("spool"))
             .map(|s| SpoolStatus {
                 pending_events: s.pending_events,

@@ -125,11 +125,12 @@ pub fn judge(report: &StatusReport, stall_after: Duration) -> Health {
         findings.push((
             Verdict::Degraded,
             format!(
-                "{dead} dead letters wait (stream {}, store {}, outbound {}, media {}): inspect with `inlet dlq list`, replay with `inlet dlq replay`",
+                "{dead} dead letters wait (stream {}, store {}, outbound {}, media {}, leads {}): inspect with `inlet dlq list`, replay with `inlet dlq replay`",
                 report.dlq.stream.unwrap_or(0),
                 report.dlq.store.unwrap_or(0),
                 report.dlq.outbound.unwrap_or(0),
-                report.dlq.media.unwrap_or(0)
+                report.dlq.media.unwrap_or(0),
+                report.dlq.leads.unwrap_or(0)
             ),
         ));
     }
@@ -151,6 +152,39 @@ pub fn judge(report: &StatusReport, stall_after: Duration) -> Health {
             findings.push((
                 Verdict::Degraded,
                 format!("{n} broadcasts are paused: see `inlet broadcasts list`, resume with `inlet broadcasts resume ID`"),
+            ));
+        }
+    }
+    if let Some(leads) = &report.leads {
+        let stuck = leads.failed + leads.dead_lettered;
+        if stuck > 0 {
+            let last = leads
+                .last_error
+                .as_ref()
+                .map(|e| {
+                    let error = e.error.as_ref();
+                    let code = error
+                        .and_then(|v| v.get("code"))
+                        .and_then(serde_json::Value::as_i64)
+                        .map(|c| format!("Graph code {c}"));
+                    let reason = error
+                        .and_then(|v| v.get("class").or_else(|| v.get("reason")))
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_string);
+                    let what = [code, reason]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    format!("; last: lead {} of page {} ({what})", e.lead_id, e.page_id)
+                })
+                .unwrap_or_default();
+            findings.push((
+                Verdict::Degraded,
+                format!(
+                    "{stuck} leads could not be fetched ({} failed, {} dead-lettered){last}: check the Page token's permissions (leads_retrieval), then `inlet leads refetch ID`",
+                    leads.failed, leads.dead_lettered
+                ),
             ));
         }
     }
@@ -211,8 +245,10 @@ mod tests {
                 store: Some(0),
                 outbound: Some(0),
                 media: Some(0),
+                leads: Some(0),
             },
             outbound: Some(OutboundStatus::default()),
+            leads: Some(LeadsStatus::default()),
             spool: SpoolStatus::default(),
             stall_after_seconds: 60.0,
             health: Health {
@@ -250,6 +286,39 @@ mod tests {
         assert!(all.contains("7 sends wait"), "{all}");
         assert!(all.contains("1 broadcasts are paused"), "{all}");
         assert!(all.contains("outbound 2"), "{all}");
+    }
+
+    #[test]
+    fn leads_that_could_not_be_fetched_degrade_with_the_graph_error() {
+        let mut r = report();
+        r.leads = Some(LeadsStatus {
+            fetched: 3,
+            failed: 1,
+            last_error: Some(crate::store::leads::LeadError {
+                lead_id: "810000000000013".into(),
+                page_id: "300000000000003".into(),
+                status: "failed".into(),
+                error: Some(serde_json::json!({"code": 200, "class": "auth_halt"})),
+                at: Utc::now(),
+            }),
+            ..LeadsStatus::default()
+        });
+        let h = judge(&r, STALL);
+        assert_eq!(h.verdict, Verdict::Degraded, "{:?}", h.reasons);
+        let all = h.reasons.join("\n");
+        assert!(all.contains("1 leads could not be fetched"), "{all}");
+        assert!(
+            all.contains(
+                "lead 810000000000013 of page 300000000000003 (Graph code 200, auth_halt)"
+            ),
+            "{all}"
+        );
+        // Fetched leads alone are fine.
+        r.leads = Some(LeadsStatus {
+            fetched: 3,
+            ..LeadsStatus::default()
+        });
+        assert_eq!(judge(&r, STALL).verdict, Verdict::Ok);
     }
 
     #[test]

@@ -23,8 +23,9 @@ pub mod sampler;
 pub use gather::{connect_queue, gather, open_store, stall_threshold, ProbeError};
 pub use judge::judge;
 pub use report::{
-    ConsumerStatus, DlqSize, GroupStatus, HaltStatus, Health, HeldEntry, OutboundStatus,
-    QueueSnapshot, RedisStatus, SpoolStatus, StatusReport, StoreStatus, StreamStatus, Verdict,
+    ConsumerStatus, DlqSize, GroupStatus, HaltStatus, Health, HeldEntry, LeadsStatus,
+    OutboundStatus, QueueSnapshot, RedisStatus, SpoolStatus, StatusReport, StoreStatus,
+    StreamStatus, Verdict,
 };
 pub use sampler::{sample, spawn_sampler, SampleSource, SAMPLE_INTERVAL};
 

@@ -129,13 +129,15 @@ pub struct DlqSize {
     pub outbound: Option<i64>,
     /// Dead-lettered media downloads.
     pub media: Option<i64>,
+    /// Dead-lettered lead fetches.
+    pub leads: Option<i64>,
 }
 
 impl DlqSize {
     /// Every place together.
     pub fn total(&self) -> u64 {
         let n = |v: Option<i64>| v.map_or(0, |n| u64::try_from(n).unwrap_or(0));
-        self.stream.unwrap_or(0) + n(self.store) + n(self.outbound) + n(self.media)
+        self.stream.unwrap_or(0) + n(self.store) + n(self.outbound) + n(self.media) + n(self.leads)
     }
 }
 
@@ -188,6 +190,35 @@ impl From<crate::store::outbound::OutboundStats> for OutboundStatus {
             by_status: stats.by_status,
             queued_by_sender: stats.queued_by_sender,
             broadcasts: stats.broadcasts,
+        }
+    }
+}
+
+/// Lead Ads as the store sees them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LeadsStatus {
+    /// Leads fetched and stored.
+    pub fetched: i64,
+    /// Leads waiting to be fetched (also between retries).
+    pub pending: i64,
+    /// Leads refused for good (permission, token, unknown lead).
+    pub failed: i64,
+    /// Leads whose transient errors outlasted the retries.
+    pub dead_lettered: i64,
+    /// The most recent failure, with the Graph error.
+    pub last_error: Option<crate::store::leads::LeadError>,
+}
+
+impl From<crate::store::leads::LeadStats> for LeadsStatus {
+    fn from(stats: crate::store::leads::LeadStats) -> Self {
+        use crate::store::leads::state;
+        let n = |s: &str| stats.by_status.get(s).copied().unwrap_or(0);
+        Self {
+            fetched: n(state::FETCHED),
+            pending: n(state::PENDING),
+            failed: n(state::FAILED),
+            dead_lettered: n(state::DEAD_LETTERED),
+            last_error: stats.last_error,
         }
     }
 }
@@ -271,6 +302,9 @@ pub struct StatusReport {
     /// Sends, broadcasts and halts (absent when the store could not be
     /// read).
     pub outbound: Option<OutboundStatus>,
+    /// Lead Ads: counts and the last failure (absent when the store could
+    /// not be read).
+    pub leads: Option<LeadsStatus>,
     /// The local spool of the gateway on this data directory.
     pub spool: SpoolStatus,
     /// Stall threshold used: twice the worker's `claim_idle`.

@@ -50,6 +50,7 @@ impl SampleSource {
 ///   the sender)
 /// - `inlet_outbox_pending`
 /// - `inlet_last_event_timestamp_seconds`
+/// - `inlet_leads{status}` (pending, fetched, failed, dead_lettered)
 ///
 /// A failed read counts `inlet_status_sample_errors_total{dependency}`.
 pub async fn sample(queue: Option<&RedisQueue>, store: Option<&Store>, stall_after: Duration) {
@@ -77,6 +78,12 @@ pub async fn sample(queue: Option<&RedisQueue>, store: Option<&Store>, stall_aft
                 metrics::counter!("inlet_status_sample_errors_total", "dependency" => "store")
                     .increment(1);
                 tracing::debug!(error = %e, "sampling the store failed");
+            }
+        }
+        if let Ok(stats) = store.leads().lead_stats().await {
+            for status in crate::store::leads::state::ALL {
+                let n = stats.by_status.get(status).copied().unwrap_or(0);
+                metrics::gauge!("inlet_leads", "status" => status).set(n as f64);
             }
         }
     }

@@ -11,6 +11,7 @@
 
 pub mod drafts;
 pub mod events;
+pub mod leads;
 pub mod media;
 pub mod outbound;
 pub mod read;
@@ -315,6 +316,8 @@ pub trait EventStore: Send + Sync + 'static {
     fn media(&self) -> &dyn media::MediaStore;
     /// AI drafts waiting for approval.
     fn drafts(&self) -> &dyn drafts::DraftStore;
+    /// Lead Ads: one row per lead.
+    fn leads(&self) -> &dyn leads::LeadStore;
     /// Scheduled Graph sync: leases, cursors, runs, ad insights.
     fn sync(&self) -> &dyn sync::SyncStore;
 }

@@ -184,6 +184,11 @@ const PG_MIGRATIONS: Migrations = &[
         include_str!("../../../../../migrations/postgres/0011_conversations_by_contact.sql"),
     ),
     (
+        12,
+        "leads",
+        include_str!("../../../../../migrations/postgres/0012_leads.sql"),
+    ),
+    (
         13,
         "bus pending",
         include_str!("../../../../../migrations/postgres/0013_bus_pending.sql"),
@@ -250,6 +255,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         11,
         "conversations by contact",
         include_str!("../../../../../migrations/sqlite/0011_conversations_by_contact.sql"),
+    ),
+    (
+        12,
+        "leads",
+        include_str!("../../../../../migrations/sqlite/0012_leads.sql"),
     ),
     (
         13,

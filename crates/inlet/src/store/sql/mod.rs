@@ -13,6 +13,8 @@
 //! - `query`: reads of raw events, messages, statuses and counts;
 //! - `sends`: the outbound tables (sends, history, broadcasts, halts);
 //! - `media`: download state per attachment, the upload cache;
+//! - `leads`: Lead Ads (pending rows queued with their page change,
+//!   outcomes, `lead.after.create`);
 //! - `drafts`: AI drafts, and the hooks that make them stale (write path)
 //!   and follow their sends (sender bookkeeping).
 //!
@@ -46,6 +48,7 @@ use crate::plan::{Delivery, WritePlan};
 
 pub mod dialect;
 mod drafts;
+mod leads;
 mod media;
 mod outbox;
 mod query;
@@ -392,6 +395,10 @@ macro_rules! impl_event_store {
             }
 
             fn drafts(&self) -> &dyn super::drafts::DraftStore {
+                self
+            }
+
+            fn leads(&self) -> &dyn super::leads::LeadStore {
                 self
             }
 

@@ -481,6 +481,12 @@ macro_rules! impl_writes {
                     }
                 }
 
+                // Leads announced by new `leadgen` changes: `pending` rows
+                // and their jobs on lead.fetch, with the change (a
+                // redelivered webhook stores no new change: no job).
+                let lead_jobs =
+                    Self::queue_lead_jobs(tx, &plan.changes, &results.new_changes, now).await?;
+
                 // Cache jobs name what changed; written with the data, so a
                 // crash between commit and publish cannot lose them.
                 let mut outbox = plan.outbox.clone();
@@ -488,6 +494,7 @@ macro_rules! impl_writes {
                     outbox.extend(cache_jobs(&report));
                 }
                 outbox.extend(media_jobs);
+                outbox.extend(lead_jobs);
                 // `after` events: appended to the log in this transaction; the
                 // relay publishes them from the log by its cursor.
                 let mut events = after_events(plan, &results, &self.filter);
