@@ -620,10 +620,21 @@ fn expected_summary() -> Value {
             {"date": "2026-11-19", "count": 1},
             {"date": "2026-11-20", "count": 3},
         ],
+        // 101 and 102 from form …12 of campaign c1; 103 from form …13 of
+        // c2; 104 is outside the window.
         "leads_per_day": [
-            {"date": "2026-11-19", "count": 2},
-            {"date": "2026-11-20", "count": 1},
+            {"date": "2026-11-19", "form_id": "800000000000012", "campaign_id": "c1", "count": 2},
+            {"date": "2026-11-20", "form_id": "800000000000013", "campaign_id": "c2", "count": 1},
         ],
+        // c1: 10.10 + 5339.5 over 2 leads; c2: 0.2 over 1; c9 (USD): no
+        // leads.
+        "cost_per_lead": [
+            {"campaign_id": "c1", "currency": "EUR", "spend": "5349.6", "leads": 2, "cost_per_lead": "2674.8"},
+            {"campaign_id": "c2", "currency": "EUR", "spend": "0.2", "leads": 1, "cost_per_lead": "0.2"},
+            {"campaign_id": "c9", "currency": "USD", "spend": "7", "leads": 0, "cost_per_lead": null},
+        ],
+        // Only 101's phone is a WhatsApp customer with a conversation.
+        "lead_to_conversation_rate": 0.3333,
         // 10.10 + 0.2 on the 19th; two currencies apart on the 20th; the
         // row of September is outside the window.
         "ad_spend_per_day": [
@@ -670,6 +681,34 @@ async fn write_scenario(store: &Store) {
         .upsert_insights(&scenario_insights(), 0)
         .await
         .unwrap();
+    // The lead consumer fetched three of the leads.
+    let fetched = |form: &str, campaign: &str, phone: Option<&str>| {
+        inlet::store::leads::LeadOutcome::Fetched(Box::new(inlet::store::leads::FetchedLead {
+            form_id: Some(form.into()),
+            campaign_id: Some(campaign.into()),
+            phone: phone.map(String::from),
+            phone_digits: phone.map(|p| p.chars().filter(char::is_ascii_digit).collect()),
+            field_data: json!([]),
+            ..Default::default()
+        }))
+    };
+    for (id, outcome) in [
+        (
+            "810000000000101",
+            fetched("800000000000012", "c1", Some("+1 555-010-0002")),
+        ),
+        ("810000000000102", fetched("800000000000012", "c1", None)),
+        (
+            "810000000000103",
+            fetched("800000000000013", "c2", Some("+1 555 999 0000")),
+        ),
+    ] {
+        assert!(store
+            .leads()
+            .record_lead("default", id, outcome)
+            .await
+            .unwrap());
+    }
 }
 
 async fn check_scripted_kpis(url: &str) {

@@ -332,3 +332,56 @@ async fn the_scheduler_of_a_redis_less_gateway_runs_due_syncs_and_the_cli_shows_
     assert!(out.contains("sync.conversation_pages"), "{out}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn sync_run_leads_requeues_failed_leads() {
+    let mock = MockMarketing::start().await;
+    let gw = TestGateway::start(config(&mock)).await;
+    // The lead consumer is off in tests: the lead stays pending.
+    let res = gw
+        .post_signed("facebook", &fixture("fb_leadgen.json"), SECRET)
+        .await;
+    assert_eq!(res.status(), 200);
+    let store = gw.store();
+    let lead = eventually(Duration::from_secs(30), "the pending lead", || {
+        let store = store.clone();
+        async move {
+            let filter = inlet::store::leads::LeadFilter {
+                limit: 10,
+                ..Default::default()
+            };
+            store.leads().leads(&filter).await.ok()?.into_iter().next()
+        }
+    })
+    .await;
+    assert_eq!(lead.status, "pending");
+    let settings = gw.config.settings();
+    let (ok, out) = cli(settings.clone(), &["sync", "run", "leads"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("leads: 0 requeued"), "{out}");
+    // Its fetch failed for good (say the token lacked leads_retrieval).
+    let error =
+        serde_json::json!({"code": 200, "message": "(#200) Requires leads_retrieval permission"});
+    assert!(store
+        .leads()
+        .record_lead(
+            &lead.tenant,
+            &lead.lead_id,
+            inlet::store::leads::LeadOutcome::Failed(error)
+        )
+        .await
+        .unwrap());
+    let (ok, out) = cli(settings.clone(), &["--json", "sync", "run", "leads"]).await;
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["requeued"], 1, "{v}");
+    assert_eq!(v["lead_ids"][0], lead.lead_id.as_str());
+    let again = store
+        .leads()
+        .lead(&lead.tenant, &lead.lead_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.status, "pending");
+    gw.stop().await;
+}

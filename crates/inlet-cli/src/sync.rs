@@ -25,6 +25,9 @@ pub enum RunJob {
     Insights,
     /// Conversation backfill of every configured page (or --target).
     Conversations,
+    /// Fetch again every lead whose fetch failed or was dead-lettered
+    /// (after a token or permission fix): each is requeued once.
+    Leads,
 }
 
 /// `inlet sync …`
@@ -129,6 +132,9 @@ pub async fn sync(
             Ok(ExitCode::SUCCESS)
         }
         SyncAction::Run {
+            job: RunJob::Leads, ..
+        } => requeue_leads(&store, json, out).await,
+        SyncAction::Run {
             job,
             target,
             platform,
@@ -137,7 +143,7 @@ pub async fn sync(
                 .context("building the Graph client")?;
             let job = match job {
                 RunJob::Insights => Job::Insights,
-                RunJob::Conversations => Job::Conversations,
+                _ => Job::Conversations,
             };
             let targets: Vec<(String, String)> = match target {
                 Some(t) => vec![(t, platform)],
@@ -196,6 +202,52 @@ pub async fn sync(
             })
         }
     }
+}
+
+/// Requeues every failed or dead-lettered lead (a new `lead.fetch` job
+/// each, in the transaction that resets it).
+async fn requeue_leads(
+    store: &inlet::store::Store,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let mut requeued = Vec::new();
+    for status in ["failed", "dead_lettered"] {
+        let filter = inlet::store::leads::LeadFilter {
+            status: Some(status.into()),
+            lead_id: None,
+            limit: 100_000,
+        };
+        for lead in store
+            .leads()
+            .leads(&filter)
+            .await
+            .context("reading leads")?
+        {
+            if store
+                .leads()
+                .requeue_lead(&lead.tenant, &lead.lead_id)
+                .await
+                .context("requeueing a lead")?
+            {
+                requeued.push(lead.lead_id);
+            }
+        }
+    }
+    if json {
+        writeln!(
+            out,
+            "{}",
+            json!({"job": "leads", "requeued": requeued.len(), "lead_ids": requeued})
+        )?;
+    } else {
+        writeln!(
+            out,
+            "leads: {} requeued (failed or dead-lettered fetches; workers fetch them again)",
+            requeued.len()
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One run with a progress line on a terminal; false when it failed.

@@ -20,7 +20,14 @@
 //!   and 7 days.
 //! - `top_failure_codes`: error codes of failed current statuses in the
 //!   window, most frequent first (each message counts a code once).
-//! - `new_contacts_per_day`, `leads_per_day` (page changes of kind `lead`).
+//! - `new_contacts_per_day`.
+//! - `leads_per_day`: leads (page changes of kind `lead`) per day, form and
+//!   campaign (those of the fetched lead; `null` until it is fetched, and
+//!   the campaign for organic leads).
+//! - `cost_per_lead`: per campaign and currency, the spend of the window
+//!   over its leads of the window (`null` without leads).
+//! - `lead_to_conversation_rate`: leads of the window whose contact has a
+//!   conversation, over the leads of the window (`null` without leads).
 //! - `ad_spend_per_day`: spend of the synced ad insights per day and
 //!   currency, summed exactly (micro-units), as decimal strings.
 //!
@@ -58,11 +65,44 @@ pub struct Summary {
     pub top_failure_codes: Vec<FailureCode>,
     /// Contacts first seen per day.
     pub new_contacts_per_day: Vec<DayCount>,
-    /// Leads captured per day.
-    pub leads_per_day: Vec<DayCount>,
+    /// Leads captured per day, form and campaign.
+    pub leads_per_day: Vec<LeadDay>,
+    /// Cost per lead, per campaign and currency.
+    pub cost_per_lead: Vec<CampaignCost>,
+    /// Leads whose contact has a conversation, over all leads (4 decimals).
+    pub lead_to_conversation_rate: Option<f64>,
     /// Ad spend per day and currency (synced ad insights; the ad account's
     /// days), as exact decimal strings.
     pub ad_spend_per_day: Vec<DaySpend>,
+}
+
+/// Leads of one day, form and campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeadDay {
+    /// `YYYY-MM-DD` (UTC).
+    pub date: String,
+    /// Lead form, when known.
+    pub form_id: Option<String>,
+    /// Campaign, when known (fetched, not organic).
+    pub campaign_id: Option<String>,
+    /// Leads.
+    pub count: i64,
+}
+
+/// A campaign's spend and leads in the window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CampaignCost {
+    /// Campaign.
+    pub campaign_id: String,
+    /// Currency of the spend (ISO 4217), when known.
+    pub currency: Option<String>,
+    /// Spend in the window, a decimal string.
+    pub spend: String,
+    /// Leads of the campaign in the window.
+    pub leads: i64,
+    /// spend / leads, a decimal string (micro-unit precision, rounded half
+    /// up); `null` without leads.
+    pub cost_per_lead: Option<String>,
 }
 
 /// Ad spend of one day in one currency.
@@ -249,9 +289,60 @@ pub fn compute(rows: &SummaryRows, from: DateTime<Utc>, now: DateTime<Utc>) -> S
         },
         top_failure_codes: failure_codes(&rows.failure_errors),
         new_contacts_per_day: day_counts(&rows.new_contacts_per_day),
-        leads_per_day: day_counts(&rows.leads_per_day),
+        leads_per_day: rows
+            .leads_per_day
+            .iter()
+            .map(|(date, form, campaign, n)| LeadDay {
+                date: date.clone(),
+                form_id: form.clone(),
+                campaign_id: campaign.clone(),
+                count: *n,
+            })
+            .collect(),
+        cost_per_lead: cost_per_lead(&rows.ad_spend, &rows.leads_per_day),
+        lead_to_conversation_rate: match rows.lead_conversions {
+            (0, _) => None,
+            (total, converted) => Some(round4(converted as f64 / total as f64)),
+        },
         ad_spend_per_day: spend_per_day(&rows.ad_spend),
     }
+}
+
+/// Spend over leads per (campaign, currency); campaigns with leads but no
+/// spend show a spend of 0.
+fn cost_per_lead(
+    spend: &[(String, Option<String>, String, i64)],
+    leads: &[(String, Option<String>, Option<String>, i64)],
+) -> Vec<CampaignCost> {
+    let mut by_campaign: BTreeMap<&str, i64> = BTreeMap::new();
+    for (_, _, campaign, n) in leads {
+        if let Some(c) = campaign {
+            *by_campaign.entry(c).or_default() += n;
+        }
+    }
+    let mut costs: BTreeMap<(&str, Option<&str>), i64> = BTreeMap::new();
+    for (_, currency, campaign, micros) in spend {
+        *costs.entry((campaign, currency.as_deref())).or_default() += micros;
+    }
+    for c in by_campaign.keys() {
+        if !costs.keys().any(|(k, _)| k == c) {
+            costs.insert((c, None), 0);
+        }
+    }
+    costs
+        .into_iter()
+        .map(|((campaign, currency), micros)| {
+            let leads = by_campaign.get(campaign).copied().unwrap_or(0);
+            CampaignCost {
+                campaign_id: campaign.to_string(),
+                currency: currency.map(str::to_string),
+                spend: crate::store::sync::micros_text(micros),
+                leads,
+                cost_per_lead: (leads > 0)
+                    .then(|| crate::store::sync::micros_text((micros + leads / 2) / leads)),
+            }
+        })
+        .collect()
 }
 
 /// Sums campaign spend per (day, currency).
@@ -414,7 +505,11 @@ mod tests {
             active_24h: 2,
             active_7d: 3,
             new_contacts_per_day: vec![("2026-11-20".into(), 2)],
-            leads_per_day: vec![],
+            leads_per_day: vec![
+                ("2026-11-19".into(), Some("f1".into()), Some("c1".into()), 3),
+                ("2026-11-20".into(), Some("f1".into()), None, 1),
+            ],
+            lead_conversions: (4, 1),
             ad_spend: vec![
                 (
                     "2026-11-19".into(),
@@ -457,6 +552,29 @@ mod tests {
                 ("2026-11-20", Some("EUR"), "5339.5"),
             ]
         );
+        // 5339.6 over 3 leads, to the micro-unit; no leads, no cost.
+        let cpl: Vec<_> = s
+            .cost_per_lead
+            .iter()
+            .map(|c| {
+                (
+                    c.campaign_id.as_str(),
+                    c.spend.as_str(),
+                    c.leads,
+                    c.cost_per_lead.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            cpl,
+            vec![
+                ("c1", "5339.6", 3, Some("1779.866667")),
+                ("c2", "0.2", 0, None),
+                ("c3", "1", 0, None),
+            ]
+        );
+        assert_eq!(s.lead_to_conversation_rate, Some(0.25));
+        assert_eq!(s.leads_per_day[1].campaign_id, None);
         assert_eq!(s.messages_per_day[0].date, "2026-11-19");
         assert_eq!(s.outbound.total, 4);
         assert_eq!(s.outbound.delivery_rate, Some(0.75));
@@ -481,7 +599,7 @@ mod tests {
             ]
         );
         assert_eq!(s.new_contacts_per_day.len(), 1);
-        assert!(s.leads_per_day.is_empty());
+        assert_eq!(s.leads_per_day.len(), 2);
     }
 
     #[test]
@@ -490,5 +608,8 @@ mod tests {
         let s = compute(&SummaryRows::default(), window_start(now), now);
         assert_eq!(s.outbound.delivery_rate, None);
         assert_eq!(s.first_response.median_seconds, None);
+        assert!(s.leads_per_day.is_empty());
+        assert!(s.cost_per_lead.is_empty());
+        assert_eq!(s.lead_to_conversation_rate, None);
     }
 }

@@ -243,8 +243,12 @@ pub struct SummaryRows {
     pub active_7d: i64,
     /// Contacts first seen in the window, by day.
     pub new_contacts_per_day: Vec<(String, i64)>,
-    /// Page changes of kind `lead` in the window, by day.
-    pub leads_per_day: Vec<(String, i64)>,
+    /// Leads in the window (page changes of kind `lead`, with the form and
+    /// campaign of their fetched lead when known): (day, form, campaign,
+    /// count).
+    pub leads_per_day: Vec<(String, Option<String>, Option<String>, i64)>,
+    /// Leads in the window, and those whose contact has a conversation.
+    pub lead_conversions: (i64, i64),
     /// Ad spend in the window: (date, currency, campaign id, micro-units),
     /// from the synced ad insights.
     pub ad_spend: Vec<(String, Option<String>, String, i64)>,
@@ -849,9 +853,38 @@ macro_rules! impl_read_model {
                             now,
                         )
                         .await?;
-                    out.leads_per_day = self
-                        .day_counts("page_changes", "occurred_at", "kind = 'lead' AND ", from, now)
-                        .await?;
+                    // A lead counts from its webhook; its form and campaign
+                    // come from the fetched lead (the webhook's form until
+                    // then).
+                    let leads_from = "FROM page_changes pc LEFT JOIN leads l ON l.tenant = pc.tenant \
+                         AND l.lead_id = pc.external_id WHERE pc.kind = 'lead' AND pc.occurred_at >= ";
+                    let mut qb = QueryBuilder::<$db>::new("SELECT ");
+                    qb.push(<$db as Backend>::DIALECT.day("pc.occurred_at"))
+                        .push(" AS day, l.form_id AS form_id, l.campaign_id AS campaign_id, count(*) AS n ")
+                        .push(leads_from)
+                        .push_bind(from)
+                        .push(" AND pc.occurred_at <= ")
+                        .push_bind(now)
+                        .push(" GROUP BY 1, 2, 3 ORDER BY 1, 2, 3");
+                    let rows = qb.build().fetch_all(&self.pool).await.map_err(classify)?;
+                    out.leads_per_day = rows
+                        .iter()
+                        .map(|r| Ok((r.try_get("day")?, r.try_get("form_id")?, r.try_get("campaign_id")?, r.try_get("n")?)))
+                        .collect::<Result<_, sqlx::Error>>()
+                        .map_err(classify)?;
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT count(*) AS total, CAST(COALESCE(sum(CASE WHEN l.contact_id IS NOT NULL AND EXISTS \
+                         (SELECT 1 FROM conversations c WHERE c.contact_id = l.contact_id) THEN 1 ELSE 0 END), 0) AS BIGINT) AS converted ",
+                    );
+                    qb.push(leads_from)
+                        .push_bind(from)
+                        .push(" AND pc.occurred_at <= ")
+                        .push_bind(now);
+                    let row = qb.build().fetch_one(&self.pool).await.map_err(classify)?;
+                    out.lead_conversions = (
+                        row.try_get("total").map_err(classify)?,
+                        row.try_get("converted").map_err(classify)?,
+                    );
                     // Insight dates are the ad account's own days: the
                     // window's days, compared as text.
                     let mut qb = QueryBuilder::<$db>::new(
