@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use inlet_suite::graph::MockGraph;
 use inlet_suite::*;
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -611,5 +612,105 @@ async fn gateway_sigterm_under_load_finishes_in_flight_requests() {
     assert!(second.wait().await);
     worker.stop().await;
     cleanup_prefix(&cfg.prefix).await;
+    db.drop_db().await;
+}
+
+/// `/api` with the test token; the JSON answer.
+async fn api_json(gw: &TestGateway, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("{}{path}", gw.base);
+    let req = match body {
+        Some(b) => gw.client.post(url).json(&b),
+        None => gw.client.get(url),
+    };
+    let res = req
+        .bearer_auth("api-token")
+        .send()
+        .await
+        .expect("request sent");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_sender_sigkilled_mid_broadcast_sends_everyone_exactly_once() {
+    let name = "sender SIGKILL mid-broadcast";
+    const N: usize = 300;
+    let db = TestDb::create().await;
+    let graph = MockGraph::start().await;
+    // Short lease and deadline: a send in flight when the process died is
+    // `unknown` after the lease; its status webhook (the mock posts one for
+    // every accepted send) settles it, and only one that never reached
+    // Meta is sent again after the deadline.
+    let cfg = TestConfig::new()
+        .set("INLET_DATABASE_URL", db.url.clone())
+        .set("INLET_GRAPH__BASE_URL", graph.base_url.clone())
+        .set("INLET_GRAPH__ACCESS_TOKEN", "test-graph-token")
+        .set("INLET_OUTBOUND__POLL_MS", "20")
+        .set("INLET_OUTBOUND__PAIR_INTERVAL_MS", "1")
+        .set("INLET_OUTBOUND__RATE_PER_SECOND", "60")
+        .set("INLET_OUTBOUND__BURST", "60")
+        .set("INLET_OUTBOUND__LEASE_MS", "1500")
+        .set("INLET_OUTBOUND__UNKNOWN_DEADLINE_MS", "4000")
+        .set("INLET_OUTBOUND__UNKNOWN_POLICY_BROADCAST", "resend")
+        .set("INLET_WORKER__CONSUMER_NAME", "sender-killed");
+    let gw = TestGateway::start(cfg).await;
+    graph.post_statuses_to(&gw.base, SECRET);
+    let child = ChildWorker::spawn(&gw.config, "child_worker_process", &[]);
+    let recipients: Vec<String> = (0..N).map(|i| format!("1556{i:07}")).collect();
+    let (status, b) = api_json(
+        &gw,
+        "/api/broadcasts",
+        Some(json!({"channel": "whatsapp", "from": "106540352242922",
+            "template": {"name": "restock", "language": {"code": "en_US"}},
+            "recipients": recipients})),
+    )
+    .await;
+    assert_eq!(status, 202, "{b}");
+    let bid = b["id"].as_str().unwrap().to_string();
+
+    eventually(
+        Duration::from_secs(60),
+        "a third of the broadcast sent",
+        || async { (graph.accepted().len() >= N / 3).then_some(()) },
+    )
+    .await;
+    child.kill().await;
+    let before = graph.seen().len();
+    assert!(before < N, "killed mid-broadcast ({before} of {N} sent)");
+    // Restarted under the same name: it resumes from the stored plan.
+    let restarted = ChildWorker::spawn(&gw.config, "child_worker_process", &[]);
+    let fault_over = Instant::now();
+    let done = eventually(
+        Duration::from_secs(120),
+        "the broadcast finished",
+        || async {
+            let (_, b) = api_json(&gw, &format!("/api/broadcasts/{bid}"), None).await;
+            (b["counts"]["sent"] == N && !b["finished_at"].is_null()).then_some(b)
+        },
+    )
+    .await;
+    restarted.kill().await;
+    assert_eq!(done["status"], "finished", "{done}");
+
+    // Meta saw every recipient exactly once: none twice, none skipped.
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for s in graph.seen() {
+        *per.entry(s.recipient).or_default() += 1;
+    }
+    let twice = per.values().filter(|n| **n > 1).count();
+    let skipped = recipients.iter().filter(|r| !per.contains_key(*r)).count();
+    println!(
+        "chaos {name}: sent {N}, acknowledged {N}, retried {}, stored {}, duplicated {twice}, lost {skipped}, recovered in {:.1} s",
+        graph.seen().len().saturating_sub(per.len()),
+        done["counts"]["sent"],
+        fault_over.elapsed().as_secs_f64()
+    );
+    assert_eq!(per.len(), N, "every recipient was sent to");
+    assert_eq!(twice, 0, "sent more than once");
+    assert!(
+        graph.seen().len() > before,
+        "the restarted worker sent the rest"
+    );
+    gw.stop().await;
     db.drop_db().await;
 }

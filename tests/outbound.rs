@@ -620,58 +620,6 @@ async fn child_worker_process() {
     inlet_suite::run_child_worker().await;
 }
 
-#[tokio::test]
-async fn a_worker_killed_mid_broadcast_sends_everyone_exactly_once() {
-    const N: usize = 300;
-    const RATE: usize = 60;
-    let db = TestDb::create().await;
-    let graph = MockGraph::start().await;
-    // Short lease and deadline so the test does not wait minutes: a send
-    // in flight when the process died is `unknown` after the lease; its
-    // status webhook (the mock posts one for every accepted send) settles
-    // it, and only one that never reached Meta is sent again after the
-    // deadline.
-    let cfg = rated(&graph, &db, RATE)
-        .set("INLET_OUTBOUND__LEASE_MS", "1500")
-        .set("INLET_OUTBOUND__UNKNOWN_DEADLINE_MS", "4000")
-        .set("INLET_OUTBOUND__UNKNOWN_POLICY_BROADCAST", "resend")
-        .set("INLET_WORKER__CONSUMER_NAME", "sender-killed");
-    let gw = TestGateway::start(cfg).await;
-    graph.post_statuses_to(&gw.base, SECRET);
-    let child = ChildWorker::spawn(&gw.config, "child_worker_process", &[]);
-
-    let recipients: Vec<String> = (0..N).map(|i| format!("1556{:07}", i)).collect();
-    let bid = post_broadcast(&gw, "restock", &recipients).await;
-
-    eventually(WAIT, "a third of the broadcast sent", || async {
-        (graph.accepted().len() >= N / 3).then_some(())
-    })
-    .await;
-    child.kill().await;
-    let before = graph.seen().len();
-    assert!(before < N, "killed mid-broadcast ({before} of {N} sent)");
-
-    // Restarted under the same name: it resumes from the stored plan.
-    let restarted = ChildWorker::spawn(&gw.config, "child_worker_process", &[]);
-    wait_broadcast_sent(&gw, &bid, N).await;
-    restarted.kill().await;
-
-    // Meta saw every recipient exactly once: none twice, none skipped.
-    let mut per: BTreeMap<String, usize> = BTreeMap::new();
-    for s in graph.seen() {
-        *per.entry(s.recipient).or_default() += 1;
-    }
-    assert_eq!(per.len(), N, "every recipient was sent to");
-    let twice: Vec<_> = per.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "sent more than once: {twice:?}");
-    assert!(
-        graph.seen().len() > before,
-        "the restarted worker sent the rest"
-    );
-    gw.stop().await;
-    db.drop_db().await;
-}
-
 /// The claim walks the queue in order and stops after `limit` heads, on
 /// both backends; a claim whose lease ran out is not taken over directly
 /// but put back in the queue by housekeeping (`expire_sending`), and the

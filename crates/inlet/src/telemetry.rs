@@ -166,7 +166,7 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (G, "inlet_spool_pending_bytes", Unit::Bytes, "Bytes waiting in the gateway's local spool (kept while Redis and the store were both down)"),
     (C, "inlet_spool_events_total", Unit::Count, "Events through the local spool, by outcome (spooled, drained, refused: spool off, full or failing)"),
     // Graph reads (leads, scheduled sync).
-    (G, "inlet_graph_usage_pct", Unit::Percent, "Highest figure of Meta's usage headers on the last Graph read answer"),
+    (G, "inlet_graph_usage_pct", Unit::Percent, "Highest figure of Meta's usage headers (X-App-Usage, X-Business-Use-Case-Usage, X-Ad-Account-Usage) on the last Graph answer that carried one (sends, reads)"),
     (C, "inlet_graph_usage_waits_total", Unit::Count, "Graph reads that waited first because Meta's usage was high or a budget was spent"),
     (C, "inlet_sync_runs_total", Unit::Count, "Scheduled Graph sync runs, by job (insights, conversations) and outcome (ok, failed)"),
     (C, "inlet_sync_rows_total", Unit::Count, "Rows written by sync runs (insight rows, backfilled messages), by job"),

@@ -126,6 +126,14 @@ impl GraphClient {
                 }
             })?;
         let status = response.status();
+        let headers = response.headers();
+        if let Some(u) = crate::outbound::usage::Usage::from_headers(|name| {
+            headers.get(name).and_then(|v| v.to_str().ok())
+        }) {
+            // The same gauge as the reads': Meta's budgets are per app and
+            // business, whichever call reports them.
+            metrics::gauge!("inlet_graph_usage_pct").set(u.max_pct);
+        }
         let body = response
             .bytes()
             .await
