@@ -281,9 +281,11 @@ async fn a_thousand_concurrent_posts_make_a_thousand_entries() {
     gw.stop().await;
 }
 
+/// With the local spool off (with it on, tests/spool.rs: 200 and spooled).
 #[tokio::test]
-async fn neither_redis_nor_store_reachable_means_503() {
+async fn neither_redis_nor_store_reachable_means_503_without_the_spool() {
     let cfg = TestConfig::new()
+        .set("INLET_SPOOL__ENABLED", "false")
         .set(
             "INLET_REDIS_URL",
             format!("redis://127.0.0.1:{}", closed_port()),
