@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["queue", "graph", "spool"],
     &["ingest"],
     &["relay", "feed"],
-    &["bus"],
+    &["bus", "jobs"],
     &["pipeline", "cache", "webhooks", "media", "leads", "sync"],
     &["worker", "direct", "dlq", "status", "sender", "drafts"],
     &["http"],

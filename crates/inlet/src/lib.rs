@@ -28,6 +28,8 @@
 //! - [`webhooks`]: outgoing signed webhooks and the Slack formatter.
 //! - [`relay`]: the outbox relay to the derived Redis streams.
 //! - [`cache`]: JSON cache files, cache-sync consumer, precomputed analytics.
+//! - [`jobs`]: the shared runners of background jobs (queue-mode consumer,
+//!   direct-mode sink) that media downloads and lead fetches plug into.
 //! - [`media`]: the media pipeline (download, verify, content-addressed
 //!   storage local or S3, outbound uploads).
 //! - [`leads`]: Lead Ads (`GET /{leadgen_id}` for every stored `leadgen`
@@ -68,6 +70,7 @@ pub mod feed;
 pub mod graph;
 pub mod http;
 pub mod ingest;
+pub mod jobs;
 #[cfg(test)]
 mod layers;
 pub mod leads;

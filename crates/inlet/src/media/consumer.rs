@@ -1,307 +1,64 @@
-//! Who runs media jobs, each with its own concurrency limit
-//! (`media.concurrency`) so large downloads never hold up the text
-//! pipeline:
-//!
-//! - [`MediaConsumer`] (queue mode, in every worker): reads
-//!   `{prefix}media.processing` through the `media` consumer group
-//!   ([`GroupConsumer`]: own pending first, stalled entries reclaimed, a
-//!   heartbeat while a download runs), runs a batch concurrently and
-//!   acknowledges and deletes it once every outcome is recorded (the
-//!   stream's length is the media backlog). A batch whose outcome could not
-//!   be recorded stays pending and is read again; finished jobs then skip.
-//! - [`LocalMediaSink`] (direct mode, in the gateway): the outbox relay
-//!   hands it the `media.processing` entries; it runs them in-process.
-//!   Pending attachments whose jobs died with a previous process are
-//!   resumed at start (the `pending` rows are the durable record).
-
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+//! Who runs media jobs (`media.concurrency` at a time, so large downloads
+//! never hold up the text pipeline): [`MediaConsumer`] in every worker
+//! (the `media` group on `{prefix}media.processing`) and [`LocalMediaSink`]
+//! in a direct-mode gateway, both the shared job runners of [`crate::jobs`]
+//! driving a [`MediaFetcher`]. Pending attachments whose jobs died with a
+//! previous process are resumed at start (the `pending` rows are the
+//! durable record).
 
 use futures_util::future::BoxFuture;
-use futures_util::StreamExt;
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::fetch::{JobOutcome, MediaFetcher};
 use super::MediaJob;
-use crate::backoff::{Backoff, Streak};
-use crate::queue::{ConsumerConfig, GroupConsumer, RedisQueue, StreamEntry};
-use crate::relay::{LocalSink, SinkError};
-use crate::store::{OutboxEntry, StoreError};
+use crate::jobs::{JobConsumer, JobRunner, LocalJobSink};
+use crate::store::StoreError;
 use crate::streams::{MEDIA_GROUP, MEDIA_PROCESSING};
 
-/// Jobs waiting in a direct-mode sink before the relay is told to hold
-/// back (they stay in the outbox meanwhile).
-const LOCAL_QUEUE: usize = 10_000;
-
-fn job_of(entry: &StreamEntry) -> Option<MediaJob> {
-    let texts: Vec<(String, String)> = entry
-        .fields
-        .iter()
-        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-        .collect();
-    MediaJob::from_fields(texts.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-}
-
-/// Runs one job, retrying while the store cannot record its outcome.
-async fn run_until_recorded(
-    fetcher: &MediaFetcher,
-    job: &MediaJob,
-    shutdown: &CancellationToken,
-) -> Result<JobOutcome, StoreError> {
-    let mut backoff = Backoff::infrastructure();
-    loop {
-        match fetcher.run_job(job, shutdown).await {
-            Ok(outcome) => return Ok(outcome),
-            Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
-                tracing::warn!(error = %e, message_id = job.message_id, "media outcome not recorded; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(e),
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// The queue-mode media consumer of one worker.
-pub struct MediaConsumer {
-    fetcher: Arc<MediaFetcher>,
-    queue: RedisQueue,
-    config: ConsumerConfig,
-    concurrency: usize,
-}
-
-impl MediaConsumer {
-    /// A consumer named `consumer` in the `media` group, reading up to
-    /// `media.concurrency` jobs at a time.
-    pub fn new(
-        fetcher: Arc<MediaFetcher>,
-        queue: RedisQueue,
-        consumer: &str,
-        concurrency: usize,
-        block: Duration,
-        claim_idle: Duration,
-    ) -> Self {
-        Self {
-            fetcher,
-            queue,
-            config: ConsumerConfig {
-                stream: MEDIA_PROCESSING.into(),
-                group: MEDIA_GROUP.into(),
-                consumer: consumer.to_string(),
-                count: concurrency,
-                block,
-                claim_idle,
-            },
-            concurrency,
-        }
-    }
-
-    /// Starts it on its own task.
-    pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<()> {
-        tokio::spawn(self.run(shutdown))
-    }
-
-    /// Consumes until `shutdown`; the batch in progress is finished (or
-    /// left pending between retries).
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut streak = Streak::new("media jobs", Backoff::infrastructure());
-        let mut consumer = loop {
-            match GroupConsumer::connect(&self.queue, self.config.clone()).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    if !streak
-                        .failed("creating the media group", &e, &shutdown)
-                        .await
-                    {
-                        return;
-                    }
-                }
-            }
-        };
-        streak.recovered();
-        tracing::info!(consumer = %self.config.consumer, "media consumer running");
-        while !shutdown.is_cancelled() {
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                b = consumer.next_batch() => b,
-            };
-            let batch = match batch {
-                Ok(b) => {
-                    streak.recovered();
-                    b
-                }
-                Err(e) => {
-                    streak.failed("reading media jobs", &e, &shutdown).await;
-                    continue;
-                }
-            };
-            if batch.is_empty() {
-                continue;
-            }
-            let jobs: Vec<Option<MediaJob>> = batch.entries().iter().map(job_of).collect();
-            let fetcher = &self.fetcher;
-            let shutdown_ref = &shutdown;
-            let results: Vec<Result<JobOutcome, StoreError>> = futures_util::stream::iter(jobs)
-                .map(|job| async move {
-                    match job {
-                        Some(job) => run_until_recorded(fetcher, &job, shutdown_ref).await,
-                        None => {
-                            tracing::warn!("unreadable media job dropped");
-                            Ok(JobOutcome::Skipped)
-                        }
-                    }
-                })
-                .buffer_unordered(self.concurrency)
-                .collect()
-                .await;
-            let complete = results
-                .iter()
-                .all(|r| matches!(r, Ok(o) if *o != JobOutcome::Interrupted));
-            if complete {
-                if let Err(e) = batch.ack_delete().await {
-                    tracing::warn!(error = %e, "acknowledging media jobs failed; they will be read again");
-                }
-            }
-            // Otherwise the batch is dropped unacknowledged: its entries
-            // stay pending for this consumer and are read again first.
-        }
-        tracing::info!(consumer = %self.config.consumer, "media consumer stopped");
-    }
-}
+pub type MediaConsumer = JobConsumer<MediaFetcher>;
 
 /// Direct mode: runs the `media.processing` outbox entries in-process, at
 /// most `media.concurrency` at once, each attachment once at a time.
-pub struct LocalMediaSink {
-    tx: mpsc::Sender<MediaJob>,
-}
+pub type LocalMediaSink = LocalJobSink<MediaFetcher>;
 
-impl LocalMediaSink {
-    /// Starts the runner; with `resume`, first queues every attachment
-    /// still pending in the store (jobs a previous process held in memory).
-    pub fn start(
-        fetcher: Arc<MediaFetcher>,
-        concurrency: usize,
-        resume: bool,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(LOCAL_QUEUE);
-        let sink = Arc::new(Self { tx: tx.clone() });
-        tokio::spawn(run_local(
-            fetcher.clone(),
-            rx,
-            concurrency,
-            shutdown.clone(),
-        ));
-        if resume {
-            tokio::spawn(resume_pending(fetcher, tx, shutdown));
-        }
-        sink
-    }
-}
+impl JobRunner for MediaFetcher {
+    type Job = MediaJob;
+    type Key = (i64, i32);
+    const STREAM: &'static str = MEDIA_PROCESSING;
+    const GROUP: &'static str = MEDIA_GROUP;
+    const WHAT: &'static str = "media";
 
-async fn resume_pending(
-    fetcher: Arc<MediaFetcher>,
-    tx: mpsc::Sender<MediaJob>,
-    shutdown: CancellationToken,
-) {
-    let mut streak = Streak::new("resuming media jobs", Backoff::infrastructure());
-    let pending = loop {
-        match fetcher
-            .store()
-            .media()
-            .pending_media(LOCAL_QUEUE as i64)
-            .await
-        {
-            Ok(p) => break p,
-            Err(e) => {
-                if !streak.failed("reading pending media", &e, &shutdown).await {
-                    return;
-                }
-            }
-        }
-    };
-    if !pending.is_empty() {
-        tracing::info!(count = pending.len(), "resuming pending media downloads");
-    }
-    for (message_id, index) in pending {
-        let job = MediaJob {
-            message_id,
-            index,
-            tenant: String::new(),
-        };
-        if tx.send(job).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn run_local(
-    fetcher: Arc<MediaFetcher>,
-    mut rx: mpsc::Receiver<MediaJob>,
-    concurrency: usize,
-    shutdown: CancellationToken,
-) {
-    let permits = Arc::new(Semaphore::new(concurrency));
-    let in_flight: Arc<Mutex<HashSet<(i64, i32)>>> = Arc::default();
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        let job = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            j = rx.recv() => match j { Some(j) => j, None => break },
-        };
-        let key = (job.message_id, job.index);
-        if !lock(&in_flight).insert(key) {
-            continue; // the same attachment is being fetched already
-        }
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let (fetcher, in_flight, shutdown) = (fetcher.clone(), in_flight.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            if let Err(e) = run_until_recorded(&fetcher, &job, &shutdown).await {
-                tracing::warn!(error = %e, message_id = job.message_id, "media job not recorded; it stays pending");
-            }
-            lock(&in_flight).remove(&key);
-            drop(permit);
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-    // Downloads in flight finish (or stop between retries).
-    while tasks.join_next().await.is_some() {}
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl LocalSink for LocalMediaSink {
-    fn stream(&self) -> &'static str {
-        MEDIA_PROCESSING
+    fn parse<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<MediaJob> {
+        MediaJob::from_fields(fields)
     }
 
-    fn deliver(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), SinkError>> {
+    fn key(job: &MediaJob) -> (i64, i32) {
+        (job.message_id, job.index)
+    }
+
+    fn run<'a>(
+        &'a self,
+        job: &'a MediaJob,
+        shutdown: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move { Ok(self.run_job(job, shutdown).await? != JobOutcome::Interrupted) })
+    }
+
+    fn pending(&self, limit: i64) -> BoxFuture<'_, Result<Vec<MediaJob>, StoreError>> {
         Box::pin(async move {
-            for entry in entries {
-                let Some(job) = MediaJob::from_fields(
-                    entry.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                ) else {
-                    tracing::warn!(outbox_id = entry.id, "unreadable media job dropped");
-                    continue;
-                };
-                // A full queue leaves the entries in the outbox for later;
-                // jobs already handed over run once (in-flight and final
-                // states skip repeats).
-                self.tx
-                    .try_send(job)
-                    .map_err(|e| SinkError::new(format!("media queue: {e}")))?;
-            }
-            Ok(())
+            Ok(self
+                .store()
+                .media()
+                .pending_media(limit)
+                .await?
+                .into_iter()
+                .map(|(message_id, index)| MediaJob {
+                    message_id,
+                    index,
+                    tenant: String::new(),
+                })
+                .collect())
         })
     }
 }
