@@ -297,6 +297,18 @@ fn assert_audited(name: &str, dir: &std::path::Path, drive: &Drive) -> HashMap<S
     stages
 }
 
+/// Starts the load on `base` and returns once a quarter of it is
+/// acknowledged: the moment each scenario breaks something.
+async fn load_until_a_quarter(
+    base: Arc<std::sync::Mutex<String>>,
+    run: &str,
+) -> (Arc<AtomicU64>, tokio::task::JoinHandle<Drive>) {
+    let progress = Arc::new(AtomicU64::new(0));
+    let load = tokio::spawn(drive(base, events(run, EVENTS), progress.clone()));
+    when_acked(&progress, EVENTS as u64 / 4).await;
+    (progress, load)
+}
+
 fn base_of(gw: &TestGateway) -> Arc<std::sync::Mutex<String>> {
     Arc::new(std::sync::Mutex::new(gw.base.clone()))
 }
@@ -318,13 +330,7 @@ async fn worker_sigkilled_mid_batch_then_restarted_and_one_of_two_killed() {
         let gw = TestGateway::start(cfg).await;
         let victim = ChildWorker::spawn(&gw.config, "child_worker_process", &[]);
         let other = two.then(|| ChildWorker::spawn(&gw.config, "child_worker_process", &[]));
-        let progress = Arc::new(AtomicU64::new(0));
-        let load = tokio::spawn(drive(
-            base_of(&gw),
-            events(&gw.config.prefix, EVENTS),
-            progress.clone(),
-        ));
-        when_acked(&progress, EVENTS as u64 / 4).await;
+        let (_, load) = load_until_a_quarter(base_of(&gw), &gw.config.prefix).await;
         victim.kill().await;
         let restarted = (!two).then(|| ChildWorker::spawn(&gw.config, "child_worker_process", &[]));
         let fault_over = Instant::now();
@@ -351,13 +357,7 @@ async fn postgres_unreachable_for_ten_seconds_under_load() {
     let cfg = quick(TestConfig::new().set("INLET_DATABASE_URL", flaky.route(&db.url)));
     let gw = TestGateway::start(cfg).await;
     let worker = TestWorker::start(&gw.config).await;
-    let progress = Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(drive(
-        base_of(&gw),
-        events(&gw.config.prefix, EVENTS),
-        progress.clone(),
-    ));
-    when_acked(&progress, EVENTS as u64 / 4).await;
+    let (_, load) = load_until_a_quarter(base_of(&gw), &gw.config.prefix).await;
     flaky.down().await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     flaky.up().await;
@@ -379,74 +379,6 @@ async fn postgres_unreachable_for_ten_seconds_under_load() {
     db.drop_db().await;
 }
 
-/// A Redis server of the test's own (so it can be killed), with AOF and
-/// `appendfsync always`, as the compose file runs it.
-struct OwnRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<tokio::process::Child>,
-}
-
-impl OwnRedis {
-    async fn start() -> OwnRedis {
-        let mut r = OwnRedis {
-            port: closed_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        r.up().await;
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn up(&mut self) {
-        let child = tokio::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                &self.dir.path().to_string_lossy(),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server runs (apt install redis-server)");
-        self.child = Some(child);
-        let url = self.url();
-        eventually(
-            Duration::from_secs(20),
-            "the test's redis-server answers",
-            || {
-                let url = url.clone();
-                async move {
-                    let client = redis::Client::open(url).ok()?;
-                    let mut c = client.get_multiplexed_async_connection().await.ok()?;
-                    redis::cmd("PING").query_async::<String>(&mut c).await.ok()
-                }
-            },
-        )
-        .await;
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.start_kill().unwrap();
-            let _ = c.wait().await;
-        }
-    }
-}
-
 #[tokio::test]
 async fn redis_sigkilled_and_restarted_with_aof_always() {
     let name = "Redis SIGKILL + restart (AOF always)";
@@ -460,13 +392,7 @@ async fn redis_sigkilled_and_restarted_with_aof_always() {
     let gw = TestGateway::start(cfg).await;
     assert_eq!(gw.running.as_ref().unwrap().mode(), "queue");
     let worker = TestWorker::start(&gw.config).await;
-    let progress = Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(drive(
-        base_of(&gw),
-        events(&gw.config.prefix, EVENTS),
-        progress.clone(),
-    ));
-    when_acked(&progress, EVENTS as u64 / 4).await;
+    let (progress, load) = load_until_a_quarter(base_of(&gw), &gw.config.prefix).await;
     redis.kill().await;
     // The gateway goes on in direct mode meanwhile.
     let at_kill = progress.load(Ordering::Relaxed);
@@ -522,13 +448,7 @@ async fn redis_and_the_database_unreachable_at_once_the_spool_keeps_events() {
     );
     let gw = TestGateway::start(cfg).await;
     let worker = TestWorker::start(&gw.config).await;
-    let progress = Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(drive(
-        base_of(&gw),
-        events(&gw.config.prefix, EVENTS),
-        progress.clone(),
-    ));
-    when_acked(&progress, EVENTS as u64 / 4).await;
+    let (progress, load) = load_until_a_quarter(base_of(&gw), &gw.config.prefix).await;
     rd.down().await;
     pg.down().await;
     let at_down = progress.load(Ordering::Relaxed);
@@ -590,13 +510,7 @@ async fn gateway_sigterm_under_load_finishes_in_flight_requests() {
     let first = ChildWorker::spawn(&cfg, "child_gateway_process", &[]);
     let url = base.lock().unwrap().clone();
     ready(url).await;
-    let progress = Arc::new(AtomicU64::new(0));
-    let load = tokio::spawn(drive(
-        base.clone(),
-        events(&cfg.prefix, EVENTS),
-        progress.clone(),
-    ));
-    when_acked(&progress, EVENTS as u64 / 4).await;
+    let (_, load) = load_until_a_quarter(base.clone(), &cfg.prefix).await;
     first.terminate();
     assert!(first.wait().await, "the gateway exited cleanly on SIGTERM");
     let second = ChildWorker::spawn(&cfg, "child_gateway_process", &[]);

@@ -1,7 +1,6 @@
 //! Direct mode and the embedded default: no Redis (or Redis dying), nothing
 //! lost.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,69 +184,6 @@ async fn outbox_is_flushed_to_redis_when_it_comes_back() {
     cleanup_prefix(&prefix).await;
 }
 
-/// A redis-server of the test's own, persisting to AOF in a temp directory,
-/// that can be killed and restarted on the same port.
-struct OwnRedis {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<tokio::process::Child>,
-}
-
-impl OwnRedis {
-    async fn start() -> OwnRedis {
-        let mut r = OwnRedis {
-            port: closed_port(),
-            dir: tempfile::tempdir().unwrap(),
-            child: None,
-        };
-        r.spawn().await;
-        r
-    }
-
-    async fn spawn(&mut self) {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server on PATH (apt-get install redis-server)");
-        self.child = Some(child);
-        let url = self.url();
-        eventually(
-            Duration::from_secs(10),
-            "own redis-server answers",
-            || async {
-                let client = redis::Client::open(url.as_str()).ok()?;
-                let mut c = client.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
-            },
-        )
-        .await;
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill().await;
-            let _ = c.wait().await;
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
 #[tokio::test]
 async fn chaos_redis_dies_and_returns_nothing_is_lost() {
     const N: usize = 240;
@@ -317,7 +253,7 @@ async fn chaos_redis_dies_and_returns_nothing_is_lost() {
     progress(N / 3).await;
     redis.kill().await;
     progress(2 * N / 3).await;
-    redis.spawn().await;
+    redis.up().await;
     eventually(
         Duration::from_secs(30),
         "the gateway is back in queue mode",

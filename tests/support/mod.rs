@@ -1259,3 +1259,71 @@ pub async fn run_child_worker() {
         .expect("the child worker starts");
     running.wait().await;
 }
+
+/// A redis-server of the test's own (so it can be killed), persisting to
+/// AOF with `appendfsync always` (the compose setting) in a temp directory,
+/// restarted on the same port.
+pub struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts one on a free loopback port and waits until it answers.
+    pub async fn start() -> OwnRedis {
+        let mut r = OwnRedis {
+            port: closed_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.up().await;
+        r
+    }
+
+    /// (Re)starts it on its port and directory (its AOF is read back).
+    pub async fn up(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server on PATH (apt-get install redis-server)");
+        self.child = Some(child);
+        let url = self.url();
+        eventually(
+            Duration::from_secs(20),
+            "own redis-server answers",
+            || async {
+                let client = redis::Client::open(url.as_str()).ok()?;
+                let mut c = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+            },
+        )
+        .await;
+    }
+
+    /// SIGKILL.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+            let _ = c.wait().await;
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
