@@ -531,6 +531,13 @@ async fn crash_while_a_handler_delivers(cfg: TestConfig) {
     })
     .await;
     child.kill().await;
+    // The hand-over is on record: `inlet status` shows it waiting.
+    let (_, out) = cli(cfg.settings(), &["--json", "status"]).await;
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        v["store"]["bus_pending"].as_i64().unwrap_or(0) >= 1,
+        "{v:#}"
+    );
 
     receiver.hold.store(false, Ordering::SeqCst);
     let gw = TestGateway::start(cfg).await;

@@ -60,6 +60,9 @@ pub fn status_report(report: &StatusReport) -> String {
         if let Some(n) = store.outbox {
             let _ = write!(store_text, "; outbox {n}");
         }
+        if let Some(n) = store.bus_pending.filter(|n| *n > 0) {
+            let _ = write!(store_text, "; in-process deliveries waiting {n}");
+        }
     }
     let _ = writeln!(out, "  store    {store_text}");
     if !report.streams.is_empty() {
@@ -349,6 +352,7 @@ mod tests {
                 error: None,
                 last_event_at: None,
                 outbox: Some(0),
+                bus_pending: Some(0),
             },
             streams: STREAMS
                 .iter()

@@ -138,6 +138,7 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (G, "inlet_dlq_size", Unit::Count, "Dead letters waiting, in the dlq stream, in the store's dead_letters table, or as dead-lettered outbound sends"),
     (C, "inlet_dlq_replayed_total", Unit::Count, "Dead letters replayed, by kind (event, outbound, command)"),
     (G, "inlet_outbox_pending", Unit::Count, "Outbox entries and event-log rows not yet relayed to Redis"),
+    (G, "inlet_bus_pending", Unit::Count, "Events handed to in-process handlers (direct mode) and not handled yet (bus_pending rows)"),
     (G, "inlet_last_event_timestamp_seconds", Unit::Seconds, "Unix time of the newest raw event kept in the store"),
     (C, "inlet_status_sample_errors_total", Unit::Count, "Failed reads of the gauges sampler, by dependency"),
     // Outbound (send API and sender).

@@ -173,6 +173,7 @@ pub async fn gather(settings: &Settings) -> StatusReport {
         error: None,
         last_event_at: None,
         outbox: None,
+        bus_pending: None,
     };
     let mut outbound = None;
     let mut leads = None;
@@ -183,6 +184,7 @@ pub async fn gather(settings: &Settings) -> StatusReport {
                 Ok(a) => {
                     store.last_event_at = a.last_received_at;
                     store.outbox = Some(a.outbox);
+                    store.bus_pending = Some(a.bus_pending);
                     dlq.store = Some(a.dead_letters);
                 }
                 Err(e) => store.error = Some(e.to_string()),

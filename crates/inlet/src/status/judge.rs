@@ -218,6 +218,7 @@ mod tests {
                 error: None,
                 last_event_at: None,
                 outbox: Some(0),
+                bus_pending: Some(0),
             },
             streams: STREAMS
                 .iter()

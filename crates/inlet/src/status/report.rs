@@ -116,6 +116,10 @@ pub struct StoreStatus {
     pub last_event_at: Option<DateTime<Utc>>,
     /// Outbox entries not yet relayed to Redis.
     pub outbox: Option<i64>,
+    /// Events handed to in-process handlers (direct mode) and not handled
+    /// yet.
+    #[serde(default)]
+    pub bus_pending: Option<i64>,
 }
 
 /// Dead letters in each place.

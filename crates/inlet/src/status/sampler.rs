@@ -49,6 +49,7 @@ impl SampleSource {
 /// - `inlet_dlq_size{where="stream"|"store"}` (`where="outbound"` is set by
 ///   the sender)
 /// - `inlet_outbox_pending`
+/// - `inlet_bus_pending`
 /// - `inlet_last_event_timestamp_seconds`
 /// - `inlet_leads{status}` (pending, fetched, failed, dead_lettered)
 ///
@@ -69,6 +70,7 @@ pub async fn sample(queue: Option<&RedisQueue>, store: Option<&Store>, stall_aft
             Ok(a) => {
                 metrics::gauge!("inlet_dlq_size", "where" => "store").set(a.dead_letters as f64);
                 metrics::gauge!("inlet_outbox_pending").set(a.outbox as f64);
+                metrics::gauge!("inlet_bus_pending").set(a.bus_pending as f64);
                 if let Some(t) = a.last_received_at {
                     metrics::gauge!("inlet_last_event_timestamp_seconds")
                         .set(t.timestamp_micros() as f64 / 1e6);

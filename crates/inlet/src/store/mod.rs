@@ -190,6 +190,9 @@ pub struct Activity {
     /// Entries not yet relayed to Redis: outbox rows plus event-log rows
     /// past the relay cursor.
     pub outbox: i64,
+    /// Events handed to in-process handlers and not handled yet
+    /// (`bus_pending`, direct mode).
+    pub bus_pending: i64,
 }
 
 /// Filter of a raw-event replay.

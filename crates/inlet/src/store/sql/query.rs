@@ -187,7 +187,8 @@ macro_rules! impl_queries {
                 let mut qb = QueryBuilder::<$db>::new(
                     "SELECT (SELECT received_at FROM raw_events ORDER BY received_at DESC LIMIT 1) \
                      AS last_received_at, \
-                     (SELECT count(*) FROM dead_letters) AS dead_letters, ",
+                     (SELECT count(*) FROM dead_letters) AS dead_letters, \
+                     (SELECT count(*) FROM bus_pending) AS bus_pending, ",
                 );
                 push_unrelayed(&mut qb);
                 let row = qb.build().fetch_one(&self.pool).await.map_err(classify)?;
@@ -195,6 +196,7 @@ macro_rules! impl_queries {
                     last_received_at: row.try_get("last_received_at").map_err(classify)?,
                     dead_letters: row.try_get("dead_letters").map_err(classify)?,
                     outbox: row.try_get("outbox").map_err(classify)?,
+                    bus_pending: row.try_get("bus_pending").map_err(classify)?,
                 })
             }
 
