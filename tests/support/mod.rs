@@ -178,9 +178,14 @@ impl TestConfig {
         // (tests/media.rs): fixtures carry real-looking CDN URLs, and tests
         // never reach the internet.
         env.insert("INLET_MEDIA__ENABLED".into(), "false".into());
-        // Lead fetches likewise (tests/leads.rs): fb_leadgen.json would
-        // otherwise send GET /{leadgen_id} to graph.facebook.com.
+        // Lead fetches likewise (tests/leads.rs) for the leadgen fixture.
         env.insert("INLET_LEADS__ENABLED".into(), "false".into());
+        // And whatever still calls the Graph API (a send, a sync) reaches a
+        // closed loopback port unless the test points it at its mock.
+        env.insert(
+            "INLET_GRAPH__BASE_URL".into(),
+            format!("http://127.0.0.1:{}", closed_port()),
+        );
         // Every test worker gets its own metrics port.
         env.insert("INLET_WORKER__METRICS_LISTEN".into(), "127.0.0.1:0".into());
         Self {
