@@ -245,13 +245,7 @@ mod tests {
     use crate::config::{MediaStorageKind, Settings};
 
     fn load(extra: &[(&str, &str)]) -> Result<Settings, crate::config::ConfigError> {
-        let dir = tempfile::tempdir().unwrap();
-        let mut env = vec![(
-            "INLET_DATA_DIR".to_string(),
-            dir.path().to_string_lossy().into_owned(),
-        )];
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Settings::load_from(None, env)
+        crate::config::load_for_test(extra)
     }
 
     #[test]

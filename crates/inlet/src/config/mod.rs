@@ -361,6 +361,20 @@ impl RawSettings {
     }
 }
 
+/// Settings from the embedded defaults plus `extra` environment variables,
+/// with a throwaway data directory (loading writes nothing): the config
+/// sections' tests.
+#[cfg(test)]
+pub(crate) fn load_for_test(extra: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = vec![(
+        "INLET_DATA_DIR".to_string(),
+        dir.path().to_string_lossy().into_owned(),
+    )];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Settings::load_from(None, env)
+}
+
 #[cfg(test)]
 mod tests {
     use secrecy::ExposeSecret;

@@ -435,28 +435,10 @@ for_each_backend!(impl_leads);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{Delivery, WritePlan};
+    use crate::plan::WritePlan;
 
     fn plan(names: &[&str]) -> WritePlan {
-        let deliveries: Vec<Delivery> = names
-            .iter()
-            .map(|name| {
-                let path = format!(
-                    "{}/../../tests/fixtures/meta/{name}",
-                    env!("CARGO_MANIFEST_DIR")
-                );
-                let body = std::fs::read(path).unwrap();
-                Delivery {
-                    items: crate::normalize::normalize(&body).unwrap(),
-                    event: crate::envelope::RawEvent::new(
-                        crate::envelope::Source::Facebook,
-                        "t",
-                        bytes::Bytes::from(body),
-                    ),
-                }
-            })
-            .collect();
-        WritePlan::build(&deliveries)
+        super::super::fixture_plan(crate::envelope::Source::Facebook, names)
     }
 
     #[test]

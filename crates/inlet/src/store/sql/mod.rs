@@ -410,3 +410,24 @@ macro_rules! impl_event_store {
 }
 
 for_each_backend!(impl_event_store);
+
+/// The write plan of fixture files (`tests/fixtures/meta/{name}`), each one
+/// delivery from `source`: what the store tests write.
+#[cfg(test)]
+pub(super) fn fixture_plan(source: crate::envelope::Source, names: &[&str]) -> WritePlan {
+    let deliveries: Vec<Delivery> = names
+        .iter()
+        .map(|name| {
+            let path = format!(
+                "{}/../../tests/fixtures/meta/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let body = std::fs::read(path).unwrap();
+            Delivery {
+                items: crate::normalize::normalize(&body).unwrap(),
+                event: RawEvent::new(source, "t", bytes::Bytes::from(body)),
+            }
+        })
+        .collect();
+    WritePlan::build(&deliveries)
+}
