@@ -49,8 +49,6 @@ pub struct RunOutcome {
     pub error: Option<String>,
     /// Rows written.
     pub rows: i64,
-    /// The cursor to keep (`None` clears it: the run completed).
-    pub cursor: Option<String>,
     /// When the next scheduled run is due.
     pub next_run_ms: i64,
 }
@@ -99,7 +97,8 @@ pub trait SyncStore: Send + Sync {
         until_ms: i64,
         cursor: Option<&'a str>,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
-    /// Records how a run ended and releases the lease.
+    /// Records how a run ended and releases the lease; a run that completed
+    /// clears the cursor, a failed one keeps it for the next.
     fn finish_run<'a>(
         &'a self,
         job: &'a str,

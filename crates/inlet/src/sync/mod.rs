@@ -216,28 +216,16 @@ impl Syncer {
             Ok(()) => RunOutcome {
                 error: None,
                 rows: report.rows,
-                cursor: None,
                 next_run_ms: now_ms() + self.interval(job).as_millis() as i64,
             },
-            Err(e) => {
-                // A failed run keeps its cursor and is retried sooner.
-                let kept = sync
-                    .sync_states()
-                    .await
-                    .ok()
-                    .and_then(|s| {
-                        s.into_iter()
-                            .find(|s| s.job == job.as_str() && s.target == target)
-                    })
-                    .and_then(|s| s.cursor);
-                let retry = self.interval(job).min(Duration::from_secs(300));
-                RunOutcome {
-                    error: Some(e.to_string()),
-                    rows: report.rows,
-                    cursor: kept,
-                    next_run_ms: now_ms() + retry.as_millis() as i64,
-                }
-            }
+            // A failed run keeps its cursor (the store does) and is retried
+            // sooner.
+            Err(e) => RunOutcome {
+                error: Some(e.to_string()),
+                rows: report.rows,
+                next_run_ms: now_ms()
+                    + self.interval(job).min(Duration::from_secs(300)).as_millis() as i64,
+            },
         };
         if !matches!(result, Err(SyncError::LeaseLost)) {
             sync.finish_run(job.as_str(), target, &self.owner, now_ms(), &outcome)

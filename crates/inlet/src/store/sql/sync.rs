@@ -85,10 +85,12 @@ macro_rules! impl_sync {
                 Box::pin(async move {
                     let status = if outcome.error.is_some() { "failed" } else { "ok" };
                     let mut qb = QueryBuilder::<$db>::new(
-                        "UPDATE sync_state SET lease_owner = NULL, lease_until_ms = 0, cursor = ",
+                        "UPDATE sync_state SET lease_owner = NULL, lease_until_ms = 0",
                     );
-                    qb.push_bind(outcome.cursor.as_deref())
-                        .push(", last_finished_ms = ")
+                    if outcome.error.is_none() {
+                        qb.push(", cursor = NULL");
+                    }
+                    qb.push(", last_finished_ms = ")
                         .push_bind(now_ms)
                         .push(", last_status = ")
                         .push_bind(status)
