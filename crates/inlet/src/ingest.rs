@@ -312,55 +312,70 @@ impl Ingest {
     /// Makes `event` durable: XADD in queue mode, else the in-process
     /// pipeline, else the local spool. Falls back from queue to direct on a
     /// Redis error.
-    pub async fn accept(&self, event: RawEvent) -> Result<Accepted, Unavailable> {
-        let Some(spool) = &self.inner.spool else {
-            return self.accept_now(event).await;
-        };
-        if self.mode() == Mode::Direct && self.inner.store_down.load(Ordering::Acquire) {
-            return match spool.append(&event).await {
-                Ok(()) => Ok(Accepted::Spooled),
-                Err(e) => {
-                    metrics::counter!("inlet_spool_events_total", "outcome" => "refused")
-                        .increment(1);
-                    Err(Unavailable::Spool {
-                        first: "redis and the store unavailable".into(),
-                        spool: e.to_string(),
-                    })
-                }
-            };
+    pub async fn accept(&self, mut event: RawEvent) -> Result<Accepted, Unavailable> {
+        if let Some(id) = self.try_queue(&event).await {
+            return Ok(Accepted::Queued(id));
         }
-        // Keep a copy only while the fast paths run: the spool needs it
-        // when both fail.
-        let copy = event.clone();
-        match self.accept_now(event).await {
-            Ok(a) => Ok(a),
-            Err(first) => match spool.append(&copy).await {
-                Ok(()) => {
-                    tracing::warn!(error = %first.detail(), "redis and the store failed: event kept in the local spool");
-                    Ok(Accepted::Spooled)
-                }
+        let Some(spool) = &self.inner.spool else {
+            return self.accept_direct(event).await;
+        };
+        let first = if self.inner.store_down.load(Ordering::Acquire) {
+            // Both known down: straight to the spool, no connect timeout.
+            None
+        } else {
+            // The spool needs a copy only if the store fails too.
+            let copy = event.clone();
+            match self.accept_direct(event).await {
+                Ok(a) => return Ok(a),
                 Err(e) => {
-                    metrics::counter!("inlet_spool_events_total", "outcome" => "refused")
-                        .increment(1);
-                    Err(Unavailable::Spool {
-                        first: first.detail(),
-                        spool: e.to_string(),
-                    })
+                    event = copy;
+                    Some(e.detail())
                 }
-            },
+            }
+        };
+        match spool.append(&event).await {
+            Ok(()) => {
+                if let Some(first) = &first {
+                    tracing::warn!(error = %first, "redis and the store failed: event kept in the local spool");
+                }
+                Ok(Accepted::Spooled)
+            }
+            Err(e) => {
+                metrics::counter!("inlet_spool_events_total", "outcome" => "refused").increment(1);
+                Err(Unavailable::Spool {
+                    first: first.unwrap_or_else(|| "redis and the store unavailable".into()),
+                    spool: e.to_string(),
+                })
+            }
         }
     }
 
     /// [`Ingest::accept`] without the spool: Redis, else the store.
     async fn accept_now(&self, event: RawEvent) -> Result<Accepted, Unavailable> {
-        if self.mode() == Mode::Queue {
-            if let Some(queue) = self.queue().await {
-                match queue.enqueue_raw(&event).await {
-                    Ok(id) => return Ok(Accepted::Queued(id)),
-                    Err(e) => self.redis_failed(&e),
-                }
+        match self.try_queue(&event).await {
+            Some(id) => Ok(Accepted::Queued(id)),
+            None => self.accept_direct(event).await,
+        }
+    }
+
+    /// XADD in queue mode; `None` when Redis is down or fails (the mode
+    /// flips to direct).
+    async fn try_queue(&self, event: &RawEvent) -> Option<String> {
+        if self.mode() != Mode::Queue {
+            return None;
+        }
+        let queue = self.queue().await?;
+        match queue.enqueue_raw(event).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.redis_failed(&e);
+                None
             }
         }
+    }
+
+    /// The in-process pipeline (direct mode).
+    async fn accept_direct(&self, event: RawEvent) -> Result<Accepted, Unavailable> {
         match &self.inner.direct {
             Some(direct) => match direct.handle(event).await {
                 Ok(()) => {
