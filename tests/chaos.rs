@@ -435,6 +435,47 @@ async fn redis_sigkilled_and_restarted_with_aof_always() {
 }
 
 #[tokio::test]
+async fn a_redis_cluster_master_sigkilled_and_restarted_with_three_raw_shards() {
+    let name = "Redis Cluster master SIGKILL + restart (3 masters, raw_shards = 3)";
+    let db = TestDb::create().await;
+    let mut cluster = inlet_suite::cluster::RedisCluster::start(3).await;
+    let cfg = quick(
+        TestConfig::new()
+            .set("INLET_DATABASE_URL", db.url.clone())
+            .set("INLET_REDIS_URL", cluster.seeds())
+            .set("INLET_REDIS__CLUSTER", "true")
+            .set("INLET_REDIS__RAW_SHARDS", "3"),
+    );
+    let gw = TestGateway::start(cfg).await;
+    assert_eq!(gw.running.as_ref().unwrap().mode(), "queue");
+    let worker = TestWorker::start(&gw.config).await;
+    let (progress, load) = load_until_a_quarter(base_of(&gw), &gw.config.prefix).await;
+    // One master (and the shard it holds) gone: the cluster reports itself
+    // down, the gateway goes on in direct mode meanwhile.
+    cluster.kill(1).await;
+    let at_kill = progress.load(Ordering::Relaxed);
+    when_acked(&progress, at_kill + 100).await;
+    cluster.restart(1).await;
+    let fault_over = Instant::now();
+    eventually(
+        Duration::from_secs(60),
+        "the gateway back in queue mode",
+        || async { (gw.running.as_ref().unwrap().mode() == "queue").then_some(()) },
+    )
+    .await;
+    let d = load.await.unwrap();
+    settle(name, &db.url, &d, fault_over, Duration::from_secs(120)).await;
+    let stages = assert_audited(name, gw.config.dir(), &d);
+    assert!(
+        stages.get("enqueued").copied().unwrap_or(0) > 0,
+        "{stages:?}"
+    );
+    worker.stop().await;
+    gw.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
 async fn redis_and_the_database_unreachable_at_once_the_spool_keeps_events() {
     let name = "Redis + Postgres unreachable (spool)";
     let db = TestDb::create().await;

@@ -719,7 +719,7 @@ async fn the_redis_limiter_agrees_with_the_pure_arithmetic() {
         min_factor: 0.1,
     };
     let local = LocalLimiter::new(limits);
-    let shared = RedisLimiter::new(conn, &prefix, limits);
+    let shared = RedisLimiter::new(inlet::queue::RedisConn::Single(conn), &prefix, limits);
 
     // A fixed pseudo-random walk (LCG): the same sequence on every run.
     let mut seed: u64 = 0x5eed_1234;

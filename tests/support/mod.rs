@@ -23,6 +23,7 @@ use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub mod cluster;
 pub mod graph;
 pub mod marketing;
 

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{Audit, AuditRecord};
 use crate::dlq::letter::DeadLetter;
 use crate::envelope::RawEvent;
-use crate::queue::{QueueError, RedisQueue};
+use crate::queue::{QueueError, QueueOptions, RedisQueue};
 use crate::spool::{Spool, SpoolStats};
 
 /// Which path accepts events right now.
@@ -111,13 +111,6 @@ pub trait DirectHandler: Send + Sync + 'static {
     fn ready(&self) -> BoxFuture<'_, bool>;
 }
 
-struct RedisTarget {
-    url: String,
-    prefix: String,
-    timeout: Duration,
-    maxlen: usize,
-}
-
 /// Accepts events durably; cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
@@ -125,7 +118,7 @@ pub struct Ingest {
 }
 
 struct Inner {
-    redis: Option<RedisTarget>,
+    redis: Option<QueueOptions>,
     queue: RwLock<Option<RedisQueue>>,
     redis_up: AtomicBool,
     direct: Option<Arc<dyn DirectHandler>>,
@@ -146,11 +139,13 @@ impl Ingest {
         direct: Option<Arc<dyn DirectHandler>>,
         audit: Audit,
     ) -> Self {
-        let redis = settings.redis_url.as_ref().map(|url| RedisTarget {
+        let redis = settings.redis_url.as_ref().map(|url| QueueOptions {
             url: url.clone(),
             prefix: settings.stream_prefix.clone(),
             timeout: settings.redis.timeout,
-            maxlen: settings.redis.derived_stream_maxlen,
+            derived_maxlen: settings.redis.derived_stream_maxlen,
+            cluster: settings.redis.cluster,
+            raw_shards: settings.redis.raw_shards,
         });
         let spool = if settings.spool.enabled {
             let dir = settings.data_dir.join("spool");
@@ -253,26 +248,17 @@ impl Ingest {
         let existing = self.inner.queue.read().await.clone();
         let ok = match existing {
             Some(q) => q.ping().await.is_ok(),
-            None => {
-                match RedisQueue::connect(
-                    &target.url,
-                    &target.prefix,
-                    target.timeout,
-                    target.maxlen,
-                )
-                .await
-                {
-                    Ok(q) => {
-                        let ok = q.ping().await.is_ok();
-                        *self.inner.queue.write().await = Some(q);
-                        ok
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "redis probe failed");
-                        false
-                    }
+            None => match RedisQueue::open(target.clone()).await {
+                Ok(q) => {
+                    let ok = q.ping().await.is_ok();
+                    *self.inner.queue.write().await = Some(q);
+                    ok
                 }
-            }
+                Err(e) => {
+                    tracing::debug!(error = %e, "redis probe failed");
+                    false
+                }
+            },
         };
         self.set_mode(
             ok,

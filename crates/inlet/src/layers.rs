@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     // Foundations: no domain types.
     &["envelope", "signature", "backoff", "streams", "telemetry"],
-    &["model"],
+    &["model", "shard"],
     &["normalize", "outbound"],
     &["plan"],
     &["events"],

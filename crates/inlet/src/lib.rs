@@ -84,6 +84,7 @@ pub mod queue;
 pub mod relay;
 pub mod sender;
 pub mod service;
+pub mod shard;
 pub mod signature;
 pub mod spool;
 pub mod status;

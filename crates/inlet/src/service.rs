@@ -25,7 +25,6 @@ use crate::relay::LocalSink;
 use crate::relay::{spawn_relay, RelayTarget};
 use crate::store::{Store, StoreError};
 use crate::webhooks::WebhookHandler;
-use crate::worker::Worker;
 
 /// Why a service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -445,24 +444,19 @@ pub async fn start_worker(
     let pipeline = Pipeline::new(store.clone(), audit.clone(), "worker");
     let consumer = consumer_name.clone();
     let mut tasks = vec![relay, retention];
-    // `worker.concurrency` consumer loops, each with one batch in flight:
-    // the first under the consumer name, the others as name-2, name-3, …
-    for i in 1..=settings.worker.concurrency {
-        let name = if i == 1 {
-            consumer_name.clone()
-        } else {
-            format!("{consumer_name}-{i}")
-        };
-        let worker = Worker::new(
-            &settings,
-            queue.clone(),
-            pipeline.clone(),
-            committed.clone(),
-        )
-        .named(name);
-        let loop_shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move { worker.run(loop_shutdown).await }));
-    }
+    // `worker.concurrency` consumer loops on every raw shard, each with one
+    // batch in flight: the first under the consumer name, the others as
+    // name-2, name-3, …
+    tasks.push(crate::worker::spawn_shards(
+        crate::worker::ShardWorkers {
+            settings: Arc::new(settings.clone()),
+            queue: queue.clone(),
+            pipeline: pipeline.clone(),
+            committed: committed.clone(),
+            consumer: consumer.clone(),
+        },
+        shutdown.clone(),
+    ));
     if settings.outbound.enabled {
         let limiter = Arc::new(crate::sender::limiter::RedisLimiter::new(
             queue.connection(),

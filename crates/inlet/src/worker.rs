@@ -1,5 +1,6 @@
-//! The queue-mode consumer: reads `{prefix}incoming.raw` through the
-//! `workers` consumer group in batches, runs the [`Pipeline`], dead-letters
+//! The queue-mode consumer: reads the `incoming.raw` shards (one stream, or
+//! `redis.raw_shards` of them) through the `workers` consumer group of each
+//! in batches, runs the [`Pipeline`], dead-letters
 //! what cannot be processed and acknowledges entries only after their fate is
 //! durable (stored, or in the DLQ).
 //!
@@ -35,6 +36,9 @@ pub enum HandleError {
 }
 use crate::streams::{INCOMING_RAW, WORKER_GROUP};
 
+/// How often the worker looks for raw shards it does not consume yet.
+pub const SHARD_REFRESH: Duration = Duration::from_secs(5);
+
 /// The default consumer name: host name and process id.
 pub fn default_consumer_name() -> String {
     let host = std::env::var("HOSTNAME")
@@ -46,9 +50,10 @@ pub fn default_consumer_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// A consumer of the raw stream.
+/// A consumer of one raw shard stream.
 pub struct Worker {
     queue: RedisQueue,
+    stream: String,
     pipeline: Pipeline,
     policy: RetryPolicy,
     consumer: String,
@@ -68,6 +73,7 @@ impl Worker {
     ) -> Self {
         Self {
             queue,
+            stream: INCOMING_RAW.to_string(),
             pipeline,
             policy: RetryPolicy::from_settings(&settings.worker),
             consumer: settings
@@ -89,6 +95,12 @@ impl Worker {
         self
     }
 
+    /// The same worker on another raw shard stream.
+    pub fn on_stream(mut self, stream: String) -> Self {
+        self.stream = stream;
+        self
+    }
+
     /// Consumer name in the group.
     pub fn consumer(&self) -> &str {
         &self.consumer
@@ -99,7 +111,7 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut streak = Streak::new("worker", Backoff::infrastructure());
         let config = ConsumerConfig {
-            stream: INCOMING_RAW.into(),
+            stream: self.stream.clone(),
             group: WORKER_GROUP.into(),
             consumer: self.consumer.clone(),
             count: self.batch_size,
@@ -147,7 +159,7 @@ impl Worker {
                 }
             }
         }
-        tracing::info!(consumer = %self.consumer, "worker stopped");
+        tracing::info!(consumer = %self.consumer, stream = %self.stream, "worker stopped");
     }
 
     /// Processes one batch of entries and acknowledges them (the batch
@@ -229,4 +241,73 @@ impl Worker {
         );
         Ok(())
     }
+}
+
+/// What [`spawn_shards`] runs on each shard.
+pub struct ShardWorkers {
+    /// The settings (batch size, block, claim idle, concurrency).
+    pub settings: Arc<Settings>,
+    /// The queue (its own raw shards are consumed from the start).
+    pub queue: RedisQueue,
+    /// The pipeline every loop shares.
+    pub pipeline: Pipeline,
+    /// Woken after a batch stored something (the relay).
+    pub committed: Arc<Notify>,
+    /// The first loop's consumer name; the others are `name-2`, `name-3`, ….
+    pub consumer: String,
+}
+
+/// Consumes every raw shard: `worker.concurrency` loops on each of this
+/// process's own shards, and on every shard a gateway registered since
+/// (looked up every [`SHARD_REFRESH`]), so that shards no gateway appends
+/// to any more after `redis.raw_shards` changed are still drained. Returns
+/// once every loop has finished its batch after `shutdown`.
+pub fn spawn_shards(
+    workers: ShardWorkers,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut running: std::collections::BTreeSet<String> = Default::default();
+        let mut loops = tokio::task::JoinSet::new();
+        loop {
+            let shards = match workers.queue.known_raw_shards().await {
+                Ok(shards) => shards,
+                Err(e) => {
+                    tracing::debug!(error = %e, "raw shard registry unavailable; consuming the configured shards");
+                    workers.queue.raw_shards().to_vec()
+                }
+            };
+            for shard in shards {
+                if running.contains(&shard) {
+                    continue;
+                }
+                if !running.is_empty() {
+                    tracing::info!(stream = %shard, "consuming a raw shard registered by a gateway");
+                }
+                for i in 1..=workers.settings.worker.concurrency {
+                    let name = if i == 1 {
+                        workers.consumer.clone()
+                    } else {
+                        format!("{}-{i}", workers.consumer)
+                    };
+                    let worker = Worker::new(
+                        &workers.settings,
+                        workers.queue.clone(),
+                        workers.pipeline.clone(),
+                        workers.committed.clone(),
+                    )
+                    .named(name)
+                    .on_stream(shard.clone());
+                    loops.spawn(worker.run(shutdown.clone()));
+                }
+                running.insert(shard);
+                metrics::gauge!("inlet_worker_raw_shards").set(running.len() as f64);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(SHARD_REFRESH) => {}
+            }
+        }
+        while loops.join_next().await.is_some() {}
+    })
 }

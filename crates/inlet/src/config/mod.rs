@@ -315,7 +315,7 @@ impl RawSettings {
     /// files, writes nothing.
     fn validate(self) -> Result<Settings, ConfigError> {
         let listen: SocketAddr = http::listen(&self.listen)?;
-        let redis_url = redis::redis_url(self.redis_url)?;
+        let redis_url = redis::redis_url(self.redis_url, self.redis.cluster())?;
         let stream_prefix = redis::stream_prefix(self.stream_prefix)?;
         let database = self.database.validate(self.database_url, &self.data_dir)?;
         let graph = self.graph.validate()?;
@@ -443,6 +443,25 @@ mod tests {
     }
 
     #[test]
+    fn cluster_takes_seed_nodes_and_shards() {
+        let s = load(&[
+            (
+                "INLET_REDIS_URL",
+                "redis://127.0.0.1:7000, redis://127.0.0.1:7001",
+            ),
+            ("INLET_REDIS__CLUSTER", "true"),
+            ("INLET_REDIS__RAW_SHARDS", "3"),
+            ("INLET_APP_SECRET", "x"),
+        ])
+        .unwrap();
+        assert!(s.redis.cluster);
+        assert_eq!(s.redis.raw_shards, 3);
+        let plain = load(&[("INLET_APP_SECRET", "x")]).unwrap();
+        assert!(!plain.redis.cluster);
+        assert_eq!(plain.redis.raw_shards, 1);
+    }
+
+    #[test]
     fn empty_redis_url_means_no_redis() {
         let s = load(&[("INLET_REDIS_URL", ""), ("INLET_APP_SECRET", "x")]).unwrap();
         assert_eq!(s.redis_url, None);
@@ -453,6 +472,12 @@ mod tests {
         let cases = [
             ("INLET_LISTEN", "nonsense", "listen"),
             ("INLET_REDIS_URL", "http://x", "redis_url"),
+            (
+                "INLET_REDIS_URL",
+                "redis://a:7000,redis://b:7001",
+                "redis_url",
+            ),
+            ("INLET_REDIS__RAW_SHARDS", "0", "redis.raw_shards"),
             ("INLET_DATABASE_URL", "mysql://x", "database_url"),
             ("INLET_WORKER__BATCH_SIZE", "0", "worker.batch_size"),
             ("INLET_WORKER__CONCURRENCY", "0", "worker.concurrency"),

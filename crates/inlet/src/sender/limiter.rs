@@ -216,7 +216,7 @@ impl SendLimiter for LocalLimiter {
 /// idle.
 #[derive(Clone)]
 pub struct RedisLimiter {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::queue::RedisConn,
     prefix: String,
     limits: Limits,
     script: std::sync::Arc<redis::Script>,
@@ -308,7 +308,7 @@ const KEY_TTL_MS: i64 = 3_600_000;
 
 impl RedisLimiter {
     /// A limiter on `conn` under `prefix`.
-    pub fn new(conn: redis::aio::ConnectionManager, prefix: &str, limits: Limits) -> Self {
+    pub fn new(conn: crate::queue::RedisConn, prefix: &str, limits: Limits) -> Self {
         Self {
             conn,
             prefix: prefix.to_string(),

@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::ingest::Mode;
 use crate::queue::{id_age, QueueError, RedisQueue};
 use crate::store::Store;
-use crate::streams::{DLQ, INCOMING_RAW};
+use crate::streams::{is_raw, DLQ, INCOMING_RAW};
 
 impl QueueSnapshot {
     /// Reads lengths, groups, consumers and pending entries. `stall_after`
@@ -25,9 +25,20 @@ impl QueueSnapshot {
     /// [`GroupStatus::held_too_long`].
     pub async fn take(queue: &RedisQueue, stall_after: Duration) -> Result<Self, QueueError> {
         let mut snapshot = QueueSnapshot::default();
-        for name in STREAMS {
+        // `incoming.raw` stands for every raw shard (one, or
+        // `redis.raw_shards`, plus any a gateway registered).
+        let raw = queue.known_raw_shards().await?;
+        let names = STREAMS.iter().flat_map(|name| {
+            if *name == INCOMING_RAW {
+                raw.clone()
+            } else {
+                vec![name.to_string()]
+            }
+        });
+        for name in names {
+            let name = name.as_str();
             let length = queue.len(name).await?;
-            let oldest_entry_age_seconds = if (name == INCOMING_RAW || name == DLQ) && length > 0 {
+            let oldest_entry_age_seconds = if (is_raw(name) || name == DLQ) && length > 0 {
                 queue
                     .range(name, "-", 1)
                     .await?

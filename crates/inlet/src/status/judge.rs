@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::report::{Health, StatusReport, Verdict};
 use crate::audit::format_secs as seconds;
 use crate::envelope::format_ts;
-use crate::streams::{INCOMING_RAW, WORKER_GROUP};
+use crate::streams::{is_raw, WORKER_GROUP};
 
 /// Judges a report (its `health` field is ignored).
 pub fn judge(report: &StatusReport, stall_after: Duration) -> Health {
@@ -46,54 +46,55 @@ pub fn judge(report: &StatusReport, stall_after: Duration) -> Health {
         }
     }
     if redis.reachable {
-        let backlog = report
-            .streams
-            .iter()
-            .find(|s| s.name == INCOMING_RAW)
-            .map_or(0, |s| s.length);
-        let workers = report
-            .groups
-            .iter()
-            .find(|g| g.stream == INCOMING_RAW && g.group == WORKER_GROUP);
-        match workers {
-            Some(g) => {
-                if let Some(held) = &g.held_too_long {
-                    findings.push((
-                        Verdict::Stalled,
-                        format!(
-                            "{INCOMING_RAW} entry {} has been held by consumer {} for {} (more than 2 × claim_idle = {}) without being acknowledged or reclaimed",
-                            held.id,
-                            held.consumer,
-                            seconds(held.idle_seconds),
-                            seconds(threshold)
-                        ),
-                    ));
+        // Each raw shard on its own: a worker that stopped consuming one
+        // shard stalls the conversations hashed to it.
+        for raw in report.streams.iter().filter(|s| is_raw(&s.name)) {
+            let stream = raw.name.as_str();
+            let backlog = raw.length;
+            let workers = report
+                .groups
+                .iter()
+                .find(|g| g.stream == stream && g.group == WORKER_GROUP);
+            match workers {
+                Some(g) => {
+                    if let Some(held) = &g.held_too_long {
+                        findings.push((
+                            Verdict::Stalled,
+                            format!(
+                                "{stream} entry {} has been held by consumer {} for {} (more than 2 × claim_idle = {}) without being acknowledged or reclaimed",
+                                held.id,
+                                held.consumer,
+                                seconds(held.idle_seconds),
+                                seconds(threshold)
+                            ),
+                        ));
+                    }
+                    let active = g
+                        .consumers
+                        .iter()
+                        .filter(|c| c.idle_seconds <= threshold)
+                        .count();
+                    if backlog > 0 && active == 0 {
+                        findings.push((
+                            Verdict::Stalled,
+                            format!(
+                                "{backlog} entries wait in {stream} and no consumer of group {WORKER_GROUP} has been active in the last {}: is inlet-worker running?",
+                                seconds(threshold)
+                            ),
+                        ));
+                    }
                 }
-                let active = g
-                    .consumers
-                    .iter()
-                    .filter(|c| c.idle_seconds <= threshold)
-                    .count();
-                if backlog > 0 && active == 0 {
-                    findings.push((
-                        Verdict::Stalled,
-                        format!(
-                            "{backlog} entries wait in {INCOMING_RAW} and no consumer of group {WORKER_GROUP} has been active in the last {}: is inlet-worker running?",
-                            seconds(threshold)
-                        ),
-                    ));
-                }
+                None if backlog > 0 => findings.push((
+                    Verdict::Stalled,
+                    format!(
+                        "{backlog} entries wait in {stream} and no worker has ever joined group {WORKER_GROUP}: start inlet-worker"
+                    ),
+                )),
+                None => {}
             }
-            None if backlog > 0 => findings.push((
-                Verdict::Stalled,
-                format!(
-                    "{backlog} entries wait in {INCOMING_RAW} and no worker has ever joined group {WORKER_GROUP}: start inlet-worker"
-                ),
-            )),
-            None => {}
         }
         for g in &report.groups {
-            if g.stream == INCOMING_RAW && g.group == WORKER_GROUP {
+            if is_raw(&g.stream) && g.group == WORKER_GROUP {
                 continue;
             }
             if let Some(held) = &g.held_too_long {
@@ -200,6 +201,7 @@ mod tests {
     use super::*;
     use crate::status::report::*;
     use crate::status::STREAMS;
+    use crate::streams::INCOMING_RAW;
     use chrono::Utc;
 
     fn report() -> StatusReport {
@@ -319,6 +321,32 @@ mod tests {
             fetched: 3,
             ..LeadsStatus::default()
         });
+        assert_eq!(judge(&r, STALL).verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn each_raw_shard_is_judged_on_its_own() {
+        let mut r = report();
+        // Shard 0 flows; shard 2 has a backlog and nobody joined its group.
+        r.streams.push(StreamStatus {
+            name: "incoming.raw.2".into(),
+            length: 4,
+            oldest_entry_age_seconds: Some(30.0),
+        });
+        let h = judge(&r, STALL);
+        assert_eq!(h.verdict, Verdict::Stalled, "{:?}", h.reasons);
+        assert!(
+            h.reasons
+                .iter()
+                .any(|m| m.contains("4 entries wait in incoming.raw.2")
+                    && m.contains("no worker has ever joined")),
+            "{:?}",
+            h.reasons
+        );
+        // A worker on it that is active: fine again.
+        let mut g = r.groups[0].clone();
+        g.stream = "incoming.raw.2".into();
+        r.groups.push(g);
         assert_eq!(judge(&r, STALL).verdict, Verdict::Ok);
     }
 

@@ -11,7 +11,7 @@ use super::report::QueueSnapshot;
 use crate::ingest::{Ingest, Mode};
 use crate::queue::RedisQueue;
 use crate::store::Store;
-use crate::streams::{DLQ, INCOMING_RAW};
+use crate::streams::{is_raw, DLQ};
 
 /// How often the background sampler refreshes the gauges.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
@@ -94,7 +94,7 @@ pub async fn sample(queue: Option<&RedisQueue>, store: Option<&Store>, stall_aft
 fn export(snapshot: &QueueSnapshot) {
     for s in &snapshot.streams {
         metrics::gauge!("inlet_stream_length", "stream" => s.name.clone()).set(s.length as f64);
-        if s.name == INCOMING_RAW || s.name == DLQ {
+        if is_raw(&s.name) || s.name == DLQ {
             metrics::gauge!("inlet_stream_oldest_entry_age_seconds", "stream" => s.name.clone())
                 .set(s.oldest_entry_age_seconds.unwrap_or(0.0));
         }
