@@ -40,7 +40,16 @@ pub struct BodyFactory {
     slot: Option<(&'static str, &'static str)>,
     run_tag: String,
     secret: Vec<u8>,
+    /// Conversations to rotate over (1: the fixture's own contact).
+    contacts: u64,
 }
+
+/// Where a WhatsApp fixture names the contact (rewritten by
+/// [`BodyFactory::with_contacts`]).
+const CONTACT_SLOTS: &[&str] = &[
+    "/entry/0/changes/0/value/messages/0/from",
+    "/entry/0/changes/0/value/contacts/0/wa_id",
+];
 
 impl BodyFactory {
     /// Reads and parses a fixture file.
@@ -68,7 +77,22 @@ impl BodyFactory {
             slot,
             run_tag,
             secret: secret.as_bytes().to_vec(),
+            contacts: 1,
         })
+    }
+
+    /// Rotates the sender over `n` made-up numbers (body `seq` comes from
+    /// contact `seq % n`). Only WhatsApp message fixtures name a contact
+    /// this way; `n` > 1 on another fixture is an error.
+    pub fn with_contacts(mut self, n: u64) -> anyhow::Result<Self> {
+        if n == 0 {
+            bail!("--contacts must be at least 1");
+        }
+        if n > 1 && !CONTACT_SLOTS.iter().all(|p| self.json.pointer(p).is_some()) {
+            bail!("--contacts needs a WhatsApp message fixture (messages[0].from and contacts[0].wa_id)");
+        }
+        self.contacts = n;
+        Ok(self)
     }
 
     /// Whether each body gets its own message id.
@@ -94,6 +118,14 @@ impl BodyFactory {
             }
             id
         });
+        if self.contacts > 1 {
+            let number = format!("1555{:07}", seq % self.contacts);
+            for pointer in CONTACT_SLOTS {
+                if let Some(slot) = self.json.pointer_mut(pointer) {
+                    *slot = Value::String(number.clone());
+                }
+            }
+        }
         let body = serde_json::to_vec_pretty(&self.json).expect("a JSON value always serializes");
         let signature = inlet::signature::sign(&body, &self.secret);
         SignedBody {
@@ -147,6 +179,23 @@ mod tests {
         let mut f = fixture("wa_status_read.json");
         assert!(!f.has_unique_ids());
         assert_eq!(f.next(1).message_id, None);
+    }
+
+    #[test]
+    fn contacts_rotate_the_sender() {
+        let mut f = fixture("wa_text.json").with_contacts(3).unwrap();
+        let from = |b: &SignedBody| {
+            let json: Value = serde_json::from_slice(&b.body).unwrap();
+            let a = json.pointer(CONTACT_SLOTS[0]).cloned();
+            assert_eq!(a, json.pointer(CONTACT_SLOTS[1]).cloned());
+            a.unwrap()
+        };
+        let (a, b, c, d) = (f.next(0), f.next(1), f.next(2), f.next(3));
+        assert_ne!(from(&a), from(&b));
+        assert_ne!(from(&b), from(&c));
+        assert_eq!(from(&a), from(&d));
+        assert!(fixture("ig_message_text.json").with_contacts(2).is_err());
+        assert!(fixture("wa_text.json").with_contacts(0).is_err());
     }
 
     #[test]

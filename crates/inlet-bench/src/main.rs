@@ -117,6 +117,12 @@ struct Target {
     /// Allow a target that is not a loopback address.
     #[arg(long)]
     allow_remote: bool,
+    /// Spread the load over this many conversations (WhatsApp fixtures: the
+    /// sender's number rotates over N made-up numbers), as real traffic
+    /// does; 1 keeps the fixture's own contact. Sharded ingest
+    /// (`redis.raw_shards`) spreads by conversation, so it needs N > 1.
+    #[arg(long, default_value_t = 1)]
+    contacts: u64,
 }
 
 #[derive(Args)]
@@ -240,7 +246,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Reads the fixture and checks the target.
 fn prepare(target: &Target) -> anyhow::Result<(reqwest::Url, BodyFactory)> {
     let url = http::target(&target.url, target.allow_remote)?;
-    let factory = BodyFactory::from_file(&target.fixture, &target.secret)?;
+    let factory =
+        BodyFactory::from_file(&target.fixture, &target.secret)?.with_contacts(target.contacts)?;
     if !factory.has_unique_ids() {
         eprintln!(
             "inlet-bench: warning: {} has no messages[0].id / messaging[0].message.mid; every body is identical",

@@ -104,6 +104,7 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (C, "inlet_worker_events_total", Unit::Count, "Raw events handled by the worker, by outcome (stored or dead_lettered)"),
     (H, "inlet_worker_batch_seconds", Unit::Seconds, "Time the worker took for one batch of raw events"),
     (C, "inlet_worker_queue_errors_total", Unit::Count, "Failed reads or acknowledgements of the incoming stream by the worker"),
+    (G, "inlet_worker_raw_shards", Unit::Count, "incoming.raw shards this worker consumes (its own redis.raw_shards and any a gateway registered)"),
     (C, "inlet_worker_store_outages_total", Unit::Count, "Batches given back (left pending, read again after a backoff) because the store stayed unavailable: never dead-lettered"),
     (C, "inlet_events_malformed_total", Unit::Count, "Raw events that could not be parsed and went to the dead-letter queue"),
     (H, "inlet_store_batch_seconds", Unit::Seconds, "Time to write one normalized batch to the store, by stage"),
