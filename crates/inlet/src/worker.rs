@@ -196,6 +196,10 @@ impl Worker {
                         entry.text("tenant").unwrap_or_else(|| "unknown".into()),
                         crate::queue::entry_body(&entry).unwrap_or_default(),
                     );
+                    // Where it was: the raw shard and the entry id.
+                    event
+                        .headers
+                        .push(("x-inlet-stream".into(), self.stream.clone()));
                     event
                         .headers
                         .push(("x-inlet-stream-id".into(), entry.id.clone()));
