@@ -267,18 +267,22 @@ END;
 $$;
 
 -- ---------------------------------------------------------- the dedup keys
--- Each claims the row's key in its dedup table. A key already held by this
--- very row (an UPDATE that moves a row to another partition is a delete
--- and an insert) lets the row through; held by another row, the new row is
--- skipped (RETURN NULL: not stored, not RETURNING).
+-- Each claims the row's key in its dedup table; held by another row, the
+-- new row is skipped (RETURN NULL: not stored, not RETURNING). A key held
+-- by this very row lets the row through: an UPDATE that moves a row to
+-- another partition is a delete and an insert, and the partition job moves
+-- rows out of a DEFAULT partition the same way. The no-op DO UPDATE finds
+-- the holder through the unique index (no plan to go stale) and returns a
+-- row only when it is this one; a duplicate's key row stays locked until
+-- the transaction ends, as an uncommitted one always did.
 CREATE FUNCTION message_keys_claim() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO message_keys (tenant, channel, provider_message_id, message_id)
         VALUES (NEW.tenant, NEW.channel, NEW.provider_message_id, NEW.id)
-        ON CONFLICT (tenant, channel, provider_message_id) DO NOTHING;
-    IF FOUND OR EXISTS (SELECT 1 FROM message_keys WHERE tenant = NEW.tenant
-            AND channel = NEW.channel AND provider_message_id = NEW.provider_message_id
-            AND message_id = NEW.id) THEN
+        ON CONFLICT (tenant, channel, provider_message_id) DO UPDATE
+        SET message_id = EXCLUDED.message_id
+        WHERE message_keys.message_id = EXCLUDED.message_id;
+    IF FOUND THEN
         RETURN NEW;
     END IF;
     RETURN NULL;
@@ -291,9 +295,10 @@ CREATE FUNCTION message_status_keys_claim() RETURNS trigger LANGUAGE plpgsql AS 
 BEGIN
     INSERT INTO message_status_keys (tenant, status_key, status_id)
         VALUES (NEW.tenant, NEW.status_key, NEW.id)
-        ON CONFLICT (tenant, status_key) DO NOTHING;
-    IF FOUND OR EXISTS (SELECT 1 FROM message_status_keys WHERE tenant = NEW.tenant
-            AND status_key = NEW.status_key AND status_id = NEW.id) THEN
+        ON CONFLICT (tenant, status_key) DO UPDATE
+        SET status_id = EXCLUDED.status_id
+        WHERE message_status_keys.status_id = EXCLUDED.status_id;
+    IF FOUND THEN
         RETURN NEW;
     END IF;
     RETURN NULL;
@@ -306,9 +311,10 @@ CREATE FUNCTION event_keys_claim() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO event_keys (event_id, seq, occurred_at)
         VALUES (NEW.event_id, NEW.seq, NEW.occurred_at)
-        ON CONFLICT (event_id) DO NOTHING;
-    IF FOUND OR EXISTS (SELECT 1 FROM event_keys WHERE event_id = NEW.event_id
-            AND seq = NEW.seq) THEN
+        ON CONFLICT (event_id) DO UPDATE
+        SET seq = EXCLUDED.seq
+        WHERE event_keys.seq = EXCLUDED.seq;
+    IF FOUND THEN
         RETURN NEW;
     END IF;
     RETURN NULL;
