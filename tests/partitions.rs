@@ -213,7 +213,7 @@ async fn a_message_a_receipt_and_an_event_redelivered_months_later_are_stored_on
     assert_eq!(store.messages(None, 10).await.unwrap().len(), 1);
 
     // The same raw delivery again (a stream redelivery): one row.
-    let raw = store.write(&[text.clone()]).await.unwrap();
+    let raw = store.write(std::slice::from_ref(&text)).await.unwrap();
     assert_eq!(raw.raw_new, 0);
     assert_eq!(count(&pool, "SELECT count(*) FROM raw_events").await, 4);
 
