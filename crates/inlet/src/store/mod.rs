@@ -7,7 +7,9 @@
 //! conversations (atomic upserts on unique keys, so concurrent deliveries
 //! converge), messages and receipts (insert-or-ignore on provider ids: the
 //! same message is stored once), the forward-only current status, page
-//! changes and outbox entries.
+//! changes and outbox entries. On Postgres the growing tables are
+//! partitioned by time; [`partitions`] decides what the retention and
+//! partition job ([`EventStore::maintain`]) creates and drops.
 
 pub mod drafts;
 pub mod events;
