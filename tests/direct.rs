@@ -328,17 +328,24 @@ async fn retention_prunes_raw_events_and_idempotency_records_but_not_data() {
         .mark_processed("some-event", "some-handler")
         .await
         .unwrap());
-    // Nothing is older than a day yet.
-    let day_ago = chrono::Utc::now() - chrono::Duration::days(1);
+    // Kept a day: nothing is older than a day yet.
+    let job = |now| inlet::store::partitions::Maintenance {
+        now,
+        raw_events_retention_days: 1,
+        processed_events_retention_days: 1,
+        ..inlet::store::partitions::Maintenance::from_settings(&gw.config.settings(), now)
+    };
+    let report = store.maintain(&job(chrono::Utc::now())).await.unwrap();
     assert_eq!(
-        store.prune(Some(day_ago), Some(day_ago)).await.unwrap(),
+        (report.raw_events_deleted, report.processed_events_deleted),
         (0, 0)
     );
-    // Everything is older than "in a minute".
-    let soon = chrono::Utc::now() + chrono::Duration::minutes(1);
-    let (raw, processed) = store.prune(Some(soon), Some(soon)).await.unwrap();
-    assert_eq!(raw, 2);
-    assert!(processed >= 1);
+    // A day and a minute later everything is older than a day.
+    let later = chrono::Utc::now() + chrono::Duration::days(1) + chrono::Duration::minutes(1);
+    let report = store.maintain(&job(later)).await.unwrap();
+    assert_eq!(report.raw_events_deleted, 2);
+    assert!(report.processed_events_deleted >= 1);
+    assert!(report.created.is_empty(), "SQLite has no partitions");
     let counts = store.counts().await.unwrap();
     assert_eq!(counts.raw_events, 0);
     assert_eq!(counts.messages, 2, "normalized data is kept");

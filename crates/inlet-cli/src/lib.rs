@@ -13,6 +13,7 @@
 //!   `messages`, `replay`.
 //! - `events`: `inlet subscriptions` and `inlet events`.
 //! - `ops`: `inlet status` and `inlet audit trace|tail`.
+//! - `db`: `inlet db partitions|maintain` (time partitions, retention).
 //! - `send`: `inlet send`, `inlet broadcasts`, `inlet outbound`.
 //! - `drafts`: `inlet drafts`; `leads`: `inlet leads`.
 //! - [`render`]: the terminal text of the status report, audit traces,
@@ -34,6 +35,7 @@ use inlet::store::{RawFilter, Store};
 use inlet::ExposeSecret;
 use serde_json::json;
 
+mod db;
 mod drafts;
 mod events;
 mod leads;
@@ -42,6 +44,7 @@ pub mod render;
 mod send;
 mod sync;
 
+pub use db::DbAction;
 pub use drafts::DraftsAction;
 pub use events::{EventsAction, SubscriptionsAction};
 pub use leads::LeadsAction;
@@ -87,6 +90,13 @@ pub enum Command {
     },
     /// Apply database migrations to the configured store.
     Migrate,
+    /// The store's time partitions (Postgres) and the retention and
+    /// partition job.
+    Db {
+        /// What to do.
+        #[command(subcommand)]
+        action: DbAction,
+    },
     /// Health of the deployment: mode, Redis and store, stream lengths,
     /// consumer groups (consumers, pending entries, oldest pending age, lag),
     /// dead letters and the last event kept, with a verdict.
@@ -274,6 +284,7 @@ pub async fn run_with(
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Db { action } => db::db(action, &settings, json, out).await,
         Command::Cache { action } => cache(action, &settings, json, out).await,
         Command::Dlq { action } => dlq(action, &settings, json, out).await,
         Command::Status => ops::status(&settings, json, out).await,

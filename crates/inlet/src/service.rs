@@ -556,9 +556,11 @@ fn lead_fetcher(
         .map_err(|e| StartError::Config(e.to_string()))
 }
 
-/// Retention, at start and then daily: audit files past
-/// `audit.retention_days`, and (with a store) raw events and idempotency
-/// records past their `database.*_retention_days`.
+/// The daily housekeeping job, also run at start: audit files past
+/// `audit.retention_days`, and (with a store) the retention and partition
+/// job ([`crate::store::EventStore::maintain`]: partitions created ahead,
+/// expired ones dropped, old idempotency records deleted). A failed store
+/// run is tried again after [`MAINTENANCE_RETRY`], not a day later.
 fn spawn_retention(
     settings: &Settings,
     store: Option<Store>,
@@ -566,13 +568,7 @@ fn spawn_retention(
 ) -> JoinHandle<()> {
     let dir = settings.audit_dir();
     let days = settings.audit.retention_days;
-    let cutoff = |days: u32| {
-        (days > 0).then(|| chrono::Utc::now() - chrono::Duration::days(i64::from(days)))
-    };
-    let (raw_days, processed_days) = (
-        settings.raw_events_retention_days,
-        settings.processed_events_retention_days,
-    );
+    let settings = settings.clone();
     tokio::spawn(async move {
         loop {
             match crate::audit::prune(&dir, days) {
@@ -580,23 +576,76 @@ fn spawn_retention(
                 Ok(n) => tracing::info!(removed = n, "old audit files removed"),
                 Err(e) => tracing::warn!(error = %e, "audit retention failed"),
             }
+            let mut wait = Duration::from_secs(24 * 3600);
             if let Some(store) = &store {
-                match store.prune(cutoff(raw_days), cutoff(processed_days)).await {
-                    Ok((0, 0)) => {}
-                    Ok((raw, processed)) => {
-                        tracing::info!(
-                            raw,
-                            processed,
-                            "old raw events and idempotency records removed"
-                        )
+                let job = crate::store::partitions::Maintenance::from_settings(
+                    &settings,
+                    chrono::Utc::now(),
+                );
+                match store.maintain(&job).await {
+                    Ok(report) => record_maintenance(&report),
+                    Err(e) => {
+                        metrics::counter!("inlet_partition_runs_total", "outcome" => "failed")
+                            .increment(1);
+                        tracing::warn!(error = %e, "database retention and partition job failed");
+                        wait = MAINTENANCE_RETRY;
                     }
-                    Err(e) => tracing::warn!(error = %e, "database retention failed"),
                 }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     })
+}
+
+/// How soon a failed retention and partition run is tried again (a lock
+/// it could not get within its timeout, the database down).
+const MAINTENANCE_RETRY: Duration = Duration::from_secs(15 * 60);
+
+/// Logs and counts what one run of the retention and partition job did.
+fn record_maintenance(report: &crate::store::partitions::MaintenanceReport) {
+    metrics::counter!("inlet_partition_runs_total", "outcome" => "ok").increment(1);
+    for change in &report.created {
+        metrics::counter!("inlet_partitions_created_total", "table" => change.table.clone())
+            .increment(1);
+        tracing::info!(
+            table = %change.table,
+            partition = %change.partition,
+            from = %change.range.from,
+            to = %change.range.to,
+            "partition created"
+        );
+    }
+    for change in &report.dropped {
+        metrics::counter!("inlet_partitions_dropped_total", "table" => change.table.clone())
+            .increment(1);
+        tracing::info!(
+            table = %change.table,
+            partition = %change.partition,
+            to = %change.range.to,
+            "expired partition dropped"
+        );
+    }
+    for (table, rows) in &report.default_rows {
+        metrics::gauge!("inlet_partition_default_rows", "table" => table.clone()).set(*rows as f64);
+        if *rows > 0 {
+            tracing::warn!(
+                table = %table,
+                rows,
+                "rows in the default partition: their times are outside every partition"
+            );
+        }
+    }
+    if !report.is_quiet() {
+        tracing::info!(
+            raw_events = report.raw_events_deleted,
+            processed = report.processed_events_deleted,
+            event_keys = report.event_keys_deleted,
+            moved_from_default = report.moved_from_default,
+            kept_unrelayed = report.kept_unrelayed.len(),
+            "database retention and partition job done"
+        );
+    }
 }

@@ -127,6 +127,11 @@ pub const METRICS: &[(MetricKind, &str, Unit, &str)] = &[
     (C, "inlet_cache_rewrites_total", Unit::Count, "Cache files rewritten, by file"),
     (C, "inlet_cache_errors_total", Unit::Count, "Failed cache file writes, by file"),
     (C, "inlet_cache_rebuilds_total", Unit::Count, "Full cache rebuilds from the store"),
+    // Retention and time partitions of the store (Postgres).
+    (C, "inlet_partition_runs_total", Unit::Count, "Runs of the daily retention and partition job, by outcome (ok, failed: retried after 15 minutes)"),
+    (C, "inlet_partitions_created_total", Unit::Count, "Time partitions created ahead by the retention and partition job, by table"),
+    (C, "inlet_partitions_dropped_total", Unit::Count, "Expired time partitions dropped whole by retention, by table"),
+    (G, "inlet_partition_default_rows", Unit::Count, "Rows in a partitioned table's DEFAULT partition (times outside every partition; normally 0), by table"),
     // Audit.
     (C, "inlet_audit_write_errors_total", Unit::Count, "Audit lines that could not be written"),
     // Status sampler (gauges read from Redis and the store).

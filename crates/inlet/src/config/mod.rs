@@ -52,6 +52,7 @@ pub use media::{MaxBytes, MediaSettings, MediaStorageKind, S3Settings};
 pub use outbound::{GraphSettings, OutboundSettings, TokenSource, UnknownPolicy};
 pub use redis::RedisSettings;
 pub use spool::SpoolSettings;
+pub use store::{PartitionInterval, PartitionSettings};
 pub use sync::{BackfillPage, SyncSettings};
 pub use worker::WorkerSettings;
 
@@ -124,6 +125,11 @@ pub struct Settings {
     pub raw_events_retention_days: u32,
     /// Days handler idempotency records are kept (0 = forever).
     pub processed_events_retention_days: u32,
+    /// Days `event_log` rows are kept (0 = forever; Postgres drops whole
+    /// partitions, SQLite keeps its log).
+    pub event_log_retention_days: u32,
+    /// Time partitions of Postgres' growing tables.
+    pub partitions: PartitionSettings,
     /// Event bus behaviour.
     pub events: EventSettings,
     /// `[graph]`: the Graph API endpoint and the default app's token.
@@ -348,6 +354,8 @@ impl RawSettings {
             database_max_connections: database.max_connections,
             raw_events_retention_days: database.raw_events_retention_days,
             processed_events_retention_days: database.processed_events_retention_days,
+            event_log_retention_days: database.event_log_retention_days,
+            partitions: database.partitions,
             events: self.events.validate()?,
             cache: self.cache.validate(),
             graph,

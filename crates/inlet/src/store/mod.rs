@@ -7,13 +7,16 @@
 //! conversations (atomic upserts on unique keys, so concurrent deliveries
 //! converge), messages and receipts (insert-or-ignore on provider ids: the
 //! same message is stored once), the forward-only current status, page
-//! changes and outbox entries.
+//! changes and outbox entries. On Postgres the growing tables are
+//! partitioned by time; [`partitions`] decides what the retention and
+//! partition job ([`EventStore::maintain`]) creates and drops.
 
 pub mod drafts;
 pub mod events;
 pub mod leads;
 pub mod media;
 pub mod outbound;
+pub mod partitions;
 pub mod read;
 pub mod sql;
 pub mod sync;
@@ -297,14 +300,17 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Last event time and the small tables' sizes (no full-table counts).
     fn activity(&self) -> BoxFuture<'_, Result<Activity, StoreError>>;
-    /// Deletes raw events received before `raw_before` and idempotency
-    /// records older than `processed_before`; returns both counts. The event
-    /// log is append-only and never pruned.
-    fn prune(
-        &self,
-        raw_before: Option<DateTime<Utc>>,
-        processed_before: Option<DateTime<Utc>>,
-    ) -> BoxFuture<'_, Result<(u64, u64), StoreError>>;
+    /// The retention and partition job (daily, and at start): on Postgres
+    /// creates the partitions ahead and drops expired ones whole (raw
+    /// events, event log), on SQLite deletes expired raw events row by
+    /// row; both delete old handler idempotency records. Safe to run from
+    /// several processes at once. See [`partitions`].
+    fn maintain<'a>(
+        &'a self,
+        job: &'a partitions::Maintenance,
+    ) -> BoxFuture<'a, Result<partitions::MaintenanceReport, StoreError>>;
+    /// The partitions of the partitioned tables (none on SQLite).
+    fn partitions(&self) -> BoxFuture<'_, Result<Vec<partitions::PartitionInfo>, StoreError>>;
     /// Records that `handler` processed `event_id`; false if it already had.
     fn mark_processed<'a>(
         &'a self,

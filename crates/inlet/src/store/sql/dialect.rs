@@ -198,6 +198,11 @@ const PG_MIGRATIONS: Migrations = &[
         "graph sync",
         include_str!("../../../../../migrations/postgres/0014_graph_sync.sql"),
     ),
+    (
+        15,
+        "partitions",
+        include_str!("../../../../../migrations/postgres/0015_partitions.sql"),
+    ),
 ];
 
 const SQLITE_MIGRATIONS: Migrations = &[
@@ -270,6 +275,11 @@ const SQLITE_MIGRATIONS: Migrations = &[
         14,
         "graph sync",
         include_str!("../../../../../migrations/sqlite/0014_graph_sync.sql"),
+    ),
+    (
+        15,
+        "partitions",
+        include_str!("../../../../../migrations/sqlite/0015_partitions.sql"),
     ),
 ];
 

@@ -16,7 +16,9 @@
 //! - `leads`: Lead Ads (pending rows queued with their page change,
 //!   outcomes, `lead.after.create`);
 //! - `drafts`: AI drafts, and the hooks that make them stale (write path)
-//!   and follow their sends (sender bookkeeping).
+//!   and follow their sends (sender bookkeeping);
+//! - `partitions`: the retention and partition job (Postgres: partitions
+//!   created ahead, expired ones dropped; SQLite: rows deleted).
 //!
 //! sqlx's bounds for "a database that encodes and decodes all of these
 //! types" would have to be repeated on every generic function, so each file
@@ -29,7 +31,6 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::PgPoolOptions;
@@ -51,6 +52,7 @@ mod drafts;
 mod leads;
 mod media;
 mod outbox;
+mod partitions;
 mod query;
 mod sends;
 mod sync;
@@ -366,12 +368,17 @@ macro_rules! impl_event_store {
                 Box::pin(self.select_activity())
             }
 
-            fn prune(
+            fn maintain<'a>(
+                &'a self,
+                job: &'a super::partitions::Maintenance,
+            ) -> BoxFuture<'a, Result<super::partitions::MaintenanceReport, StoreError>> {
+                Box::pin(self.maintain_store(job))
+            }
+
+            fn partitions(
                 &self,
-                raw_before: Option<DateTime<Utc>>,
-                processed_before: Option<DateTime<Utc>>,
-            ) -> BoxFuture<'_, Result<(u64, u64), StoreError>> {
-                Box::pin(self.delete_older(raw_before, processed_before))
+            ) -> BoxFuture<'_, Result<Vec<super::partitions::PartitionInfo>, StoreError>> {
+                Box::pin(self.list_partitions())
             }
 
             fn mark_processed<'a>(

@@ -3,7 +3,9 @@
 //!
 //! A batch is written in one transaction: raw events, contacts and
 //! conversations (atomic upserts on unique keys, so concurrent deliveries
-//! converge), messages and receipts (insert-or-ignore on provider ids), the
+//! converge), messages and receipts (insert-or-ignore on provider ids; on
+//! Postgres the key tables of migration 0015 hold those keys across time
+//! partitions, so a redelivery months later is still ignored), the
 //! forward-only current status ([`SUPERSEDES`]), page changes, outbox entries
 //! and `after` events.
 
@@ -175,7 +177,11 @@ macro_rules! impl_writes {
                             .push_bind(ev.body.as_ref())
                             .push_bind(now);
                     });
-                    qb.push(" ON CONFLICT (trace_id) DO NOTHING");
+                    // No conflict target: on Postgres the key of a partitioned table
+                    // includes its partition key (trace_id, received_at), and
+                    // messages, receipts and events are deduplicated across
+                    // partitions by their key tables (migration 0015).
+                    qb.push(" ON CONFLICT DO NOTHING");
                     report.raw_new += qb.build().execute(&mut **tx).await.map_err(classify)?.rows_affected();
                 }
 
@@ -309,8 +315,7 @@ macro_rules! impl_writes {
                             .push_bind(now)
                             .push_bind(m.is_history());
                     });
-                    qb.push(" ON CONFLICT (tenant, channel, provider_message_id) DO NOTHING \
-                              RETURNING id, tenant, channel, provider_message_id");
+                    qb.push(" ON CONFLICT DO NOTHING RETURNING id, tenant, channel, provider_message_id");
                     for row in qb.build().fetch_all(&mut **tx).await.map_err(classify)? {
                         report.messages_new += 1;
                         let key: (String, String, String) = (
@@ -882,7 +887,7 @@ macro_rules! impl_writes {
                         .push_bind(row.trace_id.to_string())
                         .push_bind(now);
                 });
-                qb.push(" ON CONFLICT (tenant, status_key) DO NOTHING RETURNING tenant, status_key");
+                qb.push(" ON CONFLICT DO NOTHING RETURNING tenant, status_key");
                 qb.build()
                     .fetch_all(&mut **tx)
                     .await
@@ -920,7 +925,7 @@ macro_rules! impl_writes {
                             .push_bind(e.schema_version)
                             .push_bind(e.timestamp);
                     });
-                    qb.push(" ON CONFLICT (event_id) DO NOTHING");
+                    qb.push(" ON CONFLICT DO NOTHING");
                     qb.build().execute(&mut **tx).await.map_err(classify)?;
                 }
                 Ok(())
