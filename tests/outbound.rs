@@ -700,13 +700,34 @@ async fn claims_walk_the_queue_in_order_and_expired_claims_are_requeued_on_postg
 /// recipients and repeated ones), sender throttles and pair throttles.
 #[tokio::test]
 async fn the_redis_limiter_agrees_with_the_pure_arithmetic() {
-    use inlet::outbound::rate::{Grant, Limits};
-    use inlet::sender::limiter::{LocalLimiter, RedisLimiter};
-
     let _ = inlet_suite::require_redis().await;
     let client = redis::Client::open(inlet_suite::redis_url()).unwrap();
     let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
     let prefix = format!("test:limiter:{}:", uuid::Uuid::now_v7().simple());
+    limiter_agrees_with_the_pure_arithmetic(inlet::queue::RedisConn::Single(conn), &prefix).await;
+    inlet_suite::cleanup_prefix(&prefix).await;
+}
+
+/// The same walk on a three-master Redis Cluster: the limiter's two keys
+/// share their sender's hash tag, so the script runs on one slot (no
+/// `CROSSSLOT`), whichever master that is.
+#[tokio::test]
+async fn the_redis_limiter_runs_on_a_redis_cluster() {
+    let cluster = inlet_suite::cluster::RedisCluster::shared().await;
+    let prefix = format!("test:limiter:{}:", uuid::Uuid::now_v7().simple());
+    let queue = inlet::queue::RedisQueue::open(inlet::queue::QueueOptions {
+        cluster: true,
+        ..inlet::queue::QueueOptions::single(&cluster.seeds(), &prefix, Duration::from_secs(2), 0)
+    })
+    .await
+    .expect("cluster client connects");
+    limiter_agrees_with_the_pure_arithmetic(queue.connection(), &prefix).await;
+}
+
+async fn limiter_agrees_with_the_pure_arithmetic(conn: inlet::queue::RedisConn, prefix: &str) {
+    use inlet::outbound::rate::{Grant, Limits};
+    use inlet::sender::limiter::{LocalLimiter, RedisLimiter};
+
     let limits = Limits {
         rate: 50.0,
         burst: 45.0,
@@ -719,7 +740,7 @@ async fn the_redis_limiter_agrees_with_the_pure_arithmetic() {
         min_factor: 0.1,
     };
     let local = LocalLimiter::new(limits);
-    let shared = RedisLimiter::new(inlet::queue::RedisConn::Single(conn), &prefix, limits);
+    let shared = RedisLimiter::new(conn, prefix, limits);
 
     // A fixed pseudo-random walk (LCG): the same sequence on every run.
     let mut seed: u64 = 0x5eed_1234;
@@ -788,7 +809,6 @@ async fn the_redis_limiter_agrees_with_the_pure_arithmetic() {
         granted > 100 && sender_waits > 100 && pair_waits > 100,
         "granted {granted}, sender waits {sender_waits}, pair waits {pair_waits}"
     );
-    inlet_suite::cleanup_prefix(&prefix).await;
 }
 
 /// 131049 (per-user marketing cap): the send is set aside for
