@@ -395,6 +395,23 @@ async fn retention_drops_whole_raw_partitions_and_the_default_partition_catches_
     assert_eq!(default_rows(&report, "raw_events"), 1, "the future one");
     assert_eq!(default_rows(&report, "event_log"), 1);
     assert_eq!(default_rows(&report, "messages"), 0);
+    // `inlet status` shows the stray rows and says what to do.
+    let cfg = TestConfig::new().set("INLET_DATABASE_URL", db.url.clone());
+    let (_, out) = cli(cfg.settings(), &["--json", "status"]).await;
+    let status: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(status["store"]["partitions"]["default_rows"], 2, "{status}");
+    assert!(
+        status["health"]["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r
+                .as_str()
+                .unwrap()
+                .contains("2 rows sit in DEFAULT partitions")),
+        "{status}"
+    );
     assert_eq!(count(&pool, "SELECT count(*) FROM raw_events").await, 2);
     assert_eq!(
         count(&pool, "SELECT count(*) FROM messages").await,

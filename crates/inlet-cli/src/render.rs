@@ -63,6 +63,15 @@ pub fn status_report(report: &StatusReport) -> String {
         if let Some(n) = store.bus_pending.filter(|n| *n > 0) {
             let _ = write!(store_text, "; in-process deliveries waiting {n}");
         }
+        if let Some(p) = &store.partitions {
+            let _ = write!(store_text, "; {} partitions", p.count);
+            if let Some(t) = p.ready_until {
+                let _ = write!(store_text, " ready until {}", format_ts(t));
+            }
+            if p.default_rows > 0 {
+                let _ = write!(store_text, ", {} rows in DEFAULT", p.default_rows);
+            }
+        }
     }
     let _ = writeln!(out, "  store    {store_text}");
     if !report.streams.is_empty() {
@@ -353,6 +362,7 @@ mod tests {
                 last_event_at: None,
                 outbox: Some(0),
                 bus_pending: Some(0),
+                partitions: None,
             },
             streams: STREAMS
                 .iter()

@@ -10,7 +10,8 @@ use chrono::Utc;
 use super::judge::judge;
 use super::report::{
     ConsumerStatus, DlqSize, GroupStatus, Health, HeldEntry, LeadsStatus, OutboundStatus,
-    QueueSnapshot, RedisStatus, SpoolStatus, StatusReport, StoreStatus, StreamStatus, Verdict,
+    PartitionsStatus, QueueSnapshot, RedisStatus, SpoolStatus, StatusReport, StoreStatus,
+    StreamStatus, Verdict,
 };
 use super::STREAMS;
 use crate::config::Settings;
@@ -185,6 +186,7 @@ pub async fn gather(settings: &Settings) -> StatusReport {
         last_event_at: None,
         outbox: None,
         bus_pending: None,
+        partitions: None,
     };
     let mut outbound = None;
     let mut leads = None;
@@ -198,6 +200,13 @@ pub async fn gather(settings: &Settings) -> StatusReport {
                     store.bus_pending = Some(a.bus_pending);
                     dlq.store = Some(a.dead_letters);
                 }
+                Err(e) => store.error = Some(e.to_string()),
+            }
+            match s.partitions().await {
+                Ok(parts) if !parts.is_empty() => {
+                    store.partitions = Some(PartitionsStatus::from_list(&parts))
+                }
+                Ok(_) => {}
                 Err(e) => store.error = Some(e.to_string()),
             }
             match s.outbound().outbound_stats().await {

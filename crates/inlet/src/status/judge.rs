@@ -45,6 +45,23 @@ pub fn judge(report: &StatusReport, stall_after: Duration) -> Health {
             ));
         }
     }
+    if let Some(p) = &report.store.partitions {
+        if p.default_rows > 0 {
+            findings.push((
+                Verdict::Degraded,
+                format!(
+                    "{} rows sit in DEFAULT partitions (times outside every partition): the partition job has not created their partitions; run `inlet db maintain`",
+                    p.default_rows
+                ),
+            ));
+        }
+        if p.ready_until.is_some_and(|t| t <= report.checked_at) {
+            findings.push((
+                Verdict::Degraded,
+                "no partition is ready for rows stored now (they go to the DEFAULT partition): the daily partition job has not run; run `inlet db maintain`".into(),
+            ));
+        }
+    }
     if redis.reachable {
         // Each raw shard on its own: a worker that stopped consuming one
         // shard stalls the conversations hashed to it.
@@ -221,6 +238,7 @@ mod tests {
                 last_event_at: None,
                 outbox: Some(0),
                 bus_pending: Some(0),
+                partitions: None,
             },
             streams: STREAMS
                 .iter()
@@ -322,6 +340,27 @@ mod tests {
             ..LeadsStatus::default()
         });
         assert_eq!(judge(&r, STALL).verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn stray_rows_and_no_partition_ahead_degrade() {
+        let mut r = report();
+        r.store.partitions = Some(PartitionsStatus {
+            count: 20,
+            default_rows: 0,
+            ready_until: Some(r.checked_at + chrono::Duration::days(60)),
+        });
+        assert_eq!(judge(&r, STALL).verdict, Verdict::Ok);
+        r.store.partitions = Some(PartitionsStatus {
+            count: 20,
+            default_rows: 7,
+            ready_until: Some(r.checked_at - chrono::Duration::hours(1)),
+        });
+        let h = judge(&r, STALL);
+        assert_eq!(h.verdict, Verdict::Degraded, "{:?}", h.reasons);
+        let all = h.reasons.join("\n");
+        assert!(all.contains("7 rows sit in DEFAULT partitions"), "{all}");
+        assert!(all.contains("no partition is ready"), "{all}");
     }
 
     #[test]

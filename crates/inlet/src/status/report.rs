@@ -120,6 +120,45 @@ pub struct StoreStatus {
     /// yet.
     #[serde(default)]
     pub bus_pending: Option<i64>,
+    /// The time partitions of `raw_events`, `messages`, `message_statuses`
+    /// and `event_log` (Postgres; `None` on SQLite).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<PartitionsStatus>,
+}
+
+/// The time partitions of the partitioned tables (Postgres).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PartitionsStatus {
+    /// Partitions in all, DEFAULT ones included.
+    pub count: usize,
+    /// Rows in the DEFAULT partitions: times outside every partition
+    /// (normally 0; the partition job moves them).
+    pub default_rows: i64,
+    /// Until when every partitioned table has a partition ready: the
+    /// earliest of each table's newest range end.
+    pub ready_until: Option<DateTime<Utc>>,
+}
+
+impl PartitionsStatus {
+    /// Sums up a partition listing.
+    pub fn from_list(parts: &[crate::store::partitions::PartitionInfo]) -> Self {
+        let mut newest: std::collections::BTreeMap<&str, DateTime<Utc>> = Default::default();
+        let mut default_rows = 0;
+        for p in parts {
+            match &p.range {
+                Some(r) => {
+                    let e = newest.entry(p.table.as_str()).or_insert(r.to);
+                    *e = (*e).max(r.to);
+                }
+                None => default_rows += p.rows_estimate,
+            }
+        }
+        Self {
+            count: parts.len(),
+            default_rows,
+            ready_until: newest.values().min().copied(),
+        }
+    }
 }
 
 /// Dead letters in each place.

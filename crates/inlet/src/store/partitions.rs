@@ -314,7 +314,7 @@ pub struct PartitionInfo {
     /// Its range; `None` for the DEFAULT partition.
     pub range: Option<Range>,
     /// Rows, as estimated by the planner's statistics (0 before the first
-    /// ANALYZE).
+    /// ANALYZE); counted exactly for the DEFAULT partition.
     pub rows_estimate: i64,
     /// Bytes on disk, indexes included.
     pub bytes: i64,

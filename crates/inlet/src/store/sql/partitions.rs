@@ -123,11 +123,25 @@ impl SqlStore<Postgres> {
                     Some(Bound::Range(range)) => Some(range),
                     Some(Bound::Default) | None => None,
                 };
+                let partition: String = row.try_get("name").map_err(classify)?;
+                // The DEFAULT partition is counted exactly: it is normally
+                // empty (the estimate would hide a few stray rows), and small.
+                let rows_estimate = if range.is_none() {
+                    let sql = format!("SELECT count(*) AS n FROM {}", ident(&partition));
+                    sqlx::query(&sql)
+                        .persistent(false)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .and_then(|row| row.try_get("n"))
+                        .map_err(classify)?
+                } else {
+                    row.try_get("estimate").map_err(classify)?
+                };
                 parts.push(PartitionInfo {
                     table: table.name.to_string(),
-                    partition: row.try_get("name").map_err(classify)?,
+                    partition,
                     range,
-                    rows_estimate: row.try_get("estimate").map_err(classify)?,
+                    rows_estimate,
                     bytes: row.try_get("bytes").map_err(classify)?,
                 });
             }
