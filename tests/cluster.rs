@@ -194,3 +194,47 @@ async fn a_worker_with_fewer_shards_drains_every_shard_a_gateway_registered() {
     gw.stop().await;
     cleanup_prefix(queue.prefix()).await;
 }
+
+#[tokio::test]
+async fn each_shard_reclaims_a_crashed_consumers_entries_and_heals_a_vanished_group() {
+    let mut redis = require_redis().await;
+    let cfg = TestConfig::new()
+        .set("INLET_REDIS__RAW_SHARDS", "3")
+        .set("INLET_WORKER__CLAIM_IDLE_MS", "1000");
+    let gw = TestGateway::start(cfg).await;
+    let first = messages(&format!("{}a", gw.config.prefix), 30, 30);
+    post_all(&gw, &first).await;
+    let queue = queue(&gw.config.prefix).await;
+
+    // A consumer took every entry of shard 2 and died without
+    // acknowledging: they stay pending on it until a worker reclaims them.
+    let held = queue.len("incoming.raw.2").await.unwrap();
+    assert!(held > 0);
+    let batch = take(&queue, "incoming.raw.2", WORKER_GROUP, "crashed", 100).await;
+    assert_eq!(batch.len() as u64, held);
+    drop(batch);
+
+    let worker = TestWorker::start(&gw.config).await;
+    wait_stored(&worker.store(), 30).await;
+
+    // Shard 1's consumer group vanishes (a Redis restarted without
+    // persistence, an operator's mistake): the worker recreates it and
+    // nothing posted afterwards is missed.
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(queue.key("incoming.raw.1"))
+        .arg(WORKER_GROUP)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let second = messages(&format!("{}b", gw.config.prefix), 30, 30);
+    post_all(&gw, &second).await;
+    wait_stored(&worker.store(), 60).await;
+    let counts = worker.store().counts().await.unwrap();
+    assert_eq!((counts.messages, counts.raw_events), (60, 60));
+    let groups = queue.groups("incoming.raw.1").await.unwrap();
+    assert!(groups.iter().any(|g| g.name == WORKER_GROUP), "recreated");
+    worker.stop().await;
+    gw.stop().await;
+    cleanup_prefix(queue.prefix()).await;
+}
