@@ -1,7 +1,8 @@
 //! Scale-out on Redis: a three-master Redis Cluster with `redis.raw_shards
 //! = 3` (ingest spread over one shard per master, one conversation per
-//! shard, every event stored once), and a change of `redis.raw_shards`
-//! between gateway and worker (every registered shard drained). The
+//! shard, every event stored once), a change of `redis.raw_shards`
+//! between gateway and worker (every registered shard drained), and the
+//! consumer protocol per shard (reclaim, a vanished group recreated). The
 //! cluster-master SIGKILL under load is a chaos scenario (tests/chaos.rs).
 
 use std::collections::{BTreeSet, HashMap};
