@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use super::{closed_port, eventually};
+use super::{closed_port, eventually, redis_server};
 
 /// One node of a [`RedisCluster`].
 struct Node {
@@ -28,27 +28,13 @@ impl Node {
     }
 
     fn spawn(&mut self) {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let child = redis_server(self.port, self.dir.path())
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-port", &self.bus_port.to_string()])
             .args(["--cluster-config-file", "nodes.conf"])
             // Short, so a killed node is noticed soon (the test waits for
             // the state to come back, never for a fixed time).
             .args(["--cluster-node-timeout", "2000"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .expect("redis-server on PATH (apt-get install redis-server)");
         self.child = Some(child);

@@ -1266,6 +1266,29 @@ pub async fn run_child_worker() {
     running.wait().await;
 }
 
+/// A `redis-server` on a loopback `port`, persisting to AOF with
+/// `appendfsync always` in `dir` (so a SIGKILLed one restarted there has
+/// every write it acknowledged), output discarded, killed with its handle.
+/// Add arguments (cluster mode) before spawning.
+pub fn redis_server(port: u16, dir: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
 /// A redis-server of the test's own (so it can be killed), persisting to
 /// AOF with `appendfsync always` (the compose setting) in a temp directory,
 /// restarted on the same port.
@@ -1289,21 +1312,7 @@ impl OwnRedis {
 
     /// (Re)starts it on its port and directory (its AOF is read back).
     pub async fn up(&mut self) {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
+        let child = redis_server(self.port, self.dir.path())
             .spawn()
             .expect("redis-server on PATH (apt-get install redis-server)");
         self.child = Some(child);
