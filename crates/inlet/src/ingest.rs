@@ -139,14 +139,7 @@ impl Ingest {
         direct: Option<Arc<dyn DirectHandler>>,
         audit: Audit,
     ) -> Self {
-        let redis = settings.redis_url.as_ref().map(|url| QueueOptions {
-            url: url.clone(),
-            prefix: settings.stream_prefix.clone(),
-            timeout: settings.redis.timeout,
-            derived_maxlen: settings.redis.derived_stream_maxlen,
-            cluster: settings.redis.cluster,
-            raw_shards: settings.redis.raw_shards,
-        });
+        let redis = QueueOptions::from_settings(settings);
         let spool = if settings.spool.enabled {
             let dir = settings.data_dir.join("spool");
             match Spool::open(&dir, settings.spool.max_bytes) {

@@ -246,6 +246,19 @@ pub struct QueueOptions {
 }
 
 impl QueueOptions {
+    /// What `settings` name (`redis_url`, `stream_prefix`, `[redis]`);
+    /// `None` when no Redis is configured.
+    pub fn from_settings(settings: &crate::config::Settings) -> Option<Self> {
+        settings.redis_url.as_ref().map(|url| Self {
+            url: url.clone(),
+            prefix: settings.stream_prefix.clone(),
+            timeout: settings.redis.timeout,
+            derived_maxlen: settings.redis.derived_stream_maxlen,
+            cluster: settings.redis.cluster,
+            raw_shards: settings.redis.raw_shards,
+        })
+    }
+
     /// Single Redis, one raw shard.
     pub fn single(url: &str, prefix: &str, timeout: Duration, derived_maxlen: usize) -> Self {
         Self {
@@ -268,19 +281,10 @@ impl RedisQueue {
     pub async fn from_settings(
         settings: &crate::config::Settings,
     ) -> Result<Option<Self>, QueueError> {
-        let Some(url) = settings.redis_url.as_deref() else {
-            return Ok(None);
-        };
-        Self::open(QueueOptions {
-            url: url.to_string(),
-            prefix: settings.stream_prefix.clone(),
-            timeout: settings.redis.timeout,
-            derived_maxlen: settings.redis.derived_stream_maxlen,
-            cluster: settings.redis.cluster,
-            raw_shards: settings.redis.raw_shards,
-        })
-        .await
-        .map(Some)
+        match QueueOptions::from_settings(settings) {
+            Some(options) => Self::open(options).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Connects to one Redis server with one raw shard (failing within

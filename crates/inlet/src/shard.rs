@@ -95,10 +95,6 @@ struct Party<'a> {
 }
 
 impl<'a> Party<'a> {
-    fn group(&self) -> Option<&'a str> {
-        self.group_id
-    }
-
     /// The phone number first (a message with both stays where the
     /// phone-only deliveries of the same person go), else the BSUID. An
     /// echo's `from` is the business itself, so its `to` comes first.
@@ -139,7 +135,7 @@ impl<'a> Value<'a> {
                 .chain(self.statuses.iter().map(|p| (p, false)))
         };
         all()
-            .find_map(|(p, _)| p.group())
+            .find_map(|(p, _)| p.group_id)
             .or_else(|| all().find_map(|(p, echo)| p.person(echo)))
             .or_else(|| self.contacts.iter().find_map(|c| c.person(false)))
     }
